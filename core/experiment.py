@@ -1,0 +1,262 @@
+"""Reproducible comparison runs: one teacher per seed, several distillation methods, a results table.
+
+Used by `recdistill experiment` and the quality benchmarks under bench/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Method label -> (distiller name, config overrides). Ablations switch single DCD terms off.
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "none": ("none", {}),
+    "rrd": ("rrd", {}),
+    "dcd": ("dcd", {}),
+    "dcd-no-ucd": ("dcd", {"use_ucd": False}),
+    "dcd-no-icd": ("dcd", {"use_icd": False}),
+    "dcd-no-rkd": ("dcd", {"use_rkd": False}),
+    "dcd-det": ("dcd", {"deterministic_topk": True}),
+    "rrd-det": ("rrd", {"deterministic_topk": True}),
+}
+
+TABLE_METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20")
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    dim: int
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        name, sep, dim = text.partition(":")
+        if not sep or not dim.strip().isdigit() or int(dim) <= 0:
+            raise ValueError(f"model spec must look like 'bpr:200' (name:positive dim), got {text!r}")
+        return cls(name.strip().lower(), int(dim))
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.dim}"
+
+
+@dataclass
+class ExperimentConfig:
+    dataset: str
+    teacher: ModelSpec
+    student: ModelSpec
+    methods: list[str]
+    seeds: list[int]
+    split_mode: str = "random"
+    data_options: dict[str, Any] = field(default_factory=dict)
+    teacher_train: dict[str, Any] = field(default_factory=dict)
+    student_train: dict[str, Any] = field(default_factory=dict)
+    teacher_model_opts: dict[str, Any] = field(default_factory=dict)
+    student_model_opts: dict[str, Any] = field(default_factory=dict)
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    teacher_cache: str | None = None
+    device: str = "auto"
+
+    def validate(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+        if self.student.dim >= self.teacher.dim:
+            raise ValueError(f"student dim {self.student.dim} must be below teacher dim {self.teacher.dim}")
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`method.key=value` (value parsed as JSON when possible) -> {method: {key: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        lhs, sep, raw = item.partition("=")
+        method, dot, key = lhs.partition(".")
+        if not sep or not dot or not key:
+            raise ValueError(f"override must look like 'dcd.eps=0.05', got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(method, {})[key] = value
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def summarize(runs: list[dict[str, Any]], metrics: Sequence[str] = TABLE_METRICS) -> list[dict[str, Any]]:
+    """Group runs by method: mean, std and count of each metric, epochs and seconds per epoch."""
+    order: list[str] = []
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        if run["method"] not in groups:
+            order.append(run["method"])
+        groups.setdefault(run["method"], []).append(run)
+    rows = []
+    for method in order:
+        group = groups[method]
+        row: dict[str, Any] = {"method": method, "n": len(group)}
+        for m in metrics:
+            row[m] = _mean_std([r["test"][m] for r in group if m in r["test"]])
+        row["epochs"] = _mean_std([float(r.get("epochs", 0)) for r in group])[0]
+        row["seconds_per_epoch"] = _mean_std([float(r.get("seconds_per_epoch", 0.0)) for r in group])[0]
+        rows.append(row)
+    return rows
+
+
+def markdown_table(runs: list[dict[str, Any]], metrics: Sequence[str] = TABLE_METRICS) -> str:
+    rows = summarize(runs, metrics)
+    by_method = {r["method"]: r for r in rows}
+    teacher = by_method.get("teacher")
+    alone = by_method.get("none")
+    key = "ndcg@10"
+    show_gap = teacher is not None and alone is not None and teacher[key][0] != alone[key][0]
+    head = ["method", "n"] + list(metrics) + (["gap closed (NDCG@10)"] if show_gap else []) + ["epochs", "s/epoch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"], str(r["n"])]
+        cells += [f"{r[m][0]:.4f} ± {r[m][1]:.4f}" for m in metrics]
+        if show_gap:
+            assert teacher is not None and alone is not None
+            gap = (r[key][0] - alone[key][0]) / (teacher[key][0] - alone[key][0])
+            cells.append("—" if r["method"] == "teacher" else f"{100 * gap:.0f}%")
+        cells += [f"{r['epochs']:.0f}", f"{r['seconds_per_epoch']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+ProgressFactory = Callable[[str], Sequence[Any]]
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    command: str,
+    out_path: Path | None = None,
+    callbacks_for: Callable[[str], Sequence[Any]] | None = None,
+) -> dict[str, Any]:
+    """Run every (seed, method) pair; the teacher is trained once per seed and reused by every method."""
+    import torch
+
+    from core.checkpoint import load_checkpoint, save_checkpoint
+    from core.data import load_interactions, split
+    from core.datasets import resolve
+    from core.distill import build_distiller
+    from core.eval import evaluate
+    from core.models import build_model
+    from core.train import TrainConfig, fit
+
+    cfg.validate()
+    path = resolve(cfg.dataset)
+    inter = load_interactions(path, **cfg.data_options)
+    result: dict[str, Any] = {
+        "dataset": cfg.dataset,
+        "protocol": "full",
+        "command": command,
+        "config": {
+            "split": cfg.split_mode,
+            "teacher_train": cfg.teacher_train,
+            "student_train": cfg.student_train,
+            "method_overrides": cfg.method_overrides,
+            "data_options": cfg.data_options,
+        },
+        "runs": [],
+    }
+
+    def flush() -> None:
+        if out_path is not None:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out_path.with_suffix(out_path.suffix + ".tmp")
+            tmp.write_text(json.dumps(result, indent=1))
+            tmp.replace(out_path)
+
+    for seed in cfg.seeds:
+        data = split(inter, mode=cfg.split_mode, seed=seed)
+        cb = list(callbacks_for(f"seed {seed} teacher {cfg.teacher}")) if callbacks_for else []
+        teacher_dir = (
+            Path(cfg.teacher_cache) / f"{Path(str(path)).stem}-{cfg.teacher}-seed{seed}-{data.fingerprint[:12]}"
+            if cfg.teacher_cache
+            else None
+        )
+        t0 = time.time()
+        if teacher_dir is not None and (teacher_dir / "manifest.json").exists():
+            teacher, manifest = load_checkpoint(teacher_dir, device="cpu")
+            t_epochs = manifest.get("epochs", 0)
+            t_spe = manifest.get("seconds_per_epoch", 0.0)
+            logger.info("seed %d: reusing cached teacher %s", seed, teacher_dir)
+        else:
+            teacher = build_model(
+                cfg.teacher.name, data.n_users, data.n_items, cfg.teacher.dim, train=data.train, **cfg.teacher_model_opts
+            )
+            tconf = TrainConfig(seed=seed, device=cfg.device, **cfg.teacher_train)
+            fr = fit(teacher, data, tconf, callbacks=cb)
+            t_epochs, t_spe = fr.epochs_run, fr.seconds_per_epoch
+            if teacher_dir is not None:
+                save_checkpoint(
+                    teacher_dir,
+                    teacher,
+                    {"seed": seed, "epochs": t_epochs, "seconds_per_epoch": t_spe, "data_fingerprint": data.fingerprint},
+                )
+        teacher.eval()
+        device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                              ("cpu" if cfg.device == "auto" else cfg.device))
+        teacher.to(device)
+        result["runs"].append(
+            {
+                "method": "teacher",
+                "teacher": str(cfg.teacher),
+                "student": str(cfg.student),
+                "seed": seed,
+                "test": evaluate(teacher, data, split="test"),
+                "valid": evaluate(teacher, data, split="valid"),
+                "epochs": t_epochs,
+                "seconds_per_epoch": t_spe,
+                "seconds": time.time() - t0,
+            }
+        )
+        flush()
+        topm_cache: dict[str, Any] = {}
+        for method in cfg.methods:
+            dname, base_overrides = METHODS[method]
+            dcfg = {**base_overrides, **cfg.method_overrides.get(dname, {}), **cfg.method_overrides.get(method, {})}
+            torch.manual_seed(seed)
+            student = build_model(
+                cfg.student.name, data.n_users, data.n_items, cfg.student.dim, train=data.train, **cfg.student_model_opts
+            )
+            distiller = build_distiller(dname, **dcfg)
+            distiller.prepare(teacher, data, device, cache=topm_cache)
+            sconf = TrainConfig(seed=seed, device=cfg.device, **cfg.student_train)
+            cb = list(callbacks_for(f"seed {seed} {method}")) if callbacks_for else []
+            t0 = time.time()
+            fr = fit(student, data, sconf, distiller=distiller, callbacks=cb)
+            result["runs"].append(
+                {
+                    "method": method,
+                    "teacher": str(cfg.teacher),
+                    "student": str(cfg.student),
+                    "seed": seed,
+                    "hyperparameters": distiller.describe(),
+                    "test": evaluate(student, data, split="test"),
+                    "valid": evaluate(student, data, split="valid"),
+                    "epochs": fr.epochs_run,
+                    "best_epoch": fr.best_epoch,
+                    "seconds_per_epoch": fr.seconds_per_epoch,
+                    "seconds": time.time() - t0,
+                }
+            )
+            flush()
+            logger.info("seed %d %s: test %s", seed, method, result["runs"][-1]["test"])
+    return result
