@@ -40,6 +40,7 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--merge-only", action="store_true", help="only merge the runs already in --workdir")
     args = ap.parse_args()
 
     grid = json.loads(Path(args.grid).read_text())
@@ -53,6 +54,8 @@ def main() -> int:
            "--teacher", grid["teacher"], "--student", grid["student"], "--device", args.device,
            "--teacher-cache", str(work / "teachers"), "--no-progress", *grid.get("common", [])]
     t0 = time.time()
+    if args.merge_only:
+        return write_merged(work, grid, seeds, args)
     # Phase 1: one teacher per seed (an empty method list trains and evaluates the teacher only).
     teacher_cmds = [
         ([*exe, "--seeds", s, "--methods", "", "--out", str(work / "runs" / f"teacher-{s}.json"),
@@ -78,13 +81,20 @@ def main() -> int:
         codes = list(pool.map(lambda c: run(c[0], c[1], env), student_cmds))
     failed = [c[1].name for c, code in zip(student_cmds, codes, strict=True) if code]
     print(f"students done in {time.time() - t0:.0f}s; failed: {failed}", flush=True)
+    rc = write_merged(work, grid, seeds, args)
+    return rc if not failed else 1
+
+
+def write_merged(work: Path, grid: dict[str, Any], seeds: list[str], args: argparse.Namespace) -> int:
     merged = merge(work, grid, seeds, args)
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"quality-{args.dataset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(merged, indent=1))
     from core.experiment import markdown_table
 
     print(markdown_table(merged["runs"]))
-    return 0 if not failed else 1
+    print(f"selected: {merged['selected']}")
+    return 0
 
 
 def merge(work: Path, grid: dict[str, Any], seeds: list[str], args: argparse.Namespace) -> dict[str, Any]:

@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-max-epochs", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="distiller hyper-parameter, e.g. dcd.eps=0.05 (repeatable)")
+    p.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="teacher model option, e.g. reg=1e-4 (repeatable)")
+    p.add_argument("--student-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="student model option, e.g. reg=1e-4 (repeatable)")
     p.add_argument("--teacher-cache", default=None, help="folder to cache/reuse trained teachers")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", default=None, help="write the JSON results here")
@@ -81,13 +85,15 @@ def handle(args: argparse.Namespace) -> int:
             dataset=args.dataset,
             teacher=ModelSpec.parse(args.teacher),
             student=ModelSpec.parse(args.student),
-            methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+            methods=[m.strip() for m in args.methods.split(",") if m.strip()],  # empty: teacher only
             seeds=[int(s) for s in args.seeds.split(",") if s.strip()],
             split_mode=args.split,
             data_options=data_options,
             teacher_train=_train_opts(args, teacher=True),
             student_train=_train_opts(args, teacher=False),
             method_overrides=parse_overrides(args.set),
+            teacher_model_opts=parse_overrides([f"m.{o}" for o in args.teacher_opt]).get("m", {}),
+            student_model_opts=parse_overrides([f"m.{o}" for o in args.student_opt]).get("m", {}),
             teacher_cache=args.teacher_cache,
             device=args.device,
         )

@@ -5,6 +5,7 @@ Used by `recdistill experiment` and the quality benchmarks under bench/.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -186,8 +187,12 @@ def run_experiment(
     for seed in cfg.seeds:
         data = split(inter, mode=cfg.split_mode, seed=seed)
         cb = list(callbacks_for(f"seed {seed} teacher {cfg.teacher}")) if callbacks_for else []
+        tkey = hashlib.sha256(
+            json.dumps([cfg.teacher_train, cfg.teacher_model_opts, cfg.device], sort_keys=True).encode()
+        ).hexdigest()[:8]
         teacher_dir = (
-            Path(cfg.teacher_cache) / f"{Path(str(path)).stem}-{cfg.teacher}-seed{seed}-{data.fingerprint[:12]}"
+            Path(cfg.teacher_cache)
+            / f"{Path(str(path)).stem}-{cfg.teacher.name}{cfg.teacher.dim}-seed{seed}-{data.fingerprint[:12]}-{tkey}"
             if cfg.teacher_cache
             else None
         )
@@ -228,7 +233,6 @@ def run_experiment(
             }
         )
         flush()
-        topm_cache: dict[str, Any] = {}
         for method in cfg.methods:
             dname, base_overrides = METHODS[method]
             dcfg = {**base_overrides, **cfg.method_overrides.get(dname, {}), **cfg.method_overrides.get(method, {})}
@@ -237,7 +241,7 @@ def run_experiment(
                 cfg.student.name, data.n_users, data.n_items, cfg.student.dim, train=data.train, **cfg.student_model_opts
             )
             distiller = build_distiller(dname, **dcfg)
-            distiller.prepare(teacher, data, device, cache=topm_cache)
+            distiller.prepare(teacher, data, device)
             sconf = TrainConfig(seed=seed, device=cfg.device, **cfg.student_train)
             cb = list(callbacks_for(f"seed {seed} {method}")) if callbacks_for else []
             t0 = time.time()

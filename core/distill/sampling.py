@@ -1,0 +1,189 @@
+"""Vectorised samplers without replacement: Gumbel top-k, an exact fast sampler for fixed per-row weights
+(used per mini-batch by DCD) and uniform sampling outside an excluded set (RRD's uninteresting items).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def gumbel_topk(log_weights: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """k column positions per row drawn without replacement ∝ exp(log_weights), sorted ascending.
+
+    One top-k over Gumbel-perturbed log-weights has the same distribution as sequential sampling
+    without replacement (torch.multinomial(..., replacement=False)).  [R, M] -> [R, k] int64.
+    """
+    if k > log_weights.shape[1]:
+        raise ValueError(f"k={k} exceeds the {log_weights.shape[1]} columns available")
+    u = torch.rand(log_weights.shape, generator=generator, device=log_weights.device, dtype=log_weights.dtype)
+    gumbel = -torch.log(-torch.log(u.clamp_min_(1e-20)))
+    return (log_weights + gumbel).topk(k, dim=1).indices.sort(dim=1).values
+
+
+def _take_first_distinct(
+    pos: torch.Tensor, valid: torch.Tensor, need: torch.Tensor, chosen: torch.Tensor
+) -> torch.Tensor:
+    """Mark in ``chosen`` [A, M+1] the first ``need`` distinct valid draws of each row, in draw order.
+
+    ``pos`` [A, D] column draws, ``valid`` [A, D] accepted and not chosen before. Returns the count taken [A].
+    Keeping the first distinct values of i.i.d. draws is exactly sequential sampling without replacement.
+    """
+    a, d = pos.shape
+    m1 = chosen.shape[1]
+    cand = torch.where(valid, pos, m1 - 1)  # invalid draws land on the sentinel column
+    order = torch.arange(d, device=pos.device).expand(a, d)
+    first = torch.full((a, m1), d, dtype=torch.int64, device=pos.device)
+    first.scatter_reduce_(1, cand, order, reduce="amin")
+    is_first = valid & (first.gather(1, cand) == order)
+    keep = is_first & (is_first.cumsum(1) <= need[:, None])
+    chosen.scatter_(1, torch.where(keep, pos, m1 - 1), True)
+    return keep.sum(1)
+
+
+class WeightedRowSampler:
+    """Exact sampling of k positions per row without replacement ∝ (weights + floor), for fixed weights.
+
+    Rows with at least ``2k`` positive weights use rejection sampling under a two-part envelope
+    (positive slots at the row maximum, zero slots at the floor) followed by first-distinct selection;
+    the others use one Gumbel top-k. Both are exact; the first is several times cheaper per batch.
+    """
+
+    def __init__(self, weights: torch.Tensor, k: int, floor: float) -> None:
+        if weights.dim() != 2:
+            raise ValueError(f"weights must be [R, M], got shape {tuple(weights.shape)}")
+        if not 0 < k <= weights.shape[1]:
+            raise ValueError(f"k must be in 1..{weights.shape[1]} (the list length), got {k}")
+        if floor <= 0:
+            raise ValueError(f"floor must be positive so that every row has k candidates, got {floor}")
+        if bool((weights < 0).any()):
+            raise ValueError("weights must be non-negative")
+        self.weights = weights
+        self.k = k
+        self.floor = float(floor)
+        n_rows, m = weights.shape
+        self.m = m
+        positive = weights > 0
+        self.n_pos = positive.sum(1)  # [R]
+        # Positive slots first, then zero slots, each in position order.  [R, M]
+        order = torch.argsort((~positive).to(torch.int8), dim=1, stable=True)
+        self.slot_pos = order.to(torch.int16 if m < 2**15 else torch.int32)
+        self.slot_w = (weights.gather(1, order) + self.floor).reshape(-1)  # flat [R*M]
+        self.wmax = (weights.max(1).values + self.floor).double()  # [R]
+        self.pos_mass = self.n_pos.double() * self.wmax
+        self.total = self.pos_mass + (m - self.n_pos).double() * self.floor
+        self.use_gumbel = self.n_pos < 2 * k
+        # Expected acceptance of one draw, used to size the first round.
+        true_mass = weights.double().sum(1) + m * self.floor
+        self.accept = (true_mass / self.total).float()
+
+    def sample(
+        self, rows: torch.Tensor, generator: torch.Generator | None = None, force: str | None = None
+    ) -> torch.Tensor:
+        """rows [B] -> [B, k] positions sorted ascending. ``force`` = "gumbel"|"rejection" is for tests."""
+        out = torch.empty((rows.shape[0], self.k), dtype=torch.int64, device=rows.device)
+        if force == "gumbel":
+            gmask = torch.ones_like(rows, dtype=torch.bool)
+        elif force == "rejection":
+            gmask = torch.zeros_like(rows, dtype=torch.bool)
+        else:
+            gmask = self.use_gumbel[rows]
+        g_idx = gmask.nonzero().squeeze(1)
+        if g_idx.numel():
+            logw = torch.log(self.weights[rows[g_idx]] + self.floor)
+            out[g_idx] = gumbel_topk(logw, self.k, generator)
+        r_idx = (~gmask).nonzero().squeeze(1)
+        if r_idx.numel():
+            out[r_idx] = self._rejection(rows[r_idx], generator)
+        return out
+
+    def _rejection(self, rows: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        k, m, dev = self.k, self.m, rows.device
+        a = rows.shape[0]
+        chosen = torch.zeros((a, m + 1), dtype=torch.bool, device=dev)
+        count = torch.zeros(a, dtype=torch.int64, device=dev)
+        active = torch.arange(a, device=dev)
+        acc = float(self.accept[rows].min().clamp_min(0.05))
+        first_round = True
+        while active.numel():
+            r = rows[active]
+            need = k - count[active]
+            n_draw = math.ceil((1.3 * k if first_round else 2.0 * float(need.max())) / acc) + 4
+            x = torch.rand((r.shape[0], n_draw), generator=generator, device=dev, dtype=torch.float64)
+            x.mul_(self.total[r, None])
+            pm = self.pos_mass[r, None]
+            wmax = self.wmax[r, None]
+            npos = self.n_pos[r, None]
+            in_pos = x < pm
+            s_pos = torch.minimum((x / wmax).long(), npos - 1)
+            s_zero = torch.minimum(npos + ((x - pm) / self.floor).long(), torch.full_like(npos, m - 1))
+            slot = torch.where(in_pos, s_pos, s_zero)  # [A, D]
+            flat = r[:, None] * m + slot
+            coin = x - s_pos.double() * wmax
+            ok = ~in_pos | (coin < self.slot_w[flat].double())
+            pos = self.slot_pos.view(-1)[flat].long()
+            sub = chosen[active]
+            if not first_round:
+                ok &= ~sub.gather(1, pos)
+            count[active] += _take_first_distinct(pos, ok, need, sub)
+            chosen[active] = sub
+            active = active[count[active] < k]
+            first_round = False
+        return chosen[:, :m].nonzero()[:, 1].view(a, k)
+
+
+def sample_excluding(
+    n_rows: int,
+    n_cols: int,
+    k: int,
+    excluded_keys: torch.Tensor,
+    available: torch.Tensor,
+    generator: torch.Generator | None = None,
+    row_chunk: int = 2048,
+) -> torch.Tensor:
+    """k distinct columns per row, uniform among columns whose key row*n_cols+col is not excluded.
+
+    ``excluded_keys``: sorted int64 keys; ``available`` [R]: the number of allowed columns per row
+    (rows with fewer than k must be handled by the caller and are skipped here, left as -1).
+    """
+    dev = excluded_keys.device
+    out = torch.full((n_rows, k), -1, dtype=torch.int64, device=dev)
+    # Row chunks keep the "already chosen" bitmap at chunk x n_cols, never n_rows x n_cols.
+    for start in range(0, n_rows, row_chunk):
+        rows = torch.arange(start, min(start + row_chunk, n_rows), device=dev)
+        rows = rows[available[rows] >= k]
+        if rows.numel():
+            out[rows] = _excluding_chunk(rows, n_cols, k, excluded_keys, available, generator)
+    return out
+
+
+def _excluding_chunk(
+    rows: torch.Tensor,
+    n_cols: int,
+    k: int,
+    excluded_keys: torch.Tensor,
+    available: torch.Tensor,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    dev = rows.device
+    chosen = torch.zeros((rows.shape[0], n_cols + 1), dtype=torch.bool, device=dev)
+    count = torch.zeros(rows.shape[0], dtype=torch.int64, device=dev)
+    active = torch.arange(rows.shape[0], device=dev)
+    frac = max(float((available[rows].double() / n_cols).min()), 0.02)
+    last = max(excluded_keys.numel() - 1, 0)
+    while active.numel():
+        need = k - count[active]
+        n_draw = math.ceil(1.5 * float(need.max()) / frac) + 4
+        cols = torch.randint(0, n_cols, (active.shape[0], n_draw), generator=generator, device=dev)
+        keys = rows[active, None] * n_cols + cols
+        if excluded_keys.numel():
+            ok = excluded_keys[torch.searchsorted(excluded_keys, keys).clamp_max(last)] != keys
+        else:
+            ok = torch.ones_like(keys, dtype=torch.bool)
+        sub = chosen[active]
+        ok &= ~sub.gather(1, cols)
+        count[active] += _take_first_distinct(cols, ok, need, sub)
+        chosen[active] = sub
+        active = active[count[active] < k]
+    return chosen[:, :n_cols].nonzero()[:, 1].view(-1, k)

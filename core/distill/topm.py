@@ -1,0 +1,100 @@
+"""Teacher top-M lists: per user the top-M unobserved items, per item the top-M users, in teacher order.
+
+One streaming pass over user chunks: ``full_scores`` of a chunk [C, n_items] gives the users' lists, and a
+running top-M per item is merged with the chunk's transposed scores. Peak memory is
+O((users + items) x M + items x (M + chunk)), never users x items.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from core.models.base import Recommender
+
+logger = logging.getLogger(__name__)
+
+
+def clip_list_lengths(m: int, n_users: int, n_items: int) -> tuple[int, int]:
+    """(M for the user side, M for the item side): M clipped to n_items - 1 and n_users - 1.
+
+    Leaving one column out keeps at least one candidate outside the list for RRD's uninteresting items.
+    """
+    if m <= 0:
+        raise ValueError(f"m (teacher list length) must be positive, got {m}")
+    if n_users < 2 or n_items < 2:
+        raise ValueError(f"need at least 2 users and 2 items for teacher lists, got {n_users} x {n_items}")
+    return min(m, n_items - 1), min(m, n_users - 1)
+
+
+@torch.no_grad()
+def teacher_topm(
+    teacher: Recommender,
+    train_csr: sp.csr_matrix,
+    m: int = 500,
+    chunk: int = 512,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(user_top [n_users, Mu] item codes, item_top [n_items, Mi] user codes), int64 on ``device``.
+
+    Training positives are masked (lowest finite score) before ranking. Mu = min(m, n_items - 1), Mi = min(m, n_users - 1).
+    A row with fewer unobserved candidates than its M is padded at the end with observed entries
+    (logged once); everything before the padding is unobserved, in teacher order.
+    """
+    if chunk <= 0:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    n_users, n_items = train_csr.shape
+    if (teacher.n_users, teacher.n_items) != (n_users, n_items):
+        raise ValueError(
+            f"teacher is sized {teacher.n_users} x {teacher.n_items} but train_csr is {n_users} x {n_items}"
+        )
+    mu, mi = clip_list_lengths(m, n_users, n_items)
+    dev = torch.device(device)
+    was_training = teacher.training
+    teacher.eval()
+    csr = train_csr.tocsr()
+    user_top = torch.empty((n_users, mu), dtype=torch.int64, device=dev)
+    item_vals = torch.full((n_items, mi), -torch.inf, device=dev)  # running best scores per item
+    item_top = torch.zeros((n_items, mi), dtype=torch.int64, device=dev)
+    try:
+        for start in range(0, n_users, chunk):
+            stop = min(start + chunk, n_users)
+            users = torch.arange(start, stop, device=dev)
+            scores = teacher.full_scores(users).float()  # [C, n_items]
+            block = csr[start:stop].tocoo()
+            rows = torch.from_numpy(block.row.astype(np.int64)).to(dev)
+            cols = torch.from_numpy(block.col.astype(np.int64)).to(dev)
+            # Masked entries sit below every real score but above the -inf placeholders of item_vals.
+            scores[rows, cols] = torch.finfo(scores.dtype).min
+            user_top[start:stop] = scores.topk(mu, dim=1).indices
+            # Merge this chunk's users into every item's running top list.  [n_items, Mi + C]
+            merged = torch.cat([item_vals, scores.T], dim=1)
+            best_vals, best_pos = merged.topk(mi, dim=1)
+            from_chunk = best_pos >= mi
+            chunk_users = (best_pos - mi).clamp_min(0) + start
+            kept = item_top.gather(1, best_pos.clamp_max(mi - 1))
+            item_top = torch.where(from_chunk, chunk_users, kept)
+            item_vals = best_vals
+            del scores, merged, best_pos, from_chunk, chunk_users, kept
+    finally:
+        teacher.train(was_training)
+    _log_padding(csr, mu, mi)
+    return user_top, item_top
+
+
+def _log_padding(csr: sp.csr_matrix, mu: int, mi: int) -> None:
+    n_users, n_items = csr.shape
+    short_users = int((n_items - np.diff(csr.indptr) < mu).sum())
+    short_items = int((n_users - np.diff(csr.tocsc().indptr) < mi).sum())
+    if short_users or short_items:
+        logger.warning(
+            "teacher lists: %d users and %d items have fewer unobserved candidates than M (%d/%d); "
+            "their lists end with observed entries",
+            short_users,
+            short_items,
+            mu,
+            mi,
+        )
