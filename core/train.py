@@ -1,0 +1,269 @@
+"""The model-agnostic fit loop: seeding, device, early stopping, NaN check, checkpoint/resume, callbacks, cancel.
+
+Epochs in reports and results are 1-based counts; ``distiller.on_epoch_start`` gets the 0-based index.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.data import NegativeSampler, SplitData
+from core.eval import evaluate
+from core.models.base import Recommender
+from core.progress import ProgressBar
+from core.train_state import TrainState, load_state, save_state
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Callback", "EpochReport", "FitResult", "NonFiniteLossError", "ProgressBar", "TrainConfig", "TrainingCancelled",
+    "fit", "resolve_device", "seed_everything",
+]
+
+
+class TrainingCancelled(RuntimeError):
+    """``should_cancel()`` returned True; the last completed epoch is in the checkpoint (if any)."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A mini-batch loss became NaN or infinite; the message names the epoch and batch."""
+
+
+class TrainConfig(BaseModel):
+    """Optimisation and stopping settings of one ``fit`` run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(100, ge=1, description="maximum number of epochs")
+    batch_size: int = Field(1024, ge=1, description="training pairs per mini-batch")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="Adam (coupled L2) weight decay on all parameters")
+    patience: int = Field(20, ge=0, description="evaluations without improvement before stopping; 0 = never stop")
+    eval_every: int = Field(1, ge=1, description="validate every this many epochs (and after the last)")
+    eval_ks: tuple[int, ...] = Field((10, 20), description="cut-offs computed on the validation split")
+    monitor: str = Field("ndcg@10", description="validation metric that selects the best epoch")
+    seed: int = Field(0, ge=0, description="seed of torch, numpy, python, negatives and shuffling")
+    device: str = Field("auto", description='"auto" (CUDA when available), "cpu", "cuda" or "cuda:N"')
+    cancel_check_batches: int = Field(50, ge=1, description="also poll should_cancel every this many batches")
+    num_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads during fit (None = leave torch's setting); 1 is fastest on a busy CPU"
+    )
+
+    @field_validator("monitor")
+    @classmethod
+    def _monitor_known(cls, v: str) -> str:
+        name, _, k = v.partition("@")
+        if name not in ("recall", "ndcg", "hit", "mrr", "precision") or not k.isdigit():
+            raise ValueError(f"monitor must look like 'ndcg@10', got {v!r}")
+        return v
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    max_epochs: int
+    losses: dict[str, float]
+    valid: dict[str, float]
+    best_epoch: int
+    best: float | None  # best monitored validation value so far (None before any evaluation)
+    seconds: float
+    eta_seconds: float
+    stopped: bool = False
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_valid: dict[str, float]
+    epochs_run: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds_per_epoch: float = 0.0  # mean of training time per epoch (refresh + batches), evaluation excluded
+    stopped_early: bool = False
+
+
+class Callback(Protocol):
+    def on_epoch_end(self, report: EpochReport) -> None: ...
+
+
+class ExtraLoss(Protocol):
+    """What fit needs from a distiller (it knows nothing else of distillation)."""
+
+    def on_epoch_start(self, student: Recommender, epoch: int) -> None: ...
+    def loss(
+        self, student: Recommender, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA when available else CPU; anything else is passed to ``torch.device`` (errors name it)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device {name!r} is not a valid torch device: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam; the fused kernel (one pass over each table) when this torch/device supports it.
+
+    Dense embedding gradients make the optimiser step the largest per-batch cost on CPU; fused Adam
+    measured about 3x cheaper there than the foreach path at dim 200.
+    """
+    try:
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _run_epoch(
+    model: Recommender, optimizer: torch.optim.Optimizer, data: SplitData, pairs: tuple[np.ndarray, np.ndarray],
+    config: TrainConfig, epoch: int, device: torch.device, distiller: ExtraLoss | None,
+    should_cancel: Callable[[], bool] | None,
+) -> dict[str, float]:
+    users, items = pairs
+    negs = NegativeSampler(data.train, seed=config.seed + epoch).sample(users)
+    perm = np.random.default_rng((config.seed, epoch)).permutation(len(users))
+    u_all = torch.from_numpy(users[perm]).to(device)
+    p_all = torch.from_numpy(items[perm]).to(device)
+    n_all = torch.from_numpy(negs[perm]).to(device)
+    bs = config.batch_size
+    n_batches = math.ceil(len(users) / bs)
+    sums: dict[str, float] = {"base": 0.0}
+    model.train()
+    for b in range(n_batches):
+        u, p, n = u_all[b * bs : (b + 1) * bs], p_all[b * bs : (b + 1) * bs], n_all[b * bs : (b + 1) * bs]
+        model.begin_step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = model.loss(u, p, n)
+        base = loss.item()
+        if distiller is not None:
+            extra, parts = distiller.loss(model, u, p, n)
+            loss = loss + extra
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        total = loss.item() if distiller is not None else base
+        if not math.isfinite(total):
+            raise NonFiniteLossError(
+                f"loss became {total} at epoch {epoch + 1}, batch {b + 1}/{n_batches} "
+                f"(base loss {base}); lower the learning rate or check the data and model options"
+            )
+        sums["base"] += base
+        if distiller is not None:
+            sums["total"] = sums.get("total", 0.0) + total
+        loss.backward()
+        optimizer.step()
+        if should_cancel is not None and (b + 1) % config.cancel_check_batches == 0 and should_cancel():
+            raise TrainingCancelled(f"cancelled during epoch {epoch + 1} (batch {b + 1}/{n_batches})")
+    return {k: v / n_batches for k, v in sums.items()}
+
+
+def fit(
+    model: Recommender,
+    data: SplitData,
+    config: TrainConfig,
+    distiller: ExtraLoss | None = None,
+    callbacks: Sequence[Callback] = (),
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    should_cancel: Callable[[], bool] | None = None,
+) -> FitResult:
+    """Train ``model`` on ``data.train`` (one sampled negative per pair, re-sampled each epoch) and keep the
+    weights of the best validation epoch (by ``config.monitor``). Resuming from ``checkpoint_dir`` ends
+    exactly where an uninterrupted run with the same seed ends.
+    """
+    threads_before = torch.get_num_threads()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    try:
+        return _fit(model, data, config, distiller, callbacks, checkpoint_dir, resume, should_cancel)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _fit(
+    model: Recommender, data: SplitData, config: TrainConfig, distiller: ExtraLoss | None,
+    callbacks: Sequence[Callback], checkpoint_dir: str | Path | None, resume: bool,
+    should_cancel: Callable[[], bool] | None,
+) -> FitResult:
+    k_monitor = int(config.monitor.split("@")[1])
+    eval_ks = tuple(sorted(set(config.eval_ks) | {k_monitor}))
+    device = resolve_device(config.device)
+    model.to(device)
+    seed_everything(config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    optimizer = make_optimizer(params, config)
+    pairs = data.train_pairs()
+    if len(pairs[0]) == 0:
+        raise ValueError("data.train has no interactions to train on")
+    has_valid = data.valid.nnz > 0
+    path = Path(checkpoint_dir) / "train_state.safetensors" if checkpoint_dir is not None else None
+    state = TrainState()
+    if path is not None and resume and path.is_file():
+        state = load_state(path, config, model, optimizer, distiller, device)
+        logger.info("resumed from %s after epoch %d", path, state.epoch)
+    session_seconds: list[float] = []
+    while state.epoch < config.epochs and not state.stopped:
+        epoch = state.epoch
+        t0 = time.perf_counter()
+        if distiller is not None:
+            distiller.on_epoch_start(model, epoch)
+        losses = _run_epoch(model, optimizer, data, pairs, config, epoch, device, distiller, should_cancel)
+        train_seconds = time.perf_counter() - t0
+        valid: dict[str, float] = {}
+        if has_valid and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+            valid = evaluate(model, data, "valid", ks=eval_ks)
+            state.observe(epoch + 1, valid, config.monitor, config.patience, model)
+        elif not has_valid:
+            state.best_epoch = epoch + 1
+        state.epoch = epoch + 1
+        seconds = time.perf_counter() - t0
+        session_seconds.append(seconds)
+        state.history.append(
+            {"epoch": epoch + 1, "losses": losses, "valid": valid, "seconds": seconds, "train_seconds": train_seconds}
+        )
+        if path is not None:
+            save_state(path, state, config, model, optimizer, distiller)
+        done = state.stopped or state.epoch >= config.epochs
+        eta = 0.0 if done else float(np.mean(session_seconds)) * (config.epochs - state.epoch)
+        report = EpochReport(
+            epoch + 1, config.epochs, losses, valid, state.best_epoch, state.best_score, seconds, eta, state.stopped
+        )
+        logger.debug("epoch %d/%d losses=%s valid=%s", epoch + 1, config.epochs, losses, valid)
+        for cb in callbacks:
+            cb.on_epoch_end(report)
+        if not done and should_cancel is not None and should_cancel():
+            raise TrainingCancelled(f"cancelled after epoch {epoch + 1}")
+    if state.best_tensors is not None:
+        model.load_state_dict(state.best_tensors)
+    train_times = [h["train_seconds"] for h in state.history]
+    return FitResult(
+        best_epoch=state.best_epoch,
+        best_valid=dict(state.best_valid),
+        epochs_run=state.epoch,
+        history=list(state.history),
+        seconds_per_epoch=float(np.mean(train_times)) if train_times else 0.0,
+        stopped_early=state.stopped,
+    )
