@@ -1,0 +1,269 @@
+"""Repository functions: the only SQL the service runs (datasets, jobs, models, activations)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from core.db.models import FINAL_STATUSES, JOB_STATUSES, Activation, Dataset, Job, Model, utcnow
+
+ACTIVE_STATUSES = ("queued", "running")
+
+
+class NotFoundError(LookupError):
+    """An id names no row; ``kind`` is the table's singular (dataset, job, model)."""
+
+    def __init__(self, kind: str, id_: str) -> None:
+        super().__init__(f"unknown {kind} id: {id_!r}")
+        self.kind = kind
+        self.id = id_
+
+
+class ConflictError(RuntimeError):
+    """The request contradicts the current state (e.g. deleting a dataset a job is using)."""
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def create_dataset(session: Session, **fields: Any) -> Dataset:
+    """Insert a dataset row (fields as in ``Dataset``) and flush so its id is set."""
+    row = Dataset(**fields)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_dataset(session: Session, dataset_id: str) -> Dataset:
+    row = session.get(Dataset, dataset_id)
+    if row is None:
+        raise NotFoundError("dataset", dataset_id)
+    return row
+
+
+def list_datasets(session: Session, limit: int = 100, offset: int = 0) -> Sequence[Dataset]:
+    stmt = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
+    return session.scalars(stmt).all()
+
+
+def delete_dataset(session: Session, dataset_id: str) -> Dataset:
+    """Delete the row (the caller removes its files); refused while a queued or running job uses it.
+
+    Finished jobs and the models trained on the dataset are kept, their ``dataset_id`` set to NULL.
+    """
+    row = get_dataset(session, dataset_id)
+    active = session.scalars(
+        select(Job.id).where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_STATUSES)).limit(1)
+    ).first()
+    if active is not None:
+        raise ConflictError(f"dataset {dataset_id} is used by job {active}, which is still {ACTIVE_STATUSES}")
+    session.execute(update(Job).where(Job.dataset_id == dataset_id).values(dataset_id=None))
+    session.execute(update(Model).where(Model.dataset_id == dataset_id).values(dataset_id=None))
+    session.delete(row)
+    session.flush()
+    return row
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def create_job(session: Session, **fields: Any) -> Job:
+    """Insert a queued job row (fields as in ``Job``) and flush so its id is set."""
+    fields.setdefault("status", "queued")
+    row = Job(**fields)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    row = session.get(Job, job_id)
+    if row is None:
+        raise NotFoundError("job", job_id)
+    return row
+
+
+def list_jobs(
+    session: Session, status: str | None = None, limit: int = 100, offset: int = 0
+) -> Sequence[Job]:
+    if status is not None and status not in JOB_STATUSES:
+        raise ValueError(f"status must be one of {JOB_STATUSES}, got {status!r}")
+    stmt = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    return session.scalars(stmt).all()
+
+
+def count_jobs_by_status(session: Session) -> dict[str, int]:
+    """{status: count} with every status present (zeros included), for metrics."""
+    counts = dict.fromkeys(JOB_STATUSES, 0)
+    for status, n in session.execute(select(Job.status, func.count()).group_by(Job.status)):
+        counts[status] = int(n)
+    return counts
+
+
+def request_cancel(session: Session, job_id: str) -> Job:
+    """Cancel a queued job at once; flag a running one (its worker stops within one epoch)."""
+    job = get_job(session, job_id)
+    if job.status in FINAL_STATUSES:
+        raise ConflictError(f"job {job_id} is already {job.status}")
+    now = utcnow()
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=now)
+    )
+    if res.rowcount == 0:  # type: ignore[attr-defined]
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def claim_job(session: Session, job_id: str, worker_id: str, lease_s: float) -> bool:
+    """Atomically take a job for ``worker_id``: queued, or running with a heartbeat older than the lease.
+
+    One UPDATE decides, so two workers can never both win; the caller commits.
+    """
+    now = utcnow()
+    cutoff = now - timedelta(seconds=lease_s)
+    stale = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
+    res = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.cancel_requested.is_(False),
+            or_(Job.status == "queued", (Job.status == "running") & stale),
+        )
+        .values(
+            status="running",
+            worker_id=worker_id,
+            heartbeat_at=now,
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, now),
+            error=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def heartbeat(session: Session, job_id: str, worker_id: str) -> bool:
+    """Refresh the lease; False when the job is no longer this worker's running job."""
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def update_owned_job(session: Session, job_id: str, worker_id: str, **values: Any) -> bool:
+    """Write ``values`` only while ``worker_id`` still owns the running job; False if it lost it."""
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def requeue_stale_jobs(session: Session, lease_s: float, include_queued: bool = False) -> list[str]:
+    """Put running jobs whose heartbeat is older than the lease back to queued; return their ids.
+
+    Each job is moved by one conditional UPDATE, so concurrent sweepers re-enqueue it once.
+    With ``include_queued`` the ids of jobs already queued are returned too (server start-up).
+    """
+    cutoff = utcnow() - timedelta(seconds=lease_s)
+    stale_ids = session.scalars(
+        select(Job.id).where(
+            Job.status == "running", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
+        )
+    ).all()
+    moved: list[str] = []
+    for job_id in stale_ids:
+        res = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status == "running",
+                or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff),
+            )
+            .values(status="queued", worker_id=None)
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            moved.append(job_id)
+    if include_queued:
+        queued = session.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.created_at)).all()
+        moved.extend(j for j in queued if j not in moved)
+    return moved
+
+
+# ---------------------------------------------------------------- models and activations
+
+
+def create_model(session: Session, **fields: Any) -> Model:
+    """Insert a model row (fields as in ``Model``) and flush so its id is set."""
+    row = Model(**fields)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_model(session: Session, model_id: str) -> Model:
+    row = session.get(Model, model_id)
+    if row is None:
+        raise NotFoundError("model", model_id)
+    return row
+
+
+def list_models(
+    session: Session, role: str | None = None, job_id: str | None = None, limit: int = 100, offset: int = 0
+) -> Sequence[Model]:
+    stmt = select(Model).order_by(Model.created_at.desc(), Model.id).limit(limit).offset(offset)
+    if role is not None:
+        stmt = stmt.where(Model.role == role)
+    if job_id is not None:
+        stmt = stmt.where(Model.job_id == job_id)
+    return session.scalars(stmt).all()
+
+
+def active_activation(session: Session) -> Activation | None:
+    """The newest activation row (its ``model_id`` is the active model), or None."""
+    stmt = select(Activation).order_by(Activation.id.desc()).limit(1)
+    return session.scalars(stmt).first()
+
+
+def active_model(session: Session) -> Model | None:
+    act = active_activation(session)
+    return None if act is None else session.get(Model, act.model_id)
+
+
+def activate_model(session: Session, model_id: str) -> Activation:
+    """Record ``model_id`` as active (the previous one is kept for rollback).
+
+    Refused for teachers (only students carry a serving bundle) and for models whose job did not succeed.
+    """
+    model = get_model(session, model_id)
+    if model.role != "student":
+        raise ConflictError(f"model {model_id} is a {model.role}; only student models can be activated")
+    if model.job_id is not None:
+        job = session.get(Job, model.job_id)
+        if job is not None and job.status != "succeeded":
+            raise ConflictError(f"model {model_id}'s job {job.id} is {job.status}, not succeeded")
+    current = active_activation(session)
+    row = Activation(model_id=model_id, previous_model_id=None if current is None else current.model_id)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def list_activations(session: Session, limit: int = 50) -> Sequence[Activation]:
+    return session.scalars(select(Activation).order_by(Activation.id.desc()).limit(limit)).all()

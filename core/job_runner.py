@@ -1,0 +1,291 @@
+"""The phases of one claimed job, in order: teacher, distill, evaluate, index (see ``core.pipeline``).
+
+Every step that changes the database checks that the job is still ours; model ids are derived from the
+job id, so a re-delivered job overwrites its own artifacts instead of leaving duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from core import job_steps as steps
+from core.data import SplitData
+from core.db import repo
+from core.db.models import Model, utcnow
+from core.db.session import session_scope
+from core.models.base import Recommender
+from core.pipeline import JobContext, JobLost, derived_model_id
+from core.train import EpochReport, FitResult, TrainingCancelled
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Teacher:
+    model: Recommender
+    id: str
+    n_params: int
+    metrics: dict[str, float] | None  # test metrics on this job's split, when already known
+
+
+class ProgressWriter:
+    """Fit callback: epoch, progress, history and heartbeat go to the job row after every epoch."""
+
+    def __init__(self, ctx: JobContext, phase: str, history: list[dict[str, Any]]) -> None:
+        self.ctx, self.phase, self.history = ctx, phase, history
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        entry = {
+            "phase": self.phase,
+            "epoch": report.epoch,
+            "losses": report.losses,
+            "valid": report.valid,
+            "seconds": round(report.seconds, 4),
+        }
+        self.replace(
+            [h for h in self.history if h["phase"] == self.phase and h["epoch"] < report.epoch] + [entry]
+        )
+        self.ctx.write(
+            phase=self.phase,
+            epoch=report.epoch,
+            max_epochs=report.max_epochs,
+            progress=self.ctx.progress(self.phase, report.epoch / report.max_epochs),
+            history=self.history,
+            heartbeat_at=utcnow(),
+        )
+        self.ctx.should_cancel(force=True)  # fit asks right after this callback
+
+    def start(self, max_epochs: int) -> None:
+        """Enter the phase: epoch = the last one recorded for it (0 when fresh, > 0 when resuming)."""
+        done = max((h["epoch"] for h in self.history if h["phase"] == self.phase), default=0)
+        self.ctx.write(phase=self.phase, epoch=done, max_epochs=max_epochs)
+
+    def replace(self, phase_entries: list[dict[str, Any]]) -> None:
+        """Swap this phase's entries (a resumed fit must not repeat epochs already recorded)."""
+        self.history[:] = [h for h in self.history if h["phase"] != self.phase] + phase_entries
+
+    def finish(self, result: FitResult) -> None:
+        """Record the fit's complete history (it survives restarts inside the checkpoint)."""
+        self.replace(
+            [
+                {
+                    "phase": self.phase,
+                    "epoch": h["epoch"],
+                    "losses": h["losses"],
+                    "valid": h["valid"],
+                    "seconds": round(float(h["seconds"]), 4),
+                }
+                for h in result.history
+            ]
+        )
+        self.ctx.write(
+            history=self.history, epoch=result.epochs_run, progress=self.ctx.progress(self.phase, 1.0)
+        )
+
+
+def _check_cancel(ctx: JobContext, where: str) -> None:
+    if ctx.should_cancel(force=True):
+        raise TrainingCancelled(f"cancelled before {where}")
+
+
+def execute(ctx: JobContext) -> None:
+    """Run the claimed job ``ctx.job_id`` to success (errors propagate to ``core.pipeline``)."""
+    url = ctx.settings.database_url
+    with session_scope(url) as s:
+        job = repo.get_job(s, ctx.job_id)
+        if job.dataset_id is None:
+            raise ValueError(f"job {job.id}'s dataset was deleted")
+        ds = repo.get_dataset(s, job.dataset_id)
+        dataset = {
+            c: getattr(ds, c)
+            for c in (
+                "path",
+                "format",
+                "user_col",
+                "item_col",
+                "rating_col",
+                "timestamp_col",
+                "rating_threshold",
+            )
+        }
+        spec = {
+            c: getattr(job, c)
+            for c in (
+                "dataset_id",
+                "method",
+                "teacher",
+                "teacher_model_id",
+                "student",
+                "hyperparameters",
+                "seed",
+                "split",
+                "result_teacher_model_id",
+            )
+        }
+        history = list(job.history or [])
+    if ctx.settings.torch_threads is not None:
+        steps.set_threads(ctx.settings.torch_threads)
+    reuse = spec["teacher_model_id"] or spec["result_teacher_model_id"]
+    ctx.phases = (["teacher"] if not reuse else []) + ["distill", "evaluate", "index"]
+    plan = steps.plan_job(spec["method"], spec["hyperparameters"], spec["seed"], ctx.settings.device)
+    steps.check_spec(spec["teacher"], "teacher")
+    steps.check_spec(spec["student"], "student")
+    data = steps.load_split(ctx.store.resolve(dataset["path"]), dataset, spec["split"], spec["seed"])
+    log.info("job %s: %d users, %d items, phases %s", ctx.job_id, data.n_users, data.n_items, ctx.phases)
+
+    teacher = _load_teacher(ctx, reuse, data) if reuse else _train_teacher(ctx, spec, plan, data, history)
+    _check_cancel(ctx, "distillation")
+    distiller = steps.make_distiller(spec["method"], plan.distiller, teacher.model, data, ctx.settings.device)
+    writer = ProgressWriter(ctx, "distill", history)
+    writer.start(plan.student_train.epochs)
+    student, result = steps.train_model(
+        spec["student"],
+        data,
+        plan.student_train,
+        ctx.store.checkpoint_dir(ctx.job_id, "distill"),
+        [writer],
+        ctx.should_cancel,
+        distiller=distiller,
+    )
+    writer.finish(result)
+    del distiller
+
+    _check_cancel(ctx, "evaluation")
+    ctx.write(phase="evaluate", progress=ctx.progress("evaluate", 0.0))
+    metrics = steps.test_metrics(student, data)
+    teacher_metrics = (
+        teacher.metrics if teacher.metrics is not None else steps.test_metrics(teacher.model, data)
+    )
+
+    _check_cancel(ctx, "indexing")
+    ctx.write(phase="index", progress=ctx.progress("index", 0.0))
+    _publish_student(ctx, spec, data, student, result, teacher, metrics, teacher_metrics)
+    ctx.store.remove(ctx.store.job_dir(ctx.job_id))
+
+
+def _train_teacher(
+    ctx: JobContext, spec: dict[str, Any], plan: steps.JobPlan, data: SplitData, history: list[dict[str, Any]]
+) -> Teacher:
+    if not spec["teacher"]:
+        raise ValueError("job has neither teacher {model, dim} nor teacher_model_id")
+    writer = ProgressWriter(ctx, "teacher", history)
+    writer.start(plan.teacher_train.epochs)
+    model, result = steps.train_model(
+        spec["teacher"],
+        data,
+        plan.teacher_train,
+        ctx.store.checkpoint_dir(ctx.job_id, "teacher"),
+        [writer],
+        ctx.should_cancel,
+    )
+    writer.finish(result)
+    metrics = steps.test_metrics(model, data)
+    teacher_id = derived_model_id(ctx.job_id, "teacher")
+    folder = ctx.store.model_dir(teacher_id)
+    manifest = {
+        "role": "teacher",
+        "job_id": ctx.job_id,
+        "seed": spec["seed"],
+        "metrics": metrics,
+        "best_epoch": result.best_epoch,
+        "train": plan.teacher_train.model_dump(),
+    }
+    size = steps.save_model(folder, model, data, manifest)
+    with session_scope(ctx.settings.database_url) as s:
+        if s.get(Model, teacher_id) is None:
+            repo.create_model(
+                s,
+                id=teacher_id,
+                job_id=ctx.job_id,
+                dataset_id=spec["dataset_id"],
+                role="teacher",
+                model_name=spec["teacher"]["model"],
+                dim=int(spec["teacher"]["dim"]),
+                method=None,
+                artifact_path=ctx.store.relative(folder),
+                n_params=steps.n_params(model),
+                size_bytes=size,
+                metrics=metrics,
+            )
+        if not repo.update_owned_job(s, ctx.job_id, ctx.worker_id, result_teacher_model_id=teacher_id):
+            raise JobLost(f"job {ctx.job_id} was taken over while saving its teacher")
+    return Teacher(model, teacher_id, steps.n_params(model), metrics)
+
+
+def _load_teacher(ctx: JobContext, teacher_id: str, data: SplitData) -> Teacher:
+    with session_scope(ctx.settings.database_url) as s:
+        row = repo.get_model(s, teacher_id)
+        path, stored_metrics = row.artifact_path, dict(row.metrics or {})
+    model, manifest = steps.load_model(ctx.store.resolve(path), data, ctx.settings.device)
+    same_split = manifest.get("data_fingerprint") == data.fingerprint
+    log.info("job %s reuses teacher %s (same split: %s)", ctx.job_id, teacher_id, same_split)
+    return Teacher(model, teacher_id, steps.n_params(model), stored_metrics if same_split else None)
+
+
+def _publish_student(
+    ctx: JobContext,
+    spec: dict[str, Any],
+    data: SplitData,
+    student: Recommender,
+    result: FitResult,
+    teacher: Teacher,
+    metrics: dict[str, float],
+    teacher_metrics: dict[str, float],
+) -> None:
+    student_id = derived_model_id(ctx.job_id, "student")
+    folder = ctx.store.model_dir(student_id)
+    manifest = {
+        "role": "student",
+        "job_id": ctx.job_id,
+        "seed": spec["seed"],
+        "method": spec["method"],
+        "teacher_model_id": teacher.id,
+        "metrics": metrics,
+        "teacher_metrics": teacher_metrics,
+        "best_epoch": result.best_epoch,
+        "hyperparameters": spec["hyperparameters"],
+    }
+    size = steps.save_model(folder, student, data, manifest)
+    steps.export_bundle(folder / "serving", student, data, student_id)
+    params = steps.n_params(student)
+    with session_scope(ctx.settings.database_url) as s:
+        if s.get(Model, student_id) is None:
+            repo.create_model(
+                s,
+                id=student_id,
+                job_id=ctx.job_id,
+                dataset_id=spec["dataset_id"],
+                role="student",
+                model_name=spec["student"]["model"],
+                dim=int(spec["student"]["dim"]),
+                method=spec["method"],
+                artifact_path=ctx.store.relative(folder),
+                n_params=params,
+                size_bytes=size,
+                metrics=metrics,
+                teacher_metrics=teacher_metrics,
+                teacher_model_id=teacher.id,
+                compression_ratio=teacher.n_params / params,
+            )
+        done = repo.update_owned_job(
+            s,
+            ctx.job_id,
+            ctx.worker_id,
+            status="succeeded",
+            phase="index",
+            progress=1.0,
+            student_model_id=student_id,
+            error=None,
+            finished_at=utcnow(),
+        )
+        if not done:
+            raise JobLost(f"job {ctx.job_id} was taken over while publishing its student")
+    log.info(
+        "job %s succeeded: student %s ndcg@10=%.4f (teacher %.4f)",
+        ctx.job_id,
+        student_id,
+        metrics.get("ndcg@10", float("nan")),
+        teacher_metrics.get("ndcg@10", float("nan")),
+    )

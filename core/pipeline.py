@@ -1,0 +1,226 @@
+"""The job use case: claim a job, run its phases (teacher, distill, evaluate, index), record every step.
+
+The database row is the source of truth. A job is claimed atomically and kept by a heartbeat; progress,
+history and a checkpoint are written every epoch, so a re-delivered job resumes from its last epoch.
+Torch is imported only when a job actually runs (``core.job_steps``), never at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from core.db import repo
+from core.db.models import FINAL_STATUSES, Job, utcnow
+from core.db.session import session_scope
+from core.settings import Settings, get_settings
+from core.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+# Worth retrying: the database or the broker is unreachable for a moment.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    BrokerError,
+    ConnectionError,
+    TimeoutError,
+)
+_NAMESPACE = uuid.UUID("6f1c8f52-4a0b-4e77-9a51-3d1b2f0c9e11")
+# Share of the overall progress bar per phase (the teacher's share goes to distill when it is reused).
+_WEIGHTS = {"teacher": 0.45, "distill": 0.45, "evaluate": 0.05, "index": 0.05}
+
+
+class JobLost(RuntimeError):
+    """Another worker took the job over (our lease lapsed) or it left the running state: stop quietly."""
+
+
+class JobInterrupted(RuntimeError):
+    """The worker is shutting down: the job goes back to the queue and resumes from its last epoch."""
+
+
+_shutdown = threading.Event()
+
+
+def request_shutdown() -> None:
+    """Ask the running job (if any) to stop at its next cancel check; called on a worker's warm shutdown."""
+    _shutdown.set()
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def derived_model_id(job_id: str, role: str) -> str:
+    """The id of a job's teacher/student model, fixed per job so a re-run overwrites, never duplicates."""
+    return uuid.uuid5(_NAMESPACE, f"{job_id}:{role}").hex
+
+
+@dataclass
+class JobContext:
+    """What every phase needs: ids, settings, and the cancel/ownership state kept by the heartbeat."""
+
+    job_id: str
+    worker_id: str
+    settings: Settings
+    store: ArtifactStore
+    phases: list[str] = field(default_factory=list)
+    lost: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    _last_check: float = 0.0
+
+    def write(self, **values: Any) -> None:
+        """Update our job row; raises JobLost if the job is no longer ours."""
+        with session_scope(self.settings.database_url) as s:
+            if not repo.update_owned_job(s, self.job_id, self.worker_id, **values):
+                self.lost.set()
+        if self.lost.is_set():
+            raise JobLost(f"job {self.job_id} is no longer owned by {self.worker_id}")
+
+    def should_cancel(self, force: bool = False) -> bool:
+        """True once the API asked to cancel; raises JobLost when the job was taken over.
+
+        Mid-epoch polls (every few batches) read the database at most once a second; ``force`` (after every
+        epoch) always reads it, so a cancel lands within one epoch.
+        """
+        if self.lost.is_set():
+            raise JobLost(f"job {self.job_id} is no longer owned by {self.worker_id}")
+        if _shutdown.is_set():
+            raise JobInterrupted(f"worker {self.worker_id} is shutting down")
+        now = time.monotonic()
+        if not self.cancel.is_set() and (force or now - self._last_check >= 1.0):
+            self._last_check = now
+            with session_scope(self.settings.database_url) as s:
+                if repo.get_job(s, self.job_id).cancel_requested:
+                    self.cancel.set()
+        return self.cancel.is_set()
+
+    def progress(self, phase: str, fraction: float) -> float:
+        """Overall progress in [0, 1] when ``phase`` is ``fraction`` done."""
+        total = sum(_WEIGHTS[p] for p in self.phases)
+        done = sum(_WEIGHTS[p] for p in self.phases[: self.phases.index(phase)])
+        return min(1.0, (done + _WEIGHTS[phase] * fraction) / total)
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes the job's lease every ``heartbeat_s``; flags ``ctx.lost`` when the job stops being ours."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        super().__init__(name=f"heartbeat-{ctx.job_id[:8]}", daemon=True)
+        self.ctx = ctx
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.ctx.settings.heartbeat_s):
+            try:
+                with session_scope(self.ctx.settings.database_url) as s:
+                    if not repo.heartbeat(s, self.ctx.job_id, self.ctx.worker_id):
+                        self.ctx.lost.set()
+                        return
+            except TRANSIENT_ERRORS as exc:  # keep trying; the lease covers short outages
+                log.warning("heartbeat of job %s failed: %s", self.ctx.job_id, exc)
+
+
+def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None = None) -> str:
+    """Run job ``job_id`` to a final state; returns the status it ended in, or why nothing ran.
+
+    Returns the job's status if it was already final (idempotent), "busy" when another worker holds it,
+    "lost" when it was taken over mid-run, "interrupted" when the worker is shutting down (the job is back
+    in the queued state; the caller re-enqueues it). Transient errors are re-raised (the task retries them).
+    """
+    settings = settings or get_settings()
+    worker_id = worker_id or default_worker_id()
+    with session_scope(settings.database_url) as s:
+        try:
+            job = repo.get_job(s, job_id)
+        except repo.NotFoundError:
+            log.error("job %s does not exist; dropping the message", job_id)
+            return "missing"
+        if job.status in FINAL_STATUSES:
+            log.info("job %s is already %s; nothing to do", job_id, job.status)
+            return job.status
+        if _shutdown.is_set():  # a message taken during a warm shutdown: leave the job to the next worker
+            return "interrupted"
+        claimed = repo.claim_job(s, job_id, worker_id, settings.job_lease_s)
+    if not claimed:
+        log.info("job %s is held by another worker (or cancelled); not running it twice", job_id)
+        return "busy"
+    ctx = JobContext(job_id, worker_id, settings, ArtifactStore(settings.artifact_dir))
+    beat = _Heartbeat(ctx)
+    beat.start()
+    try:
+        from core import job_runner  # torch enters the process here, inside the task
+
+        job_runner.execute(ctx)
+        return "succeeded"
+    except JobLost:
+        log.warning("job %s was taken over by another worker; stopping", job_id)
+        return "lost"
+    except JobInterrupted:
+        log.info("job %s interrupted by a worker shutdown; handing it back to the queue", job_id)
+        _release(ctx)
+        return "interrupted"
+    except TRANSIENT_ERRORS:
+        _release(ctx)
+        raise
+    except Exception as exc:
+        return _finish_with_error(ctx, exc)
+    finally:
+        beat.stopped.set()
+        beat.join(timeout=5)
+
+
+def _finish_with_error(ctx: JobContext, exc: Exception) -> str:
+    from core.train import TrainingCancelled
+
+    if isinstance(exc, TrainingCancelled) or ctx.cancel.is_set():
+        status, message = "cancelled", None
+        log.info("job %s cancelled", ctx.job_id)
+    else:
+        status, message = "failed", _message(exc)
+        log.warning("job %s failed: %s", ctx.job_id, message, exc_info=not _expected(exc))
+    try:
+        ctx.write(status=status, error=message, finished_at=utcnow())
+    except JobLost:
+        return "lost"
+    ctx.store.remove(ctx.store.job_dir(ctx.job_id))  # a final job is never resumed: drop its train state
+    return status
+
+
+def _expected(exc: Exception) -> bool:
+    """Errors whose message is the whole story (bad data, bad options, diverged training)."""
+    from core.data import DataError
+    from core.train import NonFiniteLossError
+
+    return isinstance(exc, (DataError, NonFiniteLossError, ValueError, repo.NotFoundError, FileNotFoundError))
+
+
+def _message(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if _expected(exc) else f"internal error ({type(exc).__name__}): {text}"
+
+
+def _release(ctx: JobContext) -> None:
+    """Hand a job back to the queue after a transient error so the retry can claim it at once."""
+    try:
+        with session_scope(ctx.settings.database_url) as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == ctx.job_id, Job.worker_id == ctx.worker_id, Job.status == "running")
+                .values(status="queued", worker_id=None)
+            )
+    except (DBAPIError, *TRANSIENT_ERRORS) as exc:  # still down: the lease expires and the sweeper requeues
+        log.warning("could not release job %s after a transient error: %s", ctx.job_id, exc)

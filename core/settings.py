@@ -1,0 +1,174 @@
+"""Service configuration: one pydantic-settings ``Settings`` read from the environment.
+
+Defaults describe the embedded mode (SQLite, a queue file and artifacts under ``RECDISTILL_HOME``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each field's description is its documentation."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="forbid", case_sensitive=False)
+
+    home: Path = Field(
+        Path("./var"),
+        validation_alias="RECDISTILL_HOME",
+        description="Folder for the embedded mode's state: SQLite database, queue file and artifacts.",
+    )
+    database_url: str = Field(
+        "",
+        validation_alias="DATABASE_URL",
+        description="SQLAlchemy URL of the database (e.g. postgresql+psycopg://user@host/db). "
+        "Default: sqlite:///<home>/recdistill.db.",
+    )
+    celery_broker_url: str = Field(
+        "",
+        validation_alias="CELERY_BROKER_URL",
+        description="Celery broker URL (e.g. redis://host:6379/0). "
+        "Default: sqla+sqlite:///<home>/queue.db, a queue that needs no Redis.",
+    )
+    artifact_dir: Path = Field(
+        Path(""),
+        validation_alias="ARTIFACT_DIR",
+        description="Artifact store (uploaded datasets, checkpoints, serving bundles); shared by all "
+        "workers and API processes in the distributed mode. Default: <home>/artifacts.",
+    )
+    api_key: str | None = Field(
+        None,
+        validation_alias="RECDISTILL_API_KEY",
+        description="API key required in the X-API-Key header of write endpoints. Unset: writes are open.",
+    )
+    open_reads: bool = Field(
+        True,
+        validation_alias="RECDISTILL_OPEN_READS",
+        description="Whether read endpoints are served without an API key.",
+    )
+    max_upload_mb: int = Field(
+        500,
+        gt=0,
+        validation_alias="RECDISTILL_MAX_UPLOAD_MB",
+        description="Largest accepted dataset upload, in MiB.",
+    )
+    max_k: int = Field(
+        1000,
+        gt=0,
+        validation_alias="RECDISTILL_MAX_K",
+        description="Largest k (and k + offset) a recommendation request may ask for.",
+    )
+    index: Literal["flat", "hnsw"] = Field(
+        "flat",
+        validation_alias="RECDISTILL_INDEX",
+        description="FAISS index kind: flat (exact inner product) or hnsw (approximate, large catalogues).",
+    )
+    host: str = Field(
+        "127.0.0.1", validation_alias="RECDISTILL_HOST", description="Address `recdistill serve` binds."
+    )
+    port: int = Field(
+        8000, gt=0, lt=65536, validation_alias="RECDISTILL_PORT", description="Port `recdistill serve` binds."
+    )
+    data_dir: Path | None = Field(
+        None,
+        validation_alias="RECDISTILL_DATA_DIR",
+        description="Cache of public datasets fetched by `recdistill datasets fetch` "
+        "(default ~/.cache/recdistill/datasets).",
+    )
+    visibility_timeout_s: int = Field(
+        43200,
+        gt=0,
+        validation_alias="RECDISTILL_VISIBILITY_TIMEOUT",
+        description="Seconds before an unacknowledged queue message is delivered again; keep it above the "
+        "longest job (late acks: a job is acknowledged only when it ends).",
+    )
+    job_lease_s: int = Field(
+        120,
+        gt=0,
+        validation_alias="RECDISTILL_JOB_LEASE",
+        description="Seconds without a heartbeat after which a running job counts as abandoned and may be "
+        "claimed by another worker.",
+    )
+    heartbeat_s: float = Field(
+        10.0,
+        gt=0,
+        validation_alias="RECDISTILL_HEARTBEAT",
+        description="Seconds between heartbeats a worker writes to its running job (kept below the lease).",
+    )
+    task_max_retries: int = Field(
+        5,
+        ge=0,
+        validation_alias="RECDISTILL_TASK_MAX_RETRIES",
+        description="Retries of a job after transient errors (database or broker unreachable), with backoff.",
+    )
+    device: str = Field(
+        "auto",
+        validation_alias="RECDISTILL_DEVICE",
+        description="Torch device for jobs: auto (CUDA when present), cpu, cuda or cuda:N.",
+    )
+    torch_threads: int | None = Field(
+        None,
+        gt=0,
+        validation_alias="RECDISTILL_TORCH_THREADS",
+        description="CPU threads torch may use inside a job (unset: torch's default, one per core). "
+        "Set it when several workers share a machine's cores.",
+    )
+    log_level: str = Field(
+        "INFO", validation_alias="RECDISTILL_LOG_LEVEL", description="Log level of the server and workers."
+    )
+
+    @model_validator(mode="after")
+    def _fill_derived(self) -> Settings:
+        """Resolve the home folder and derive the defaults that live inside it."""
+        self.home = self.home.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'recdistill.db'}"
+        if not self.celery_broker_url:
+            self.celery_broker_url = f"sqla+sqlite:///{self.home / 'queue.db'}"
+        if str(self.artifact_dir) in ("", "."):
+            self.artifact_dir = self.home / "artifacts"
+        self.artifact_dir = self.artifact_dir.expanduser().resolve()
+        if self.heartbeat_s >= self.job_lease_s:
+            raise ValueError(
+                f"RECDISTILL_HEARTBEAT ({self.heartbeat_s}) must be below RECDISTILL_JOB_LEASE ({self.job_lease_s})"
+            )
+        return self
+
+    @property
+    def embedded_broker(self) -> bool:
+        """True when the queue is the no-Redis SQLAlchemy transport (embedded mode)."""
+        return self.celery_broker_url.startswith("sqla+")
+
+    def ensure_dirs(self) -> None:
+        """Create the home and artifact folders (and the SQLite files' parents)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        for url in (self.database_url, self.celery_broker_url):
+            path = sqlite_path(url)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a ``sqlite:///`` (or ``sqla+sqlite:///``) URL, or None for other URLs."""
+    for prefix in ("sqla+sqlite:///", "sqlite+pysqlite:///", "sqlite:///"):
+        if url.startswith(prefix):
+            rest = url[len(prefix) :].split("?", 1)[0]
+            return Path(rest) if rest and rest != ":memory:" else None
+    return None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once (``clear_settings_cache()`` re-reads the environment)."""
+    return Settings()
+
+
+def clear_settings_cache() -> None:
+    """Forget the cached settings so the next ``get_settings()`` re-reads the environment (tests)."""
+    get_settings.cache_clear()

@@ -1,0 +1,175 @@
+"""The artifact store: folder layout (datasets/, models/, jobs/), atomic writes and safe names.
+
+Layout under the root: ``datasets/<id>/<file>``, ``models/<id>/`` (checkpoint + ``serving/``),
+``jobs/<id>/checkpoints/<phase>/``. Paths stored in the database are relative to the root.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+_PHASES = ("teacher", "distill")
+MAX_NAME = 255
+
+
+class InvalidNameError(ValueError):
+    """A name or id that could escape its folder (``../../etc/passwd``) or is otherwise unusable."""
+
+
+def safe_name(value: str, field: str = "name") -> str:
+    """Return ``value`` if it is a plain file name; raise InvalidNameError naming ``field`` otherwise."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidNameError(f"{field} must be a non-empty name")
+    if len(value) > MAX_NAME:
+        raise InvalidNameError(f"{field} is longer than {MAX_NAME} characters")
+    if "/" in value or "\\" in value or value in (".", "..") or ".." in value.split("."):
+        raise InvalidNameError(f"{field} must be a plain name, not a path: {value!r}")
+    if any(ord(c) < 32 or c == "\x7f" for c in value) or value.startswith("."):
+        raise InvalidNameError(f"{field} contains control characters or starts with a dot: {value!r}")
+    return value
+
+
+def check_id(value: str, field: str = "id") -> str:
+    """Return ``value`` if it is a 32-character lowercase hex id; raise InvalidNameError otherwise."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise InvalidNameError(f"{field} must be a 32-character hex id, got {value!r}")
+    return value
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems refuse directory handles; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Write to a temporary file beside ``path``; on success fsync and ``os.replace`` it into place.
+
+    On any exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def publish_dir(staging: Path, final: Path) -> None:
+    """Move a fully written folder into place; an older ``final`` is swapped out and removed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old: Path | None = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+    os.replace(staging, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def size_of(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class ArtifactStore:
+    """Paths inside one artifact root; every path handed out stays inside it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    def _inside(self, path: Path) -> Path:
+        path = path.resolve()
+        if not path.is_relative_to(self.root):
+            raise InvalidNameError(f"path {path} leaves the artifact store {self.root}")
+        return path
+
+    def dataset_dir(self, dataset_id: str) -> Path:
+        return self._inside(self.root / "datasets" / check_id(dataset_id, "dataset_id"))
+
+    def dataset_file(self, dataset_id: str, filename: str) -> Path:
+        return self._inside(self.dataset_dir(dataset_id) / safe_name(filename, "filename"))
+
+    def model_dir(self, model_id: str) -> Path:
+        return self._inside(self.root / "models" / check_id(model_id, "model_id"))
+
+    def serving_dir(self, model_id: str) -> Path:
+        return self.model_dir(model_id) / "serving"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self._inside(self.root / "jobs" / check_id(job_id, "job_id"))
+
+    def checkpoint_dir(self, job_id: str, phase: str) -> Path:
+        if phase not in _PHASES:
+            raise InvalidNameError(f"phase must be one of {_PHASES}, got {phase!r}")
+        return self.job_dir(job_id) / "checkpoints" / phase
+
+    def relative(self, path: Path) -> str:
+        """``path`` as stored in the database: relative to the root, with forward slashes."""
+        return self._inside(path).relative_to(self.root).as_posix()
+
+    def resolve(self, relative: str) -> Path:
+        """The absolute path of a stored relative path; refuses anything that leaves the root."""
+        if Path(relative).is_absolute():
+            raise InvalidNameError(f"artifact path must be relative, got {relative!r}")
+        return self._inside(self.root / relative)
+
+    def staging_dir(self, final: Path) -> Path:
+        """A fresh hidden folder beside ``final`` to write into before ``publish_dir``."""
+        final = self._inside(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
+
+    def remove(self, path: Path) -> None:
+        """Delete a file or folder inside the store (missing is fine)."""
+        path = self._inside(path)
+        if path == self.root:
+            raise InvalidNameError("refusing to remove the artifact root")
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

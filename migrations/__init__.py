@@ -1,0 +1,1 @@
+"""Alembic migrations for the service database (``alembic upgrade head`` or ``recdistill migrate``)."""

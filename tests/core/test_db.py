@@ -1,0 +1,257 @@
+"""Database layer: migrations on a fresh SQLite file, repository CRUD, atomic claims, cancel and activation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.db import repo
+from core.db.migrate import current_revision, upgrade_head
+from core.db.models import Base, Job, utcnow
+from core.db.session import dispose_engines, session_scope
+
+
+@pytest.fixture()
+def db_url(tmp_path: Path) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    upgrade_head(url)
+    yield url
+    dispose_engines()
+
+
+def _dataset(s: Session, **over: object) -> str:
+    fields = dict(
+        name="toy",
+        original_filename="toy.csv",
+        path="datasets/x/toy.csv",
+        format="csv",
+        user_col="u",
+        item_col="i",
+        rating_col=None,
+        timestamp_col=None,
+        rating_threshold=None,
+        n_users=3,
+        n_items=4,
+        n_interactions=6,
+        density=0.5,
+        size_bytes=40,
+    )
+    fields.update(over)
+    return repo.create_dataset(s, **fields).id
+
+
+def _job(s: Session, dataset_id: str) -> str:
+    return repo.create_job(
+        s,
+        dataset_id=dataset_id,
+        method="dcd",
+        teacher={"model": "bpr", "dim": 8},
+        student={"model": "bpr", "dim": 4},
+        hyperparameters={},
+        seed=0,
+        split={"mode": "random"},
+    ).id
+
+
+def _model(s: Session, job_id: str | None, dataset_id: str, role: str = "student") -> str:
+    return repo.create_model(
+        s,
+        job_id=job_id,
+        dataset_id=dataset_id,
+        role=role,
+        model_name="bpr",
+        dim=4,
+        method="dcd",
+        artifact_path="models/x",
+        n_params=28,
+        size_bytes=112,
+        metrics={"ndcg@10": 0.1},
+    ).id
+
+
+def test_migrations_create_every_table_and_match_the_models(db_url: str) -> None:
+    assert current_revision(db_url) == "0001"
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        assert {"datasets", "jobs", "models", "activations"} <= set(inspect(conn).get_table_names())
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []
+    upgrade_head(db_url)  # idempotent
+    assert current_revision(db_url) == "0001"
+
+
+def test_alembic_command_line_upgrades_a_fresh_sqlite_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alembic",
+            "-c",
+            str(root / "alembic.ini"),
+            "-x",
+            f"url={url}",
+            "upgrade",
+            "head",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert current_revision(url) == "0001"
+
+
+def test_dataset_crud_and_not_found(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        ds = _dataset(s)
+    with session_scope(db_url) as s:
+        row = repo.get_dataset(s, ds)
+        assert len(row.id) == 32 and row.n_items == 4
+        assert row.created_at.tzinfo is not None
+        assert [d.id for d in repo.list_datasets(s)] == [ds]
+    with session_scope(db_url) as s, pytest.raises(repo.NotFoundError, match="unknown dataset id"):
+        repo.get_dataset(s, "nope")
+
+
+def test_delete_dataset_refused_while_a_job_uses_it(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        ds = _dataset(s)
+        job = _job(s, ds)
+    with session_scope(db_url) as s, pytest.raises(repo.ConflictError, match=job):
+        repo.delete_dataset(s, ds)
+    with session_scope(db_url) as s:
+        s.execute(update(Job).where(Job.id == job).values(status="succeeded"))
+    with session_scope(db_url) as s:
+        repo.delete_dataset(s, ds)
+    with session_scope(db_url) as s:
+        assert repo.get_job(s, job).dataset_id is None
+        with pytest.raises(repo.NotFoundError):
+            repo.get_dataset(s, ds)
+
+
+def test_foreign_keys_are_enforced(db_url: str) -> None:
+    with pytest.raises(IntegrityError), session_scope(db_url) as s:
+        _job(s, "0" * 32)
+
+
+def test_claim_is_exclusive_until_the_lease_expires(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        job = _job(s, _dataset(s))
+    with session_scope(db_url) as s:
+        assert repo.claim_job(s, job, "w1", lease_s=60)
+    with session_scope(db_url) as s:
+        assert not repo.claim_job(s, job, "w2", lease_s=60)
+        assert repo.heartbeat(s, job, "w1") and not repo.heartbeat(s, job, "w2")
+    with session_scope(db_url) as s:
+        s.execute(update(Job).where(Job.id == job).values(heartbeat_at=utcnow() - timedelta(seconds=120)))
+    with session_scope(db_url) as s:
+        assert repo.claim_job(s, job, "w2", lease_s=60)
+    with session_scope(db_url) as s:
+        row = repo.get_job(s, job)
+        assert (row.status, row.worker_id, row.attempts) == ("running", "w2", 2)
+        assert not repo.update_owned_job(s, job, "w1", epoch=3)
+        assert repo.update_owned_job(s, job, "w2", epoch=3)
+
+
+def test_finished_or_cancelled_jobs_cannot_be_claimed(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        ds = _dataset(s)
+        done, cancelled = _job(s, ds), _job(s, ds)
+        s.execute(update(Job).where(Job.id == done).values(status="succeeded"))
+    with session_scope(db_url) as s:
+        assert repo.request_cancel(s, cancelled).status == "cancelled"
+    with session_scope(db_url) as s:
+        assert not repo.claim_job(s, done, "w", 60)
+        assert not repo.claim_job(s, cancelled, "w", 60)
+        with pytest.raises(repo.ConflictError, match="already succeeded"):
+            repo.request_cancel(s, done)
+
+
+def test_cancel_of_a_running_job_only_raises_the_flag(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        job = _job(s, _dataset(s))
+        assert repo.claim_job(s, job, "w", 60)
+    with session_scope(db_url) as s:
+        row = repo.request_cancel(s, job)
+        assert (row.status, row.cancel_requested) == ("running", True)
+
+
+def test_requeue_moves_only_stale_running_jobs_once(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        ds = _dataset(s)
+        fresh, stale, queued = _job(s, ds), _job(s, ds), _job(s, ds)
+        repo.claim_job(s, fresh, "w1", 60)
+        repo.claim_job(s, stale, "w2", 60)
+        s.execute(update(Job).where(Job.id == stale).values(heartbeat_at=utcnow() - timedelta(seconds=300)))
+    with session_scope(db_url) as s:
+        assert repo.requeue_stale_jobs(s, lease_s=60) == [stale]
+    with session_scope(db_url) as s:
+        assert repo.requeue_stale_jobs(s, lease_s=60) == []
+        assert repo.get_job(s, stale).status == "queued"
+        assert set(repo.requeue_stale_jobs(s, lease_s=60, include_queued=True)) == {stale, queued}
+        assert repo.count_jobs_by_status(s) == {
+            "queued": 2,
+            "running": 1,
+            "succeeded": 0,
+            "failed": 0,
+            "cancelled": 0,
+        }
+        assert [j.id for j in repo.list_jobs(s, status="running")] == [fresh]
+        with pytest.raises(ValueError, match="status"):
+            repo.list_jobs(s, status="bogus")
+
+
+def test_activation_keeps_the_previous_model_for_rollback(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        ds = _dataset(s)
+        job = _job(s, ds)
+        s.execute(update(Job).where(Job.id == job).values(status="succeeded"))
+        m1, m2 = _model(s, job, ds), _model(s, job, ds)
+    with session_scope(db_url) as s:
+        assert repo.active_model(s) is None
+        repo.activate_model(s, m1)
+    with session_scope(db_url) as s:
+        act = repo.activate_model(s, m2)
+        assert act.previous_model_id == m1
+    with session_scope(db_url) as s:
+        assert repo.active_model(s).id == m2  # type: ignore[union-attr]
+        repo.activate_model(s, m1)  # rollback
+        assert repo.active_model(s).id == m1  # type: ignore[union-attr]
+        assert [a.model_id for a in repo.list_activations(s)] == [m1, m2, m1]
+
+
+def test_activation_refused_for_failed_jobs_and_teachers(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        ds = _dataset(s)
+        job = _job(s, ds)
+        s.execute(update(Job).where(Job.id == job).values(status="failed"))
+        student, teacher = _model(s, job, ds), _model(s, job, ds, role="teacher")
+    with session_scope(db_url) as s:
+        with pytest.raises(repo.ConflictError, match="failed"):
+            repo.activate_model(s, student)
+        with pytest.raises(repo.ConflictError, match="teacher"):
+            repo.activate_model(s, teacher)
+        with pytest.raises(repo.NotFoundError, match="unknown model id"):
+            repo.activate_model(s, "x" * 32)
+        assert repo.active_model(s) is None
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert s.execute(text("PRAGMA foreign_keys")).scalar() == 1

@@ -1,0 +1,87 @@
+"""Migrations and the repository on a real Postgres (throwaway database)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from core.db import repo
+from core.db.migrate import current_revision, upgrade_head
+from core.db.models import Base
+from core.db.session import session_scope
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_alembic_upgrade_head_on_postgres_matches_the_models(pg_url: str) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alembic",
+            "-c",
+            str(ROOT / "alembic.ini"),
+            "-x",
+            f"url={pg_url}",
+            "upgrade",
+            "head",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert current_revision(pg_url) == "0001"
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        assert {"datasets", "jobs", "models", "activations"} <= set(inspect(conn).get_table_names())
+        fks = {fk["name"] for fk in inspect(conn).get_foreign_keys("jobs")}
+        assert "fk_jobs_student_model_id_models" in fks
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    engine.dispose()
+
+
+def test_only_one_of_many_concurrent_claims_wins_on_postgres(pg_url: str) -> None:
+    upgrade_head(pg_url)
+    with session_scope(pg_url) as s:
+        ds = repo.create_dataset(
+            s,
+            name="d",
+            original_filename="d.csv",
+            path="datasets/d/d.csv",
+            format="csv",
+            user_col="u",
+            item_col="i",
+            n_users=1,
+            n_items=1,
+            n_interactions=1,
+            density=1.0,
+            size_bytes=1,
+        ).id
+        job = repo.create_job(s, dataset_id=ds, method="none", student={"model": "bpr", "dim": 4}).id
+    wins: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def claim(worker: str) -> None:
+        barrier.wait()
+        with session_scope(pg_url) as s:
+            if repo.claim_job(s, job, worker, lease_s=60):
+                wins.append(worker)
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    with session_scope(pg_url) as s:
+        assert repo.get_job(s, job).worker_id == wins[0]

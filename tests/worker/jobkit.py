@@ -1,0 +1,150 @@
+"""Test helpers shared by worker and integration tests: a tiny job on synthetic data, polling its row, and a
+``recdistill serve`` subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from core.db import repo
+from core.db.models import Job
+from core.db.session import session_scope
+from core.settings import Settings
+from core.storage import ArtifactStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TINY_HP = {
+    "epochs": 2,
+    "teacher_epochs": 2,
+    "batch_size": 256,
+    "lr": 0.01,
+    "m": 10,
+    "p": 3,
+    "rkd_k": 3,
+    "rkd_l": 3,
+}
+
+
+def write_interactions(path: Path, n_users: int, n_items: int, per_user: int, seed: int = 0) -> None:
+    """Two taste groups over halves of the catalogue, as user,item CSV."""
+    rng = np.random.default_rng(seed)
+    rows = ["user,item"]
+    for u in range(n_users):
+        half = np.arange(n_items // 2) + (0 if u % 2 == 0 else n_items // 2)
+        rows.extend(f"u{u},i{i}" for i in rng.choice(half, size=per_user, replace=False))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+
+
+def create_job(
+    settings: Settings, *, n_users: int = 40, n_items: int = 30, per_user: int = 10, **job: Any
+) -> str:
+    store = ArtifactStore(settings.artifact_dir)
+    with session_scope(settings.database_url) as s:
+        ds = repo.create_dataset(
+            s,
+            name="toy",
+            original_filename="toy.csv",
+            path="pending",
+            format="csv",
+            user_col="user",
+            item_col="item",
+            n_users=n_users,
+            n_items=n_items,
+            n_interactions=n_users * per_user,
+            density=per_user / n_items,
+            size_bytes=0,
+        )
+        file = store.dataset_file(ds.id, "toy.csv")
+        write_interactions(file, n_users, n_items, per_user)
+        ds.path = store.relative(file)
+        fields: dict[str, Any] = dict(
+            dataset_id=ds.id,
+            method="dcd",
+            teacher={"model": "bpr", "dim": 8},
+            student={"model": "bpr", "dim": 4},
+            hyperparameters=dict(TINY_HP),
+            seed=0,
+            split={"mode": "random"},
+        )
+        fields.update(job)
+        return repo.create_job(s, **fields).id
+
+
+def wait_for(settings: Settings, job_id: str, done: Callable[[Job], bool], timeout: float) -> Job:
+    """Poll the job row until ``done(row)`` or fail with the row's last state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with session_scope(settings.database_url) as s:
+            row = repo.get_job(s, job_id)
+        if done(row):
+            return row
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"job {job_id} stuck: status={row.status} phase={row.phase} epoch={row.epoch} "
+                f"error={row.error}"
+            )
+        time.sleep(0.2)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A ``recdistill serve`` subprocess on a free port; ``url`` once it answers /healthz."""
+
+    def __init__(self, settings: Settings, log: Path, *extra: str) -> None:
+        from worker.embedded import settings_env
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        env = settings_env(settings)
+        env.update(RECDISTILL_PORT=str(self.port), RECDISTILL_HOST="127.0.0.1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "serve", *extra],
+            cwd=ROOT,
+            env=env,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-4000:]}"
+                )
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"server not ready in {timeout}s:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM (uvicorn shuts down, then the local worker is stopped); SIGKILL the group if stuck."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
