@@ -1,0 +1,1 @@
+"""The REST service: FastAPI app, routers, schemas, auth, metrics and the hot-swapped serving index."""

@@ -1,0 +1,60 @@
+"""FastAPI dependencies as ``Annotated`` aliases: settings, database session, auth, the served bundle.
+
+Cheap ones are ``async def`` so the recommend path never hops to the thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from api.auth import require_read, require_write
+from api.errors import InvalidInput, ServiceUnavailable
+from api.holder import IndexHolder
+from core.index import ServingBundle
+from core.settings import Settings
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A session per request; routers commit explicitly, anything uncommitted is rolled back."""
+    session: Session = request.app.state.sessions()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
+async def get_holder(request: Request) -> IndexHolder:
+    return request.app.state.holder
+
+
+def current_bundle(request: Request) -> ServingBundle:
+    """The bundle this request will use from start to end (one read of the reference)."""
+    bundle = request.app.state.holder.bundle
+    if bundle is None:
+        raise ServiceUnavailable("no active model: activate one with POST /models/{id}/activate", code="no_active_model")
+    return bundle
+
+
+def check_k(settings: Settings, k: int, offset: int = 0) -> None:
+    """k must be in 1..RECDISTILL_MAX_K and k + offset within the limit too."""
+    if k <= 0 or k > settings.max_k:
+        raise InvalidInput(f"k: must be between 1 and {settings.max_k}, got {k}", code="invalid_k")
+    if offset < 0 or k + offset > settings.max_k:
+        raise InvalidInput(f"offset: must be >= 0 with k + offset at most {settings.max_k}, got {offset}",
+                           code="invalid_offset")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+HolderDep = Annotated[IndexHolder, Depends(get_holder)]
+ReadAuth = Depends(require_read)
+WriteAuth = Depends(require_write)

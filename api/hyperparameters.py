@@ -1,0 +1,102 @@
+"""Torch-free schema of the job hyperparameters the pipeline accepts (fit loop + each distiller's keys).
+
+The distiller configs live in ``core.distill`` (torch); these mirrors keep the API torch-free, and
+``tests/api/test_api_serving.py`` checks that they name the same keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Strict(BaseModel):
+    """Unknown keys are refused by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainParams(Strict):
+    """Fit-loop keys (``core.train.TrainConfig``); ``teacher_<key>`` overrides the teacher's loop."""
+
+    epochs: int | None = Field(None, ge=1, le=100_000, description="Maximum epochs.")
+    batch_size: int | None = Field(None, ge=1, le=10_000_000, description="Training pairs per mini-batch.")
+    lr: float | None = Field(None, gt=0, le=10, description="Adam learning rate.")
+    weight_decay: float | None = Field(None, ge=0, le=10, description="Adam weight decay.")
+    patience: int | None = Field(None, ge=0, le=100_000, description="Evaluations without improvement; 0 = never stop.")
+    eval_every: int | None = Field(None, ge=1, le=100_000, description="Validate every this many epochs.")
+
+
+TRAIN_KEYS = tuple(TrainParams.model_fields)
+TEACHER_PREFIX = "teacher_"
+
+
+class DistillParams(Strict):
+    """Keys of every distiller (``core.distill.base.DistillConfig``; ``seed`` comes from the job's seed)."""
+
+    row_fraction: float | None = Field(None, gt=0, le=1, description="Fraction of batch rows distilled.")
+
+
+class DCDParams(DistillParams):
+    """``core.distill.dcd.DCDConfig`` keys (torch-free mirror; a test keeps them equal)."""
+
+    m: int | None = Field(None, gt=0, description="Teacher list length M.")
+    p: int | None = Field(None, gt=0, description="Entries drawn per side per set.")
+    eps: float | None = Field(None, gt=0, description="Sharpness of tanh(relu(±eps·d)).")
+    period: int | None = Field(None, gt=0, description="Epochs between rank refreshes.")
+    floor: float | None = Field(None, gt=0)
+    lambda_ucd: float | None = Field(None, ge=0)
+    lambda_icd: float | None = Field(None, ge=0)
+    lambda_rkd: float | None = Field(None, ge=0)
+    use_rkd: bool | None = None
+    use_ucd: bool | None = None
+    use_icd: bool | None = None
+    rkd_k: int | None = Field(None, gt=0)
+    rkd_l: int | None = Field(None, ge=0)
+    rkd_t: float | None = Field(None, gt=0)
+    deterministic_topk: bool | None = None
+    chunk: int | None = Field(None, gt=0)
+    bank: int | None = Field(None, ge=0)
+
+
+class RRDParams(DistillParams):
+    """``core.distill.rrd.RRDConfig`` keys (torch-free mirror; a test keeps them equal)."""
+
+    m: int | None = Field(None, gt=0, description="Teacher list length M.")
+    k: int | None = Field(None, gt=0, description="Interesting items per user.")
+    l: int | None = Field(None, ge=0, description="Uninteresting items per user.")  # noqa: E741
+    t: float | None = Field(None, gt=0, description="Rank temperature T.")
+    lambda_rrd: float | None = Field(None, ge=0)
+    item_side: bool | None = None
+    k_item: int | None = Field(None, gt=0)
+    l_item: int | None = Field(None, ge=0)
+    lambda_item: float | None = Field(None, ge=0)
+    deterministic_topk: bool | None = None
+    chunk: int | None = Field(None, gt=0)
+
+
+class NoParams(Strict):
+    """Plain training takes no distiller keys."""
+
+
+DISTILLER_PARAMS: dict[str, type[Strict]] = {"dcd": DCDParams, "rrd": RRDParams, "none": NoParams}
+
+
+def check_hyperparameters(method: str, hp: dict[str, Any]) -> dict[str, Any]:
+    """Validate fit-loop keys, their ``teacher_`` variants and the method's distiller keys; None values dropped."""
+    hp = {k: v for k, v in hp.items() if v is not None}
+    train = {k: hp.pop(k) for k in TRAIN_KEYS if k in hp}
+    teacher = {k: hp.pop(TEACHER_PREFIX + k) for k in TRAIN_KEYS if TEACHER_PREFIX + k in hp}
+    params = DISTILLER_PARAMS[method]
+    unknown = sorted(set(hp) - set(params.model_fields))
+    if unknown:
+        accepted = sorted([*TRAIN_KEYS, *(TEACHER_PREFIX + k for k in TRAIN_KEYS), *params.model_fields])
+        raise ValueError(f"unknown key(s) {unknown} for method {method!r}; accepted: {accepted}")
+    for prefix, group, model in (("", train, TrainParams), (TEACHER_PREFIX, teacher, TrainParams), ("", hp, params)):
+        try:
+            model.model_validate(group)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ValueError(f"{prefix}{err['loc'][0]}: {err['msg']} (got {err.get('input')!r})") from None
+    return {**train, **{TEACHER_PREFIX + k: v for k, v in teacher.items()}, **hp}

@@ -1,0 +1,87 @@
+"""The FastAPI app: ``create_app(settings)`` wires routers, errors, auth, metrics and the index lifespan.
+
+``app`` (module level) is what ``uvicorn api.main:app`` serves; it reads settings from the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import faiss
+from fastapi import FastAPI
+
+from api.auth import warn_if_open
+from api.errors import install_error_handlers
+from api.holder import IndexHolder
+from api.metrics import Metrics, MetricsMiddleware
+from api.routers import datasets, health, items, jobs, models, recommend
+from core.db.session import session_factory
+from core.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "Upload interaction data, run teacher -> student distillation jobs (DCD, RRD), register models and "
+    "serve top-K recommendations from a FAISS index. Errors are JSON `{detail, code}`. Write endpoints "
+    "need the `X-API-Key` header when `RECDISTILL_API_KEY` is set."
+)
+
+
+def _default_enqueue(settings: Settings) -> Callable[[str], object]:
+    def enqueue(job_id: str) -> object:
+        from worker.celery_app import enqueue_job  # celery client only; imported on first use
+
+        return enqueue_job(job_id, settings)
+
+    return enqueue
+
+
+def create_app(settings: Settings | None = None, *, poll_interval_s: float = 1.0) -> FastAPI:
+    """Build an app bound to ``settings`` (default: the environment's)."""
+    settings = settings or get_settings()
+    sessions = session_factory(settings.database_url)
+    holder = IndexHolder(sessions, settings.artifact_dir, kind=settings.index)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        warn_if_open(settings)
+        # One-query searches gain nothing from OpenMP and its spinning threads steal the event loop's
+        # core; an API scales by uvicorn workers instead.
+        faiss.omp_set_num_threads(1)
+        settings.ensure_dirs()
+        try:
+            await asyncio.to_thread(holder.refresh)
+        except Exception:  # no database yet, or it is down: start unready, the poller retries
+            logger.exception("could not load the active model at start-up")
+        task = asyncio.create_task(holder.poll(poll_interval_s))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(title="recdistill", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.sessions = sessions
+    app.state.holder = holder
+    app.state.enqueue = _default_enqueue(settings)
+    app.state.metrics = Metrics(holder)
+    install_error_handlers(app)
+    # Serving routes first: the router matches in order, and they are the hot path.
+    for module in (recommend, items, health, datasets, jobs, models):
+        app.include_router(module.router)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # Built on first access so importing api.main (tests, tools) reads no environment by itself.
+    if name == "app":
+        built = create_app()
+        globals()["app"] = built
+        return built
+    raise AttributeError(name)

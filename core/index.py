@@ -1,0 +1,342 @@
+"""FAISS serving bundle: write a model's embeddings + id maps + seen items, load them, search top-K.
+
+No torch here: the API process loads bundles written by the worker (numpy/JSON/npz files only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_VERSION = 1
+_NO_CODES = np.zeros(0, dtype=np.int64)
+IndexKind = Literal["flat", "hnsw"]
+_FILES = ("meta.json", "user_emb.npy", "item_emb.npy", "user_ids.json", "item_ids.json", "seen.npz", "popularity.npy")
+
+
+class BundleError(ValueError):
+    """A serving bundle is missing, malformed or inconsistent; the message names the file or field."""
+
+
+class UnknownIdError(LookupError):
+    """An id the bundle does not know; ``kind`` is "user" or "item"."""
+
+    def __init__(self, kind: str, value: str) -> None:
+        super().__init__(f"unknown {kind} id {value!r}")
+        self.kind = kind
+        self.value = value
+
+
+class Recommendation(NamedTuple):
+    """Top-K answer: raw item ids, their scores (best first) and where they came from."""
+
+    items: list[str]
+    scores: list[float]
+    source: str  # "personalized" | "popular" | "similar"
+
+
+def write_bundle(
+    dir: str | os.PathLike[str],
+    user_emb: np.ndarray,
+    item_emb: np.ndarray,
+    user_ids: Sequence[str],
+    item_ids: Sequence[str],
+    seen: sp.spmatrix | sp.sparray,
+    popularity: np.ndarray,
+    model_id: str,
+) -> Path:
+    """Write a serving bundle into ``dir`` atomically (a tmp sibling folder, then ``os.replace``)."""
+    target = Path(dir)
+    user_emb = np.ascontiguousarray(user_emb, dtype=np.float32)
+    item_emb = np.ascontiguousarray(item_emb, dtype=np.float32)
+    seen_csr = sp.csr_matrix(seen, dtype=np.float32)
+    popularity = np.asarray(popularity, dtype=np.int64)
+    _check_arrays(user_emb, item_emb, len(user_ids), len(item_ids), seen_csr, popularity)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        np.save(tmp / "user_emb.npy", user_emb, allow_pickle=False)
+        np.save(tmp / "item_emb.npy", item_emb, allow_pickle=False)
+        np.save(tmp / "popularity.npy", popularity, allow_pickle=False)
+        sp.save_npz(tmp / "seen.npz", seen_csr, compressed=True)
+        (tmp / "user_ids.json").write_text(json.dumps([str(u) for u in user_ids]))
+        (tmp / "item_ids.json").write_text(json.dumps([str(i) for i in item_ids]))
+        meta = {
+            "version": BUNDLE_VERSION,
+            "model_id": model_id,
+            "dim": int(item_emb.shape[1]),
+            "n_users": int(user_emb.shape[0]),
+            "n_items": int(item_emb.shape[0]),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        old = None
+        if target.exists():
+            # A directory cannot be os.replace'd onto a non-empty one: move the old aside first.
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _check_arrays(
+    user_emb: np.ndarray,
+    item_emb: np.ndarray,
+    n_user_ids: int,
+    n_item_ids: int,
+    seen: sp.csr_matrix,
+    popularity: np.ndarray,
+) -> None:
+    if user_emb.ndim != 2 or item_emb.ndim != 2:
+        raise BundleError("user_emb and item_emb must be 2-d arrays")
+    if user_emb.shape[1] != item_emb.shape[1]:
+        raise BundleError(f"embedding dims differ: user_emb {user_emb.shape[1]} vs item_emb {item_emb.shape[1]}")
+    if user_emb.shape[0] != n_user_ids:
+        raise BundleError(f"user_emb has {user_emb.shape[0]} rows but user_ids has {n_user_ids}")
+    if item_emb.shape[0] != n_item_ids:
+        raise BundleError(f"item_emb has {item_emb.shape[0]} rows but item_ids has {n_item_ids}")
+    if item_emb.shape[0] == 0:
+        raise BundleError("item_emb is empty: nothing to serve")
+    if seen.shape != (user_emb.shape[0], item_emb.shape[0]):
+        raise BundleError(f"seen shape {seen.shape} != (n_users, n_items) {(user_emb.shape[0], item_emb.shape[0])}")
+    if popularity.ndim != 1 or (len(popularity) and (popularity.min() < 0 or popularity.max() >= item_emb.shape[0])):
+        raise BundleError("popularity must be a 1-d array of item codes in [0, n_items)")
+    if not (np.isfinite(user_emb).all() and np.isfinite(item_emb).all()):
+        raise BundleError("embeddings contain NaN or inf")
+
+
+def _build_index(emb: np.ndarray, kind: IndexKind, hnsw_m: int, ef_search: int) -> faiss.Index:
+    dim = emb.shape[1]
+    if kind == "flat":
+        index: faiss.Index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = max(2 * hnsw_m, 80)
+        index.hnsw.efSearch = ef_search
+    else:
+        raise BundleError(f"unknown index kind {kind!r}: expected 'flat' or 'hnsw'")
+    index.add(emb)
+    return index
+
+
+def _allowed_bitmaps(seen: sp.csr_matrix) -> np.ndarray:
+    """Each user's unseen items as a little-endian bitmap row (FAISS ``IDSelectorBitmap`` layout)."""
+    n_users, n_items = seen.shape
+    bits = np.zeros((n_users, (n_items + 7) // 8), dtype=np.uint8)  # [n_users, ceil(n_items/8)]
+    rows = np.repeat(np.arange(n_users), np.diff(seen.indptr))
+    cols = seen.indices.astype(np.int64)
+    np.bitwise_or.at(bits, (rows, cols >> 3), (1 << (cols & 7)).astype(np.uint8))
+    return ~bits  # allowed = not seen (a plain bitmap selector is cheaper than IDSelectorNot over one)
+
+
+class ServingBundle:
+    """A loaded bundle: FAISS inner-product index over item embeddings, id maps, seen items, popularity."""
+
+    def __init__(
+        self,
+        user_emb: np.ndarray,
+        item_emb: np.ndarray,
+        user_ids: list[str],
+        item_ids: list[str],
+        seen: sp.csr_matrix,
+        popularity: np.ndarray,
+        model_id: str,
+        kind: IndexKind = "flat",
+        hnsw_m: int = 32,
+        ef_search: int = 128,
+    ) -> None:
+        self.user_emb = np.ascontiguousarray(user_emb, dtype=np.float32)
+        self.item_emb = np.ascontiguousarray(item_emb, dtype=np.float32)
+        self.seen = sp.csr_matrix(seen)
+        self.popularity = np.asarray(popularity, dtype=np.int64)
+        _check_arrays(self.user_emb, self.item_emb, len(user_ids), len(item_ids), self.seen, self.popularity)
+        self.user_ids = list(user_ids)
+        self.item_ids = np.asarray(item_ids, dtype=object)
+        self.user_index = {u: i for i, u in enumerate(self.user_ids)}
+        self.item_index = {it: i for i, it in enumerate(item_ids)}
+        self.model_id = model_id
+        self.kind: IndexKind = kind
+        self.ef_search = ef_search
+        self.index = _build_index(self.item_emb, kind, hnsw_m, ef_search)
+        self._allowed_bits = _allowed_bitmaps(self.seen)
+        self._scratch = threading.local()
+        # Popular fallback: first occurrences in popularity order, then unlisted items in code order.
+        _, first = np.unique(self.popularity, return_index=True)
+        listed = self.popularity[np.sort(first)]
+        rest = np.setdiff1d(np.arange(self.n_items), listed, assume_unique=True)
+        self._popular_order = np.concatenate([listed, rest]).astype(np.int64)
+        self._pop_counts = np.asarray(self.seen.sum(axis=0), dtype=np.float64).ravel()
+        norms = np.linalg.norm(self.item_emb, axis=1, keepdims=True)
+        self._item_unit = np.ascontiguousarray(self.item_emb / np.maximum(norms, 1e-12), dtype=np.float32)
+        self.sim_index = faiss.IndexFlatIP(self.dim)
+        self.sim_index.add(self._item_unit)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_emb.shape[0])
+
+    @property
+    def n_users(self) -> int:
+        return int(self.user_emb.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.item_emb.shape[1])
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """HNSW only: candidates explored per query (higher: better recall, slower)."""
+        if self.kind != "hnsw":
+            raise BundleError("ef_search applies to hnsw indexes only")
+        self.ef_search = ef_search
+        self.index.hnsw.efSearch = ef_search
+
+    @classmethod
+    def load(cls, dir: str | os.PathLike[str], kind: IndexKind = "flat", **index_opts: int) -> ServingBundle:
+        """Load a bundle written by ``write_bundle``; raises ``BundleError`` naming what is wrong."""
+        path = Path(dir)
+        missing = [name for name in _FILES if not (path / name).is_file()]
+        if missing:
+            raise BundleError(f"serving bundle {path} is missing {', '.join(missing)}")
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+            user_ids = json.loads((path / "user_ids.json").read_text())
+            item_ids = json.loads((path / "item_ids.json").read_text())
+            user_emb = np.load(path / "user_emb.npy", allow_pickle=False)
+            item_emb = np.load(path / "item_emb.npy", allow_pickle=False)
+            popularity = np.load(path / "popularity.npy", allow_pickle=False)
+            seen = sp.load_npz(path / "seen.npz").tocsr()
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"serving bundle {path} is unreadable: {exc}") from exc
+        if meta.get("version") != BUNDLE_VERSION:
+            raise BundleError(f"serving bundle {path} has version {meta.get('version')!r}, expected {BUNDLE_VERSION}")
+        bundle = cls(user_emb, item_emb, user_ids, item_ids, seen, popularity, str(meta["model_id"]), kind, **index_opts)
+        logger.info("loaded %s bundle of model %s: %d users x %d items, dim %d",
+                    kind, bundle.model_id, bundle.n_users, bundle.n_items, bundle.dim)
+        return bundle
+
+    # ----------------------------------------------------------------------------------------- recommend
+    def _exclude_codes(self, exclude: Iterable[str]) -> np.ndarray:
+        codes = [self.item_index[i] for i in exclude if i in self.item_index]
+        return np.asarray(codes, dtype=np.int64)
+
+    def _popular(self, k: int, offset: int, excluded: np.ndarray) -> Recommendation:
+        order = self._popular_order
+        if len(excluded):
+            order = order[~np.isin(order, excluded)]
+        codes = order[offset : offset + k]
+        return Recommendation(self.item_ids[codes].tolist(), self._pop_counts[codes].tolist(), "popular")
+
+    def _result(self, labels: np.ndarray, scores: np.ndarray, k: int, offset: int) -> Recommendation:
+        if len(labels) and labels[-1] < 0:  # FAISS pads missing hits with -1 at the end
+            keep = labels >= 0
+            labels, scores = labels[keep], scores[keep]
+        labels, scores = labels[offset : offset + k], scores[offset : offset + k]
+        return Recommendation(self.item_ids[labels].tolist(), scores.astype(np.float64).tolist(), "personalized")
+
+    def recommend(
+        self,
+        user_id: str,
+        k: int,
+        offset: int = 0,
+        exclude_seen: bool = True,
+        exclude: Iterable[str] = (),
+        fallback: bool = True,
+    ) -> Recommendation:
+        """Top ``k`` items after skipping ``offset``; unknown users get popular items unless ``fallback`` is False.
+
+        Seen and excluded items are filtered inside FAISS by a bitmap selector, so the search asks for
+        exactly ``k + offset`` hits however many items the user has seen.
+        """
+        return self.recommend_batch((user_id,), k, offset, exclude_seen, exclude, fallback)[0]
+
+    def recommend_batch(
+        self,
+        user_ids: Sequence[str],
+        k: int,
+        offset: int = 0,
+        exclude_seen: bool = True,
+        exclude: Iterable[str] = (),
+        fallback: bool = True,
+    ) -> list[Recommendation]:
+        """``recommend`` for many users; exclusions and the popular fallback are prepared once.
+
+        One filtered FAISS search per user: a selector applies to a whole search call, so one call for all
+        users would have to go k + (most items any of them has seen) deep and filter afterwards, which
+        measured 2.5x slower per user on an ML-1M-sized bundle.
+        """
+        if k <= 0 or offset < 0:
+            raise ValueError(f"k must be > 0 and offset >= 0 (got k={k}, offset={offset})")
+        codes = [self.user_index.get(u) for u in user_ids]
+        if not fallback:
+            for user_id, code in zip(user_ids, codes, strict=True):
+                if code is None:
+                    raise UnknownIdError("user", user_id)
+        excluded = self._exclude_codes(exclude) if exclude else _NO_CODES
+        popular = self._popular(k, offset, excluded) if None in codes else None
+        return [popular if code is None else self._search_user(code, k, offset, exclude_seen, excluded)  # type: ignore[misc]
+                for code in codes]
+
+    def _search_user(self, code: int, k: int, offset: int, exclude_seen: bool, excluded: np.ndarray) -> Recommendation:
+        depth = min(k + offset, self.n_items)
+        query = self.user_emb[code : code + 1]  # [1, d]
+        if exclude_seen or len(excluded):
+            scores, labels = self.index.search(query, depth, params=self._filter(code, exclude_seen, excluded, depth))
+        else:
+            scores, labels = self.index.search(query, depth)
+        return self._result(labels[0], scores[0], k, offset)
+
+    def _filter(self, user: int, exclude_seen: bool, excluded: np.ndarray, depth: int) -> faiss.SearchParameters:
+        """This thread's reusable search parameters, its bitmap set to the items the user may get.
+
+        Building FAISS selector objects costs more than the search itself, so each thread builds them
+        once over its own scratch bitmap; a search runs to completion before the thread reuses it.
+        """
+        scratch = self._scratch
+        if not hasattr(scratch, "params"):
+            scratch.bits = np.zeros(self._allowed_bits.shape[1], dtype=np.uint8)
+            scratch.selector = faiss.IDSelectorBitmap(len(scratch.bits), faiss.swig_ptr(scratch.bits))
+            if self.kind == "hnsw":
+                scratch.params = faiss.SearchParametersHNSW(sel=scratch.selector, efSearch=self.ef_search)
+            else:
+                scratch.params = faiss.SearchParameters(sel=scratch.selector)
+        bits = scratch.bits
+        if exclude_seen:
+            np.copyto(bits, self._allowed_bits[user])
+        else:
+            bits.fill(0xFF)
+        if len(excluded):
+            np.bitwise_and.at(bits, excluded >> 3, ~(1 << (excluded & 7)).astype(np.uint8))
+        if self.kind == "hnsw":
+            scratch.params.efSearch = max(self.ef_search, depth)
+        return scratch.params
+
+    def similar(self, item_id: str, k: int) -> Recommendation:
+        """The ``k`` items with the highest cosine similarity to ``item_id`` (the item itself excluded)."""
+        if k <= 0:
+            raise ValueError(f"k must be > 0 (got {k})")
+        code = self.item_index.get(item_id)
+        if code is None:
+            raise UnknownIdError("item", item_id)
+        depth = min(k + 1, self.n_items)
+        scores, labels = self.sim_index.search(self._item_unit[[code]], depth)
+        keep = (labels[0] >= 0) & (labels[0] != code)
+        labels, sc = labels[0][keep][:k], scores[0][keep][:k]
+        return Recommendation(self.item_ids[labels].tolist(), sc.astype(np.float64).tolist(), "similar")

@@ -1,0 +1,158 @@
+"""POST/GET /jobs and cancel: validation names the field, rows are never half-written, enqueue failures fail the job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from api_support import RecordingQueue, add_dataset, add_model, count_rows
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.db import repo
+from core.db.models import Job
+from core.settings import Settings
+
+
+def job_body(dataset_id: str, **over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "dataset_id": dataset_id,
+        "teacher": {"model": "bpr", "dim": 64},
+        "student": {"model": "bpr", "dim": 8},
+        "method": "dcd",
+        "hyperparameters": {"epochs": 3, "lr": 0.01},
+        "seed": 7,
+    }
+    body.update(over)
+    return body
+
+
+def test_create_job_queues_it(
+    client: TestClient, sessions: sessionmaker[Session], queue: RecordingQueue
+) -> None:
+    ds = add_dataset(sessions)
+    res = client.post("/jobs", json=job_body(ds))
+    assert res.status_code == 201, res.text
+    job = res.json()
+    assert job["status"] == "queued" and job["hyperparameters"] == {"epochs": 3, "lr": 0.01}
+    assert job["split"] == {"mode": "random", "ratios": [0.8, 0.1, 0.1]} and job["max_epochs"] == 3
+    assert queue.sent == [job["id"]]
+    assert client.get(f"/jobs/{job['id']}").json()["status"] == "queued"
+    assert [j["id"] for j in client.get("/jobs", params={"status": "queued"}).json()["data"]] == [job["id"]]
+    assert client.get("/jobs", params={"status": "running"}).json()["data"] == []
+
+
+def test_method_specific_hyperparameters_are_kept(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    ds = add_dataset(sessions)
+    hp = {"epochs": 5, "teacher_epochs": 9, "teacher_lr": 0.01, "p": 20, "lambda_ucd": 0.01, "use_rkd": False}
+    res = client.post("/jobs", json=job_body(ds, hyperparameters=hp))
+    assert res.status_code == 201, res.text
+    assert res.json()["hyperparameters"] == hp and res.json()["max_epochs"] == 5
+    res = client.post("/jobs", json=job_body(ds, method="rrd", hyperparameters={"k": 20, "lambda_rrd": 0.01}))
+    assert res.status_code == 201, res.text
+
+
+def test_reuse_a_trained_teacher(
+    client: TestClient, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    ds = add_dataset(sessions)
+    teacher = add_model(sessions, settings, dataset_id=ds, role="teacher", dim=32, with_bundle=False)
+    body = job_body(ds, teacher=None, teacher_model_id=teacher)
+    assert client.post("/jobs", json=body).status_code == 201
+    res = client.post("/jobs", json={**body, "student": {"model": "bpr", "dim": 32}})
+    assert res.status_code == 422 and "student.dim" in res.json()["detail"]
+    other = add_dataset(sessions, name="other")
+    res = client.post("/jobs", json={**body, "dataset_id": other})
+    assert res.status_code == 422 and "teacher_model_id" in res.json()["detail"]
+    student = add_model(sessions, settings, dataset_id=ds, with_bundle=False)
+    res = client.post("/jobs", json={**body, "teacher_model_id": student})
+    assert res.status_code == 422 and "not a teacher" in res.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("over", "status", "words"),
+    [
+        ({"student": {"model": "bpr", "dim": 64}}, 422, "student.dim"),
+        ({"student": {"model": "bpr", "dim": 128}}, 422, "student.dim"),
+        ({"student": {"model": "bpr", "dim": 0}}, 422, "student.dim"),
+        ({"student": {"model": "bpr", "dim": -3}}, 422, "student.dim"),
+        ({"teacher": {"model": "transformer", "dim": 64}}, 422, "teacher.model"),
+        ({"student": {"model": "neumf", "dim": 8}}, 422, "dot-product"),
+        ({"method": "magic"}, 422, "method"),
+        ({"hyperparameters": {"epochs": 3, "learning_rate": 1}}, 422, "learning_rate"),
+        ({"hyperparameters": {"epochs": 0}}, 422, "hyperparameters: epochs"),
+        ({"hyperparameters": {"lr": -1}}, 422, "hyperparameters: lr"),
+        ({"hyperparameters": {"teacher_epochs": "many"}}, 422, "teacher_epochs"),
+        ({"hyperparameters": {"k": 10}}, 422, "['k'] for method 'dcd'"),
+        ({"method": "none", "hyperparameters": {"p": 10}}, 422, "['p'] for method 'none'"),
+        ({"method": "rrd", "hyperparameters": {"eps": 0.1}}, 422, "['eps'] for method 'rrd'"),
+        ({"teacher": None}, 422, "teacher_model_id"),
+        ({"teacher_model_id": "a" * 32}, 422, "exactly one"),
+        ({"split": {"mode": "random", "ratios": [0.5, 0.5, 0.5]}}, 422, "ratios"),
+        ({"dataset_id": "../../etc/passwd"}, 422, "dataset_id"),
+        ({"dataset_id": "f" * 32}, 404, "f" * 32),
+        ({"teacher": None, "teacher_model_id": "e" * 32}, 404, "e" * 32),
+        ({"colour": "red"}, 422, "colour"),
+    ],
+)
+def test_bad_job_requests(
+    client: TestClient,
+    sessions: sessionmaker[Session],
+    queue: RecordingQueue,
+    over: dict[str, Any],
+    status: int,
+    words: str,
+) -> None:
+    ds = add_dataset(sessions)
+    res = client.post("/jobs", json={**job_body(ds), **over})
+    assert res.status_code == status, res.text
+    assert words in res.json()["detail"]
+    assert count_rows(sessions, Job) == 0 and queue.sent == []
+
+
+def test_malformed_json_and_wrong_types(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    res = client.post("/jobs", content=b'{"dataset_id": ', headers={"content-type": "application/json"})
+    assert res.status_code == 400 and "malformed JSON" in res.json()["detail"]
+    res = client.post("/jobs", json=["not", "an", "object"])
+    assert res.status_code == 422
+    res = client.post("/jobs", json={"student": {"model": "bpr", "dim": "eight"}})
+    assert (
+        res.status_code == 422
+        and "student.dim" in res.json()["detail"]
+        and "dataset_id" in res.json()["detail"]
+    )
+    assert count_rows(sessions, Job) == 0
+
+
+def test_enqueue_failure_marks_the_job_failed(
+    client: TestClient, sessions: sessionmaker[Session], queue: RecordingQueue
+) -> None:
+    queue.error = ConnectionError("broker down")
+    res = client.post("/jobs", json=job_body(add_dataset(sessions)))
+    assert res.status_code == 503 and "broker down" in res.json()["detail"]
+    job_id = res.json()["job"]["id"]
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "failed" and "broker down" in job["error"]
+
+
+def test_cancel(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    ds = add_dataset(sessions)
+    queued = client.post("/jobs", json=job_body(ds)).json()
+    res = client.post(f"/jobs/{queued['id']}/cancel")
+    assert res.status_code == 200 and res.json()["status"] == "cancelled"
+    assert client.post(f"/jobs/{queued['id']}/cancel").status_code == 409
+    running = client.post("/jobs", json=job_body(ds)).json()
+    with sessions() as s:
+        repo.get_job(s, running["id"]).status = "running"
+        s.commit()
+    res = client.post(f"/jobs/{running['id']}/cancel")
+    assert res.json()["status"] == "running" and res.json()["cancel_requested"] is True
+    assert client.post(f"/jobs/{'0' * 32}/cancel").status_code == 404
+
+
+def test_unknown_and_bad_job_ids(client: TestClient, anon: TestClient) -> None:
+    res = client.get(f"/jobs/{'1' * 32}")
+    assert res.status_code == 404 and "1" * 32 in res.json()["detail"]
+    assert client.get("/jobs/..%2F..%2Fetc%2Fpasswd").status_code in (404, 422)
+    assert client.get("/jobs", params={"status": "sleeping"}).status_code == 422
+    assert anon.post(f"/jobs/{'1' * 32}/cancel").status_code == 401

@@ -1,0 +1,113 @@
+"""GET /recommend/{user}, POST /recommend/batch, GET /items/{item}/similar against the bundle itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from api_support import add_model
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.index import ServingBundle
+from core.settings import Settings
+
+
+@pytest.fixture()
+def served(
+    client: TestClient, sessions: sessionmaker[Session], settings: Settings
+) -> Iterator[ServingBundle]:
+    mid = add_model(sessions, settings)
+    assert client.post(f"/models/{mid}/activate").status_code == 200
+    yield ServingBundle.load(settings.artifact_dir / "models" / mid / "serving")
+
+
+def test_recommend_matches_bundle(client: TestClient, served: ServingBundle) -> None:
+    body = client.get("/recommend/u3", params={"k": 5}).json()
+    rec = served.recommend("u3", 5)
+    assert (
+        body["source"] == "personalized" and body["fallback"] is False and body["model_id"] == served.model_id
+    )
+    assert [x["item"] for x in body["items"]] == rec.items
+    assert [x["score"] for x in body["items"]] == pytest.approx(rec.scores)
+    page2 = client.get("/recommend/u3", params={"k": 5, "offset": 5}).json()
+    assert [x["item"] for x in page2["items"]] == served.recommend("u3", 5, offset=5).items
+
+
+def test_exclude_and_seen_flags(client: TestClient, served: ServingBundle) -> None:
+    top = served.recommend("u2", 4).items
+    body = client.get("/recommend/u2", params={"k": 4, "exclude": f"{top[0]},{top[1]}"}).json()
+    assert [x["item"] for x in body["items"]][:2] == top[2:4]
+    body = client.get("/recommend/u2", params=[("k", "4"), ("exclude", top[0]), ("exclude", top[1])]).json()
+    assert [x["item"] for x in body["items"]][:2] == top[2:4]
+    body = client.get("/recommend/u2", params={"k": 4, "exclude_seen": "false"}).json()
+    assert [x["item"] for x in body["items"]] == served.recommend("u2", 4, exclude_seen=False).items
+
+
+def test_unknown_user_fallback_or_404(client: TestClient, served: ServingBundle) -> None:
+    body = client.get("/recommend/stranger", params={"k": 3}).json()
+    assert body["source"] == "popular" and body["fallback"] is True and len(body["items"]) == 3
+    res = client.get("/recommend/stranger", params={"fallback": "false"})
+    assert (
+        res.status_code == 404 and "stranger" in res.json()["detail"] and res.json()["code"] == "unknown_user"
+    )
+    # Path-like user ids are just unknown ids (never used as paths).
+    res = client.get("/recommend/../../etc/passwd", params={"fallback": "false"})
+    assert res.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"k": 0}, "k"),
+        ({"k": -1}, "k"),
+        ({"k": 101}, "k"),
+        ({"k": "ten"}, "k"),
+        ({"offset": -1}, "offset"),
+        ({"k": 50, "offset": 60}, "offset"),
+    ],
+)
+def test_bad_k_and_offset(client: TestClient, served: ServingBundle, params: dict, field: str) -> None:
+    res = client.get("/recommend/u1", params=params)
+    assert res.status_code == 422 and res.json()["detail"].startswith(field)
+
+
+def test_batch_equals_single_calls(client: TestClient, served: ServingBundle) -> None:
+    users = ["u0", "u5", "nobody", "u5"]
+    res = client.post("/recommend/batch", json={"users": users, "k": 4, "exclude": ["i1"]})
+    assert res.status_code == 200, res.text
+    data = res.json()["data"]
+    assert [d["user"] for d in data] == users
+    for d in data:
+        single = client.get(f"/recommend/{d['user']}", params={"k": 4, "exclude": "i1"}).json()
+        assert d["items"] == single["items"] and d["source"] == single["source"]
+    res = client.post("/recommend/batch", json={"users": users, "k": 4, "fallback": False})
+    assert res.status_code == 404 and "nobody" in res.json()["detail"]
+    for body, field in [
+        ({"users": [], "k": 3}, "users"),
+        ({"users": ["u1"], "k": 0}, "k"),
+        ({"users": ["u1"], "k": 1000}, "k"),
+        ({"users": ["u1"], "kk": 3}, "kk"),
+    ]:
+        res = client.post("/recommend/batch", json=body)
+        assert res.status_code == 422 and field in res.json()["detail"], (body, res.text)
+
+
+def test_similar_items(client: TestClient, served: ServingBundle) -> None:
+    body = client.get("/items/i7/similar", params={"k": 5}).json()
+    assert [x["item"] for x in body["items"]] == served.similar("i7", 5).items and body["item"] == "i7"
+    res = client.get("/items/nope/similar")
+    assert res.status_code == 404 and res.json()["code"] == "unknown_item" and "nope" in res.json()["detail"]
+    assert client.get("/items/i7/similar", params={"k": 0}).status_code == 422
+    assert client.get("/items/i7/similar", params={"k": 500}).status_code == 422
+
+
+def test_closed_reads_need_the_key(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    from api_support import API_KEY, RecordingQueue, build_app, make_settings
+
+    closed = make_settings(settings.home, open_reads=False)
+    with TestClient(build_app(closed, RecordingQueue())) as anon:
+        assert anon.get("/recommend/u1").status_code == 401
+        assert anon.get("/datasets").status_code == 401
+        assert anon.get("/healthz").status_code == 200
+        assert anon.get("/datasets", headers={"X-API-Key": API_KEY}).status_code == 200

@@ -1,0 +1,176 @@
+"""Health, readiness, Prometheus metrics, hot swap (poller + concurrent requests) and the no-torch rule."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from api_support import RecordingQueue, add_dataset, add_model, build_app
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.db import repo
+from core.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_health_ready_and_metrics(
+    client: TestClient, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    res = client.get("/readyz")
+    assert res.status_code == 503 and "no active model" in res.json()["detail"]
+    mid = add_model(sessions, settings)
+    client.post(f"/models/{mid}/activate")
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["model_id"] == mid
+    client.get("/recommend/u1")
+    client.get("/recommend/u2")
+    client.post(
+        "/jobs",
+        json={
+            "dataset_id": add_dataset(sessions),
+            "teacher": {"model": "bpr", "dim": 16},
+            "student": {"model": "bpr", "dim": 4},
+        },
+    )
+    text = client.get("/metrics").text
+    assert (
+        'recdistill_http_request_duration_seconds_count{method="GET",route="/recommend/{user}",status="200"} 2.0'
+        in text
+    )
+    assert 'recdistill_jobs{status="queued"} 1.0' in text
+    assert (
+        f'recdistill_active_model_info{{activation_id="1",dim="8",index="flat",model_id="{mid}"}} 1.0' in text
+    )
+    assert "recdistill_index_items 60.0" in text
+
+
+def test_readyz_reports_an_unreachable_database(tmp_path: Path) -> None:
+    from api_support import make_settings
+
+    broken = make_settings(tmp_path / "h", database_url="postgresql+psycopg://postgres@127.0.0.1:1/nothing")
+    with TestClient(build_app(broken, RecordingQueue())) as c:
+        res = c.get("/readyz")
+        assert res.status_code == 503 and "database unreachable" in res.json()["detail"]
+        assert c.get("/healthz").status_code == 200
+
+
+def test_poller_picks_up_activation_from_another_process(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    mid = add_model(sessions, settings)
+    with TestClient(build_app(settings, RecordingQueue(), poll_interval_s=0.05)) as c:
+        assert c.get("/readyz").status_code == 503
+        with sessions() as s:  # what another API process's POST /activate writes
+            repo.activate_model(s, mid)
+            s.commit()
+        deadline = time.monotonic() + 5
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert c.get("/recommend/u1").json()["model_id"] == mid
+
+
+def test_hot_swap_under_concurrent_requests_has_zero_errors(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    a = add_model(sessions, settings, seed=1)
+    b = add_model(sessions, settings, seed=2)
+    app = build_app(settings, RecordingQueue(), poll_interval_s=0.02)
+    with TestClient(app, headers={"X-API-Key": settings.api_key or ""}) as c:
+        assert c.post(f"/models/{a}/activate").status_code == 200
+        stop = threading.Event()
+        statuses: Counter[int] = Counter()
+        served: Counter[str] = Counter()
+        lock = threading.Lock()
+
+        def hammer(user: str) -> None:
+            while not stop.is_set():
+                res = c.get(f"/recommend/{user}", params={"k": 10})
+                with lock:
+                    statuses[res.status_code] += 1
+                    if res.status_code == 200:
+                        served[res.json()["model_id"]] += 1
+                        assert len(res.json()["items"]) == 10
+
+        threads = [threading.Thread(target=hammer, args=(f"u{i}",)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for target in (b, a, b, a, b):
+            time.sleep(0.1)
+            assert c.post(f"/models/{target}/activate").status_code == 200
+            with sessions() as s:  # and swaps that arrive through the poller
+                repo.activate_model(s, a if target == b else b)
+                s.commit()
+        time.sleep(0.2)
+        stop.set()
+        for t in threads:
+            t.join()
+    assert set(statuses) == {200}, statuses
+    assert statuses[200] > 50 and served[a] > 0 and served[b] > 0
+
+
+def test_api_never_imports_torch() -> None:
+    code = (
+        "import sys\n"
+        "import api.main, api.routers.jobs, core.index, core.names\n"
+        "app = api.main.create_app()\n"
+        "app.openapi()\n"
+        "assert 'torch' not in sys.modules, 'api imported torch'\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"RECDISTILL_HOME": "/tmp/recdistill-no-torch-check", "PATH": "/usr/bin:/bin"},
+    )
+    assert res.returncode == 0, res.stderr
+
+
+def test_names_and_hyperparameters_match_the_torch_side() -> None:
+    code = (
+        "from core.names import MODEL_NAMES, METHOD_NAMES, SERVABLE_MODEL_NAMES\n"
+        "from core.models import MODELS\n"
+        "assert set(MODEL_NAMES) == set(MODELS), (MODEL_NAMES, list(MODELS))\n"
+        "assert {n for n in MODELS if MODELS[n].is_dot_product} == set(SERVABLE_MODEL_NAMES)\n"
+        "try:\n"
+        "    from core.distill import DISTILLERS\n"
+        "except ImportError:\n"
+        "    DISTILLERS = None\n"
+        "assert DISTILLERS is None or set(DISTILLERS) == set(METHOD_NAMES), list(DISTILLERS)\n"
+        "from api.hyperparameters import DCDParams, RRDParams, TrainParams\n"
+        "from core.distill.dcd import DCDConfig\n"
+        "from core.distill.rrd import RRDConfig\n"
+        "from core.train import TrainConfig\n"
+        "from core.distill.base import DistillConfig\n"
+        "from api.hyperparameters import DistillParams\n"
+        "for mirror, real in ((DCDParams, DCDConfig), (RRDParams, RRDConfig), (DistillParams, DistillConfig)):\n"
+        "    assert set(mirror.model_fields) == set(real.model_fields) - {'seed'}, (mirror, set(real.model_fields))\n"
+        "assert set(TrainParams.model_fields) <= set(TrainConfig.model_fields)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+def test_hnsw_index_serves_through_the_api(tmp_path: Path) -> None:
+    from api_support import API_KEY, make_settings
+
+    from core.db.models import Base
+    from core.db.session import get_engine, session_factory
+
+    hnsw = make_settings(tmp_path / "h", index="hnsw")
+    hnsw.ensure_dirs()
+    Base.metadata.create_all(get_engine(hnsw.database_url))
+    mid = add_model(session_factory(hnsw.database_url), hnsw)
+    with TestClient(build_app(hnsw, RecordingQueue()), headers={"X-API-Key": API_KEY}) as c:
+        assert c.post(f"/models/{mid}/activate").status_code == 200
+        body = c.get("/recommend/u3", params={"k": 5}).json()
+        assert len(body["items"]) == 5 and body["source"] == "personalized"
+        assert 'index="hnsw"' in c.get("/metrics").text

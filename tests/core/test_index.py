@@ -1,0 +1,187 @@
+"""Serving bundle: round trip, top-K against a numpy argsort, seen/exclude filtering, paging, fallback, HNSW."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from core.index import BundleError, ServingBundle, UnknownIdError, write_bundle
+
+
+def make_bundle_arrays(n_users: int = 30, n_items: int = 50, dim: int = 8, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    seen = sp.random(n_users, n_items, density=0.15, random_state=seed, format="csr", dtype=np.float32)
+    seen.data[:] = 1.0
+    counts = np.asarray(seen.sum(axis=0)).ravel()
+    return {
+        "user_emb": rng.standard_normal((n_users, dim)).astype(np.float32),
+        "item_emb": rng.standard_normal((n_items, dim)).astype(np.float32),
+        "user_ids": [f"u{i}" for i in range(n_users)],
+        "item_ids": [f"i{j}" for j in range(n_items)],
+        "seen": seen,
+        "popularity": np.argsort(-counts, kind="stable").astype(np.int64),
+        "model_id": "m" * 32,
+    }
+
+
+@pytest.fixture()
+def arrays() -> dict:
+    return make_bundle_arrays()
+
+
+@pytest.fixture()
+def bundle(tmp_path: Path, arrays: dict) -> ServingBundle:
+    write_bundle(tmp_path / "serving", **arrays)
+    return ServingBundle.load(tmp_path / "serving")
+
+
+def reference(arrays: dict, user: int, k: int, offset: int = 0, blocked: set[int] = frozenset()) -> list[str]:
+    scores = arrays["item_emb"] @ arrays["user_emb"][user]
+    order = [j for j in np.argsort(-scores, kind="stable") if j not in blocked]
+    return [arrays["item_ids"][j] for j in order[offset : offset + k]]
+
+
+def test_round_trip_files_and_meta(tmp_path: Path, arrays: dict) -> None:
+    out = write_bundle(tmp_path / "serving", **arrays)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["model_id"] == arrays["model_id"] and meta["n_items"] == 50 and meta["dim"] == 8
+    assert np.load(out / "item_emb.npy").dtype == np.float32
+    # Only the bundle remains: the tmp folder was renamed into place.
+    assert [p.name for p in tmp_path.iterdir()] == ["serving"]
+    loaded = ServingBundle.load(out)
+    np.testing.assert_array_equal(loaded.user_emb, arrays["user_emb"])
+    assert (loaded.seen != arrays["seen"]).nnz == 0
+
+
+def test_rewrite_replaces_existing_bundle(tmp_path: Path, arrays: dict) -> None:
+    write_bundle(tmp_path / "serving", **arrays)
+    write_bundle(tmp_path / "serving", **{**arrays, "model_id": "n" * 32})
+    assert ServingBundle.load(tmp_path / "serving").model_id == "n" * 32
+    assert [p.name for p in tmp_path.iterdir()] == ["serving"]
+
+
+def test_topk_matches_numpy_argsort(bundle: ServingBundle, arrays: dict) -> None:
+    for user in range(5):
+        items, scores, source = bundle.recommend(f"u{user}", k=10, exclude_seen=False)
+        assert source == "personalized"
+        assert items == reference(arrays, user, 10)
+        expected = np.sort(arrays["item_emb"] @ arrays["user_emb"][user])[::-1][:10]
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_seen_items_are_filtered(bundle: ServingBundle, arrays: dict) -> None:
+    for user in range(10):
+        seen = set(arrays["seen"][user].indices.tolist())
+        items, _, _ = bundle.recommend(f"u{user}", k=15)
+        assert items == reference(arrays, user, 15, blocked=seen)
+        assert not {f"i{j}" for j in seen} & set(items)
+
+
+def test_exclude_list_and_unknown_exclude_ids(bundle: ServingBundle, arrays: dict) -> None:
+    top = reference(arrays, 3, 5, blocked=set(arrays["seen"][3].indices.tolist()))
+    items, _, _ = bundle.recommend("u3", k=5, exclude=[top[0], top[2], "no-such-item"])
+    assert top[0] not in items and top[2] not in items
+    assert items[:3] == [top[1], top[3], top[4]]
+
+
+def test_offset_pages_concatenate(bundle: ServingBundle) -> None:
+    full = bundle.recommend("u1", k=12).items
+    pages = bundle.recommend("u1", k=4).items + bundle.recommend("u1", k=4, offset=4).items
+    pages += bundle.recommend("u1", k=4, offset=8).items
+    assert pages == full
+
+
+def test_k_larger_than_catalogue_returns_all_unseen(bundle: ServingBundle, arrays: dict) -> None:
+    n_unseen = 50 - arrays["seen"][0].nnz
+    assert len(bundle.recommend("u0", k=500).items) == n_unseen
+
+
+def test_unknown_user_popular_fallback_or_error(bundle: ServingBundle, arrays: dict) -> None:
+    items, scores, source = bundle.recommend("stranger", k=5)
+    assert source == "popular"
+    assert items == [arrays["item_ids"][j] for j in arrays["popularity"][:5]]
+    assert scores == sorted(scores, reverse=True)
+    items2, _, _ = bundle.recommend("stranger", k=5, exclude=[items[0]])
+    assert items2[:4] == items[1:]
+    with pytest.raises(UnknownIdError, match="stranger"):
+        bundle.recommend("stranger", k=5, fallback=False)
+
+
+def test_batch_equals_single_calls(bundle: ServingBundle) -> None:
+    users = ["u0", "nobody", "u7", "u7", "u29"]
+    batch = bundle.recommend_batch(users, k=6, offset=1, exclude=["i3"])
+    assert batch == [bundle.recommend(u, k=6, offset=1, exclude=["i3"]) for u in users]
+    with pytest.raises(UnknownIdError):
+        bundle.recommend_batch(users, k=6, fallback=False)
+
+
+def test_similar_is_cosine_and_excludes_itself(bundle: ServingBundle, arrays: dict) -> None:
+    emb = arrays["item_emb"] / np.linalg.norm(arrays["item_emb"], axis=1, keepdims=True)
+    cos = emb @ emb[4]
+    cos[4] = -np.inf
+    items, scores, source = bundle.similar("i4", k=5)
+    assert source == "similar" and "i4" not in items
+    assert items == [arrays["item_ids"][j] for j in np.argsort(-cos, kind="stable")[:5]]
+    np.testing.assert_allclose(scores, np.sort(cos)[::-1][:5], rtol=1e-5, atol=1e-5)
+    with pytest.raises(UnknownIdError, match="nope"):
+        bundle.similar("nope", k=3)
+
+
+def test_bad_k_is_refused(bundle: ServingBundle) -> None:
+    with pytest.raises(ValueError, match="k must be"):
+        bundle.recommend("u0", k=0)
+
+
+def test_inconsistent_arrays_refused_and_nothing_written(tmp_path: Path, arrays: dict) -> None:
+    with pytest.raises(BundleError, match="item_ids"):
+        write_bundle(tmp_path / "serving", **{**arrays, "item_ids": arrays["item_ids"][:-1]})
+    with pytest.raises(BundleError, match="NaN"):
+        bad = arrays["item_emb"].copy()
+        bad[0, 0] = np.nan
+        write_bundle(tmp_path / "serving", **{**arrays, "item_emb": bad})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_missing_or_corrupt_bundle(tmp_path: Path, arrays: dict) -> None:
+    with pytest.raises(BundleError, match="missing"):
+        ServingBundle.load(tmp_path / "nothing")
+    out = write_bundle(tmp_path / "serving", **arrays)
+    (out / "user_emb.npy").write_bytes(b"garbage")
+    with pytest.raises(BundleError, match="unreadable"):
+        ServingBundle.load(out)
+
+
+def structured_embeddings(n_users: int, n_items: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered factors like a trained MF model: a few taste clusters plus noise, popularity in the norms."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((16, dim))
+    items = centers[rng.integers(0, 16, n_items)] + 0.5 * rng.standard_normal((n_items, dim))
+    items *= rng.lognormal(0.0, 0.4, (n_items, 1))
+    users = centers[rng.integers(0, 16, n_users)] + 0.5 * rng.standard_normal((n_users, dim))
+    return users.astype(np.float32), items.astype(np.float32)
+
+
+def test_hnsw_recall_at_10_against_exact(tmp_path: Path) -> None:
+    users, items = structured_embeddings(500, 2000, 20, seed=1)
+    arrays = {
+        "user_emb": users,
+        "item_emb": items,
+        "user_ids": [f"u{i}" for i in range(500)],
+        "item_ids": [f"i{j}" for j in range(2000)],
+        "seen": sp.csr_matrix((500, 2000), dtype=np.float32),
+        "popularity": np.arange(2000, dtype=np.int64),
+        "model_id": "h" * 32,
+    }
+    out = write_bundle(tmp_path / "serving", **arrays)
+    exact = ServingBundle.load(out, kind="flat")
+    hnsw = ServingBundle.load(out, kind="hnsw")
+    ids = arrays["user_ids"][:200]
+    truth = exact.recommend_batch(ids, k=10)
+    approx = hnsw.recommend_batch(ids, k=10)
+    recall = np.mean([len(set(a.items) & set(t.items)) / 10 for a, t in zip(approx, truth, strict=True)])
+    assert recall >= 0.95
+    assert all(len(a.items) == 10 for a in approx)
