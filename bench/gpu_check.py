@@ -55,6 +55,7 @@ def main() -> int:
     ap.add_argument("--teacher-epochs", type=int, default=30)
     ap.add_argument("--student-epochs", type=int, default=15)
     ap.add_argument("--out", default="bench/results/gpu-check.json")
+    ap.add_argument("--device", default="cuda", help="cuda (the check); cpu only to smoke-test this script")
     args = ap.parse_args()
 
     import torch
@@ -66,12 +67,13 @@ def main() -> int:
     from core.models import build_model
     from core.train import TrainConfig, fit
 
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available", file=sys.stderr)
         return 1
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(0),
+        "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "python": platform.python_version(),
         "dataset": args.dataset,
@@ -83,8 +85,8 @@ def main() -> int:
 
     def train(name: str, model: Any, epochs: int, distiller: Any = None) -> dict[str, Any]:
         t = time.perf_counter()
-        fr = fit(model, data, TrainConfig(epochs=epochs, patience=0, seed=0, device="cuda"), distiller=distiller)
-        torch.cuda.synchronize()
+        fr = fit(model, data, TrainConfig(epochs=epochs, patience=0, seed=0, device=args.device), distiller=distiller)
+        sync()
         row = {
             "epochs": fr.epochs_run,
             "seconds_per_epoch": fr.seconds_per_epoch,
@@ -103,7 +105,7 @@ def main() -> int:
         distiller = build_distiller(method)
         t = time.perf_counter()
         distiller.prepare(teacher, data, dev)
-        torch.cuda.synchronize()
+        sync()
         prep = time.perf_counter() - t
         row = train(f"student bpr:20 {method}", student, args.student_epochs, distiller)
         row["prepare_seconds"] = prep
