@@ -137,14 +137,15 @@ def _build_index(emb: np.ndarray, kind: IndexKind, hnsw_m: int, ef_search: int) 
     return index
 
 
-def _allowed_bitmaps(seen: sp.csr_matrix) -> np.ndarray:
-    """Each user's unseen items as a little-endian bitmap row (FAISS ``IDSelectorBitmap`` layout)."""
-    n_users, n_items = seen.shape
-    bits = np.zeros((n_users, (n_items + 7) // 8), dtype=np.uint8)  # [n_users, ceil(n_items/8)]
-    rows = np.repeat(np.arange(n_users), np.diff(seen.indptr))
-    cols = seen.indices.astype(np.int64)
-    np.bitwise_or.at(bits, (rows, cols >> 3), (1 << (cols & 7)).astype(np.uint8))
-    return ~bits  # allowed = not seen (a plain bitmap selector is cheaper than IDSelectorNot over one)
+def _clear_bits(bits: np.ndarray, codes: np.ndarray) -> None:
+    """Clear the bits of ``codes`` (sorted or not) in a little-endian bitmap, vectorised per byte."""
+    if len(codes) == 0:
+        return
+    codes = np.sort(codes.astype(np.int64))
+    byte = codes >> 3
+    mask = (1 << (codes & 7)).astype(np.uint8)
+    starts = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])
+    bits[byte[starts]] &= ~np.bitwise_or.reduceat(mask, starts)
 
 
 class ServingBundle:
@@ -176,7 +177,6 @@ class ServingBundle:
         self.kind: IndexKind = kind
         self.ef_search = ef_search
         self.index = _build_index(self.item_emb, kind, hnsw_m, ef_search)
-        self._allowed_bits = _allowed_bitmaps(self.seen)
         self._scratch = threading.local()
         # Popular fallback: first occurrences in popularity order, then unlisted items in code order.
         _, first = np.unique(self.popularity, return_index=True)
@@ -311,19 +311,20 @@ class ServingBundle:
         """
         scratch = self._scratch
         if not hasattr(scratch, "params"):
-            scratch.bits = np.zeros(self._allowed_bits.shape[1], dtype=np.uint8)
+            scratch.bits = np.zeros((self.n_items + 7) // 8, dtype=np.uint8)
             scratch.selector = faiss.IDSelectorBitmap(len(scratch.bits), faiss.swig_ptr(scratch.bits))
             if self.kind == "hnsw":
                 scratch.params = faiss.SearchParametersHNSW(sel=scratch.selector, efSearch=self.ef_search)
             else:
                 scratch.params = faiss.SearchParameters(sel=scratch.selector)
+        # The allowed-items bitmap is built per request from the user's CSR row: O(items/8 + seen) time and
+        # no users x items table in memory.
         bits = scratch.bits
+        bits.fill(0xFF)
         if exclude_seen:
-            np.copyto(bits, self._allowed_bits[user])
-        else:
-            bits.fill(0xFF)
+            _clear_bits(bits, self.seen.indices[self.seen.indptr[user] : self.seen.indptr[user + 1]])
         if len(excluded):
-            np.bitwise_and.at(bits, excluded >> 3, ~(1 << (excluded & 7)).astype(np.uint8))
+            _clear_bits(bits, excluded)
         if self.kind == "hnsw":
             scratch.params.efSearch = max(self.ef_search, depth)
         return scratch.params
