@@ -1,4 +1,4 @@
-"""GPU check: train a BPR-200 teacher and distill BPR-20 students (none, DCD) on ML-1M on CUDA, then build
+"""GPU check: train a BPR-200 teacher and distill BPR-20 students (none, RRD, DCD) on ML-1M on CUDA, then build
 and query a FAISS index (faiss-gpu when it loads, else faiss-cpu, said so in the output). Absolute times.
 
   python bench/gpu_check.py --dataset ml-1m --out bench/results/gpu-check.json

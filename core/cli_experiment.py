@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="student model option, e.g. reg=1e-4 (repeatable)")
     p.add_argument("--teacher-cache", default=None, help="folder to cache/reuse trained teachers")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--out", default=None, help="write the JSON results here")
+    p.add_argument("--out", default=None,
+                   help="JSON results file (default: var/experiments/<dataset>-<UTC time>.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=handle)
 
@@ -110,11 +111,12 @@ def handle(args: argparse.Namespace) -> int:
             return [ProgressBar(label)]
 
     command = "recdistill " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = Path(args.out) if args.out else None
+    if args.out:
+        out = Path(args.out)
+    else:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        out = Path("var") / "experiments" / f"{Path(args.dataset).stem}-{stamp}.json"
     result = run_experiment(cfg, command, out_path=out, callbacks_for=callbacks_for)
     print(markdown_table(result["runs"]))
-    if out is not None:
-        print(f"\nresults written to {out}")
-    else:
-        print(json.dumps({"runs": len(result["runs"])}))
+    print(f"\nresults written to {out}")
     return 0

@@ -60,7 +60,13 @@ class ProgressWriter:
     def start(self, max_epochs: int) -> None:
         """Enter the phase: epoch = the last one recorded for it (0 when fresh, > 0 when resuming)."""
         done = max((h["epoch"] for h in self.history if h["phase"] == self.phase), default=0)
-        self.ctx.write(phase=self.phase, epoch=done, max_epochs=max_epochs)
+        fraction = min(1.0, done / max_epochs) if max_epochs > 0 else 0.0
+        self.ctx.write(
+            phase=self.phase,
+            epoch=done,
+            max_epochs=max_epochs,
+            progress=self.ctx.progress(self.phase, fraction),
+        )
 
     def replace(self, phase_entries: list[dict[str, Any]]) -> None:
         """Swap this phase's entries (a resumed fit must not repeat epochs already recorded)."""
@@ -103,6 +109,7 @@ def execute(ctx: JobContext) -> None:
             for c in (
                 "path",
                 "format",
+                "sep",
                 "user_col",
                 "item_col",
                 "rating_col",
@@ -137,9 +144,10 @@ def execute(ctx: JobContext) -> None:
 
     teacher = _load_teacher(ctx, reuse, data) if reuse else _train_teacher(ctx, spec, plan, data, history)
     _check_cancel(ctx, "distillation")
-    distiller = steps.make_distiller(spec["method"], plan.distiller, teacher.model, data, ctx.settings.device)
+    # Enter the phase before prepare(): computing the teacher's top-M lists can take a while on big data.
     writer = ProgressWriter(ctx, "distill", history)
     writer.start(plan.student_train.epochs)
+    distiller = steps.make_distiller(spec["method"], plan.distiller, teacher.model, data, ctx.settings.device)
     student, result = steps.train_model(
         spec["student"],
         data,

@@ -77,6 +77,7 @@ def load_split(path: Path, dataset: dict[str, Any], split_opts: dict[str, Any], 
         rating_col=dataset.get("rating_col"),
         timestamp_col=dataset.get("timestamp_col"),
         fmt=dataset.get("format"),
+        sep=dataset.get("sep"),
         rating_threshold=dataset.get("rating_threshold"),
     )
     mode = split_opts.get("mode", "random")

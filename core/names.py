@@ -1,6 +1,6 @@
 """Torch-free registry names, so the API can validate requests without importing ``core.models``.
 
-``tests/api/test_no_torch.py`` checks these match ``core.models.MODELS`` and ``core.distill.DISTILLERS``.
+``tests/api/test_api_serving.py`` (test_names_and_hyperparameters_match_the_torch_side) checks these match ``core.models.MODELS`` and ``core.distill.DISTILLERS``.
 """
 
 from __future__ import annotations

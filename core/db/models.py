@@ -83,6 +83,7 @@ class Dataset(Base):
     original_filename: Mapped[str] = mapped_column(String(255))
     path: Mapped[str] = mapped_column(String(500))
     format: Mapped[str] = mapped_column(String(16))
+    sep: Mapped[str | None] = mapped_column(String(8))  # column delimiter; None = the format's default
     user_col: Mapped[str] = mapped_column(String(200))
     item_col: Mapped[str] = mapped_column(String(200))
     rating_col: Mapped[str | None] = mapped_column(String(200))
