@@ -84,6 +84,7 @@ class DatasetPublic(BaseModel):
     name: str
     original_filename: str
     format: str
+    sep: str | None = None
     user_col: str
     item_col: str
     rating_col: str | None

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 from core.settings import Settings
 from worker.celery_app import QUEUE, ensure_broker_dir
@@ -62,6 +61,9 @@ class LocalWorker:
         self.restart_delay = restart_delay
         self.proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
+        # Held while (re)spawning, and by stop() while it reads ``proc``: a restart racing with stop() would
+        # otherwise leave a fresh worker running after the server has gone.
+        self._lock = threading.Lock()
         self._watch: threading.Thread | None = None
 
     def _spawn(self) -> subprocess.Popen[bytes]:
@@ -72,7 +74,8 @@ class LocalWorker:
         return proc
 
     def start(self) -> None:
-        self.proc = self._spawn()
+        with self._lock:
+            self.proc = self._spawn()
         self._watch = threading.Thread(target=self._watchdog, name="local-worker-watchdog", daemon=True)
         self._watch.start()
 
@@ -80,15 +83,19 @@ class LocalWorker:
         while not self._stopping.wait(1.0):
             if self.proc is not None and self.proc.poll() is not None:
                 log.warning("local worker exited with %s; restarting it", self.proc.returncode)
-                time.sleep(self.restart_delay)
-                if not self._stopping.is_set():
+                if self._stopping.wait(self.restart_delay):
+                    return
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
                     self.proc = self._spawn()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the worker: SIGTERM (a running job stops within a few batches and is re-queued, to resume
         from its last epoch on the next start), then SIGKILL after ``timeout``."""
-        self._stopping.set()
-        proc = self.proc
+        with self._lock:  # waits for a restart in progress, so its process is the one stopped
+            self._stopping.set()
+            proc = self.proc
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(signal.SIGTERM)

@@ -83,7 +83,7 @@ def _store(sessions: sessionmaker[Session], settings: Settings, dataset_id: str,
         row = repo.create_dataset(
             session, id=dataset_id, name=form.name or Path(filename).name.split(".")[0] or dataset_id,
             original_filename=filename, path=str(data.relative_to(settings.artifact_dir)), format=fmt,
-            user_col=form.user_col, item_col=form.item_col, rating_col=form.rating_col,
+            sep=form.sep, user_col=form.user_col, item_col=form.item_col, rating_col=form.rating_col,
             timestamp_col=form.timestamp_col, rating_threshold=form.rating_threshold,
             n_users=inter.n_users, n_items=inter.n_items, n_interactions=n,
             density=n / float(inter.n_users * inter.n_items), size_bytes=size,

@@ -53,6 +53,19 @@ def test_upload_tsv_inter_and_parquet(client: TestClient, tmp_path: Path) -> Non
     assert res.status_code == 201 and res.json()["original_filename"] == "ratings [v2] (copy).csv"
 
 
+def test_custom_separator_is_stored_and_returned(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    res = upload(client, b"user_id;item_id\nu1;i1\nu2;i1\nu2;i2\n", "semi.csv", sep=";")
+    assert res.status_code == 201, res.text
+    body = res.json()
+    assert (body["sep"], body["n_interactions"]) == (";", 3)
+    assert client.get(f"/datasets/{body['id']}").json()["sep"] == ";"
+    with sessions() as session:
+        assert repo.get_dataset(session, body["id"]).sep == ";"  # the worker reads it from the row
+    assert upload(client, CSV).json()["sep"] is None
+
+
 @pytest.mark.parametrize(
     ("content", "filename", "fields", "status", "words"),
     [

@@ -4,10 +4,17 @@ tests/worker and tests/integration)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import httpx
+import pytest
 
 from core import cli_service
 from core.db.migrate import current_revision
@@ -29,7 +36,7 @@ def test_migrate_command_creates_the_embedded_database(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert current_revision(f"sqlite:///{tmp_path / 'home' / 'recdistill.db'}") == "0001"
+    assert current_revision(f"sqlite:///{tmp_path / 'home' / 'recdistill.db'}") == "0002"
     assert (tmp_path / "home" / "artifacts").is_dir()
 
 
@@ -42,3 +49,113 @@ def test_commands_and_defaults_are_registered() -> None:
     worker = parser.parse_args(["worker"])
     assert worker.handler is cli_service.run_worker and worker.pool == "solo" and not worker.migrate
     assert parser.parse_args(["migrate"]).handler is cli_service.run_migrate
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _children(pid: int) -> dict[int, str]:
+    """{pid: command line} of the live children of ``pid`` (read from /proc)."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait is missing
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to find the worker")
+@pytest.mark.parametrize(
+    ("sig", "group"),
+    [
+        pytest.param(signal.SIGTERM, False, id="kill-pid"),
+        pytest.param(signal.SIGINT, True, id="ctrl-c-group"),
+        pytest.param(signal.SIGINT, False, id="sigint-pid", marks=pytest.mark.slow),
+    ],
+)  # about 10 s each on a busy 2-core machine (server + worker start-up)
+def test_serve_stops_its_local_worker_on_sigterm_and_ctrl_c(
+    tmp_path: Path, sig: signal.Signals, group: bool
+) -> None:
+    port = _free_port()
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "ARTIFACT_DIR")
+    }
+    env.update(RECDISTILL_HOME=str(tmp_path / "home"), RECDISTILL_HOST="127.0.0.1", RECDISTILL_PORT=str(port))
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        workers: dict[int, str] = {}
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            workers = {p: c for p, c in _children(proc.pid).items() if "celery" in c}
+            try:
+                if workers and httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"serve not ready with a worker in 90 s:\n{log.read_text()[-3000:]}")
+        (worker_pid,) = workers
+        time.sleep(1.0)  # let the worker install its signal handlers (the common case at a real Ctrl-C)
+        if group:
+            os.killpg(proc.pid, sig)  # what a terminal's Ctrl-C does: the whole foreground group
+        else:
+            os.kill(proc.pid, sig)
+        assert proc.wait(timeout=40) in (0, 130), log.read_text()[-3000:]
+        deadline = time.monotonic() + 5
+        while _alive(worker_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker_pid), f"worker {worker_pid} outlived serve:\n{log.read_text()[-3000:]}"
+        leftovers = [
+            p for p in Path("/proc").iterdir() if p.name.isdigit() and _in_group(int(p.name), proc.pid)
+        ]
+        assert leftovers == [], f"processes left in serve's group: {leftovers}"
+    finally:
+        if proc.poll() is None or _group_has_members(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _in_group(pid: int, pgid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and int(fields[3]) == pgid
+
+
+def _group_has_members(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

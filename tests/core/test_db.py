@@ -78,7 +78,7 @@ def _model(s: Session, job_id: str | None, dataset_id: str, role: str = "student
 
 
 def test_migrations_create_every_table_and_match_the_models(db_url: str) -> None:
-    assert current_revision(db_url) == "0001"
+    assert current_revision(db_url) == "0002"
     engine = create_engine(db_url)
     with engine.connect() as conn:
         assert {"datasets", "jobs", "models", "activations"} <= set(inspect(conn).get_table_names())
@@ -86,7 +86,7 @@ def test_migrations_create_every_table_and_match_the_models(db_url: str) -> None
     engine.dispose()
     assert diff == []
     upgrade_head(db_url)  # idempotent
-    assert current_revision(db_url) == "0001"
+    assert current_revision(db_url) == "0002"
 
 
 def test_alembic_command_line_upgrades_a_fresh_sqlite_file(tmp_path: Path) -> None:
@@ -113,7 +113,36 @@ def test_alembic_command_line_upgrades_a_fresh_sqlite_file(tmp_path: Path) -> No
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert current_revision(url) == "0001"
+    assert current_revision(url) == "0002"
+
+
+def test_0002_adds_a_nullable_sep_to_existing_datasets_and_downgrades(tmp_path: Path) -> None:
+    from alembic import command
+
+    from core.db.migrate import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0001")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO datasets (id, name, original_filename, path, format, user_col, item_col, n_users,"
+                " n_items, n_interactions, density, size_bytes, created_at) VALUES ('a' , 'old', 'o.csv',"
+                " 'datasets/a/o.csv', 'csv', 'u', 'i', 1, 1, 1, 1.0, 4, '2025-01-01 00:00:00')"
+            )
+        )
+    upgrade_head(url)
+    with session_scope(url) as s:
+        row = repo.get_dataset(s, "a")
+        assert (row.name, row.sep) == ("old", None)
+        row.sep = "|"
+    command.downgrade(alembic_config(url), "0001")
+    with engine.connect() as conn:
+        assert "sep" not in {c["name"] for c in inspect(conn).get_columns("datasets")}
+        assert conn.execute(text("SELECT name FROM datasets")).scalar_one() == "old"
+    engine.dispose()
+    dispose_engines()
 
 
 def test_dataset_crud_and_not_found(db_url: str) -> None:

@@ -1,0 +1,162 @@
+"""The job runner reads a dataset with every option stored on its row, and shows each phase as it begins."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core import job_runner
+from core.db import repo
+from core.db.migrate import upgrade_head
+from core.db.session import dispose_engines, session_scope
+from core.pipeline import run_job
+from core.settings import Settings
+from core.storage import ArtifactStore
+
+FAST_HP = {
+    "epochs": 2,
+    "teacher_epochs": 1,
+    "batch_size": 256,
+    "lr": 0.01,
+    "m": 10,
+    "p": 3,
+    "rkd_k": 3,
+    "rkd_l": 3,
+}
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    s = Settings(RECDISTILL_HOME=str(tmp_path), RECDISTILL_DEVICE="cpu", RECDISTILL_HEARTBEAT=0.2)
+    s.ensure_dirs()
+    upgrade_head(s.database_url)
+    yield s
+    dispose_engines()
+
+
+def semicolon_file(n_users: int = 30, n_items: int = 20) -> str:
+    """';'-separated; every user also rates two 'junk' items 1 star, which a threshold of 3 must drop."""
+    rows = ["uid;iid;score;ts"]
+    for u in range(n_users):
+        for j in range(8):
+            rows.append(f"u{u};i{(u + j) % n_items};5;{1000 + j}")
+        rows += [f"u{u};junk{u % 5};1;900", f"u{u};junk{(u + 1) % 5};1;901"]
+    return "\n".join(rows) + "\n"
+
+
+def make_job(settings: Settings, content: str, dataset: dict[str, Any], **job: Any) -> str:
+    store = ArtifactStore(settings.artifact_dir)
+    with session_scope(settings.database_url) as s:
+        ds = repo.create_dataset(
+            s,
+            name="toy",
+            original_filename="toy.csv",
+            path="pending",
+            n_users=0,
+            n_items=0,
+            n_interactions=0,
+            density=0.0,
+            size_bytes=0,
+            **dataset,
+        )
+        file = store.dataset_file(ds.id, "toy.csv")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(content)
+        ds.path = store.relative(file)
+        fields: dict[str, Any] = dict(
+            dataset_id=ds.id,
+            method="dcd",
+            teacher={"model": "bpr", "dim": 8},
+            student={"model": "bpr", "dim": 4},
+            hyperparameters=dict(FAST_HP),
+            seed=0,
+            split={"mode": "random", "ratios": [0.8, 0.1, 0.1]},
+        )
+        fields.update(job)
+        return repo.create_job(s, **fields).id
+
+
+SEMI = {
+    "format": "csv",
+    "sep": ";",
+    "user_col": "uid",
+    "item_col": "iid",
+    "rating_col": "score",
+    "timestamp_col": "ts",
+    "rating_threshold": 3.0,
+}
+
+
+def test_job_reads_the_dataset_with_its_stored_separator_and_columns(settings: Settings) -> None:
+    job_id = make_job(settings, semicolon_file(), SEMI)
+    assert run_job(job_id, settings, worker_id="w1") == "succeeded"
+    with session_scope(settings.database_url) as s:
+        folder = (
+            settings.artifact_dir
+            / repo.get_model(s, repo.get_job(s, job_id).student_model_id or "").artifact_path
+        )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert len(manifest["user_ids"]) == 30
+    assert manifest["item_ids"] == sorted(
+        f"i{i}" for i in range(20)
+    )  # junk (1 star) dropped by the threshold
+
+
+def test_job_without_the_separator_fails_naming_the_problem(settings: Settings) -> None:
+    job_id = make_job(settings, semicolon_file(), {**SEMI, "sep": None})
+    assert run_job(job_id, settings, worker_id="w1") == "failed"
+    with session_scope(settings.database_url) as s:
+        assert "uid" in (repo.get_job(s, job_id).error or "")
+
+
+def test_every_stored_dataset_option_reaches_load_split(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_load_split(path: Path, dataset: dict[str, Any], split_opts: dict[str, Any], seed: int) -> Any:
+        seen.update(dataset)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(job_runner.steps, "load_split", fake_load_split)
+    job_id = make_job(settings, semicolon_file(), SEMI)
+    assert run_job(job_id, settings, worker_id="w1") == "failed"
+    assert {k: seen.get(k) for k in SEMI} == SEMI
+
+
+def _recording(
+    settings: Settings, job_id: str, log: list[tuple[str, Any, int, int]], name: str, fn: Callable[..., Any]
+) -> Callable[..., Any]:
+    """Wrap ``fn`` so every call first records the job row's (phase, epoch, max_epochs)."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with session_scope(settings.database_url) as s:
+            job = repo.get_job(s, job_id)
+            log.append((name, job.phase, job.epoch, job.max_epochs))
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def test_each_phase_is_recorded_as_it_begins(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    job_id = make_job(settings, semicolon_file(), SEMI)
+    calls: list[tuple[str, Any, int, int]] = []
+    for name in ("make_distiller", "test_metrics", "export_bundle"):
+        original = getattr(job_runner.steps, name)
+        monkeypatch.setattr(job_runner.steps, name, _recording(settings, job_id, calls, name, original))
+    assert run_job(job_id, settings, worker_id="w1") == "succeeded"
+    assert calls == [
+        ("test_metrics", "teacher", 1, 1),  # the teacher's own test metrics, right after its fit
+        (
+            "make_distiller",
+            "distill",
+            0,
+            2,
+        ),  # distill shows as 0/2 while the teacher's top-M lists are computed
+        ("test_metrics", "evaluate", 2, 2),
+        ("export_bundle", "index", 2, 2),
+    ]
