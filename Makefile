@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # Where `make demo` (recdistill quickstart) writes the server's pid: <RECDISTILL_HOME or ./var>/serve.pid.
 SERVE_PID ?= $(or $(RECDISTILL_HOME),var)/serve.pid
 
-.PHONY: install test test-slow test-integration lint demo stop serve worker migrate bench compose-up compose-cpu \
+.PHONY: install test test-slow lint demo stop serve worker migrate compose-up compose-cpu \
 	config-docs clean
 
 $(VENV)/.installed: pyproject.toml
