@@ -138,14 +138,40 @@ def _build_index(emb: np.ndarray, kind: IndexKind, hnsw_m: int, ef_search: int) 
 
 
 def _clear_bits(bits: np.ndarray, codes: np.ndarray) -> None:
-    """Clear the bits of ``codes`` (sorted or not) in a little-endian bitmap, vectorised per byte."""
+    """Clear the bits of ``codes`` (any order, duplicates allowed) in a little-endian bitmap."""
     if len(codes) == 0:
         return
     codes = np.sort(codes.astype(np.int64))
     byte = codes >> 3
-    mask = (1 << (codes & 7)).astype(np.uint8)
-    starts = np.flatnonzero(np.r_[True, byte[1:] != byte[:-1]])
+    mask = np.left_shift(1, codes & 7).astype(np.uint8)
+    change = np.empty(len(byte), dtype=bool)
+    change[0] = True
+    np.not_equal(byte[1:], byte[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
     bits[byte[starts]] &= ~np.bitwise_or.reduceat(mask, starts)
+
+
+def _seen_byte_masks(seen: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per user, the bitmap bytes holding seen items and their OR-ed bit masks, CSR-like: O(seen) memory,
+    so a request clears its user's seen items with one fancy-indexed AND."""
+    n_users = seen.shape[0]
+    rows = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(seen.indptr))
+    cols = seen.indices.astype(np.int64)
+    n_bytes = (seen.shape[1] + 7) // 8
+    keys = rows * n_bytes + (cols >> 3)
+    order = np.argsort(keys, kind="stable")
+    keys, cols = keys[order], cols[order]
+    mask = np.left_shift(1, cols & 7).astype(np.uint8)
+    if len(keys) == 0:
+        return np.zeros(n_users + 1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8)
+    change = np.empty(len(keys), dtype=bool)
+    change[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    ukeys = keys[starts]
+    inv_masks = ~np.bitwise_or.reduceat(mask, starts)
+    indptr = np.searchsorted(ukeys // n_bytes, np.arange(n_users + 1), side="left").astype(np.int64)
+    return indptr, (ukeys % n_bytes).astype(np.int64), inv_masks
 
 
 class ServingBundle:
@@ -178,6 +204,7 @@ class ServingBundle:
         self.ef_search = ef_search
         self.index = _build_index(self.item_emb, kind, hnsw_m, ef_search)
         self._scratch = threading.local()
+        self._seen_ptr, self._seen_bytes, self._seen_inv_masks = _seen_byte_masks(self.seen)
         # Popular fallback: first occurrences in popularity order, then unlisted items in code order.
         _, first = np.unique(self.popularity, return_index=True)
         listed = self.popularity[np.sort(first)]
@@ -322,7 +349,8 @@ class ServingBundle:
         bits = scratch.bits
         bits.fill(0xFF)
         if exclude_seen:
-            _clear_bits(bits, self.seen.indices[self.seen.indptr[user] : self.seen.indptr[user + 1]])
+            lo, hi = self._seen_ptr[user], self._seen_ptr[user + 1]
+            bits[self._seen_bytes[lo:hi]] &= self._seen_inv_masks[lo:hi]
         if len(excluded):
             _clear_bits(bits, excluded)
         if self.kind == "hnsw":

@@ -185,3 +185,23 @@ def test_hnsw_recall_at_10_against_exact(tmp_path: Path) -> None:
     recall = np.mean([len(set(a.items) & set(t.items)) / 10 for a, t in zip(approx, truth, strict=True)])
     assert recall >= 0.95
     assert all(len(a.items) == 10 for a in approx)
+
+
+def test_seen_byte_masks_equal_a_dense_bitmap() -> None:
+    """The O(seen) per-user byte masks clear exactly the seen items, users with none included."""
+    import scipy.sparse as sp
+
+    from core.index import _seen_byte_masks
+
+    rng = np.random.default_rng(3)
+    dense = rng.random((40, 53)) < 0.2
+    dense[5] = False  # a user with nothing seen
+    dense[7] = True  # a user who saw everything
+    seen = sp.csr_matrix(dense.astype(np.float32))
+    ptr, byte_idx, inv = _seen_byte_masks(seen)
+    n_bytes = (53 + 7) // 8
+    for u in range(40):
+        bits = np.full(n_bytes, 0xFF, dtype=np.uint8)
+        bits[byte_idx[ptr[u] : ptr[u + 1]]] &= inv[ptr[u] : ptr[u + 1]]
+        allowed = np.unpackbits(bits, bitorder="little")[:53].astype(bool)
+        assert np.array_equal(allowed, ~dense[u]), u
