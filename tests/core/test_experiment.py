@@ -1,0 +1,73 @@
+"""`recdistill experiment` end to end on a tiny synthetic file: table, JSON shape, teacher reuse, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.cli import main
+from core.experiment import ModelSpec, markdown_table, parse_overrides
+
+
+def _tiny_csv(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    rows = ["user,item,rating"]
+    for u in range(40):
+        group = u % 4  # four taste clusters of 10 items each
+        for i in rng.choice(10, size=7, replace=False):
+            rows.append(f"u{u},i{group * 10 + i},{rng.integers(1, 6)}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_experiment_writes_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _tiny_csv(tmp_path / "tiny.csv")
+    out = tmp_path / "res.json"
+    cache = tmp_path / "teachers"
+    args = ["experiment", "--dataset", str(data), "--user-col", "user", "--item-col", "item",
+            "--teacher", "bpr:8", "--student", "bpr:2", "--methods", "none,dcd", "--seeds", "0,1",
+            "--max-epochs", "2", "--teacher-cache", str(cache), "--no-progress", "--out", str(out),
+            "--set", "dcd.m=10", "--set", "dcd.p=3", "--set", "dcd.rkd_k=3", "--set", "dcd.rkd_l=3"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "| teacher | 2 |" in table and "| none | 2 |" in table and "| dcd | 2 |" in table
+    result = json.loads(out.read_text())
+    assert result["protocol"] == "full" and result["command"].startswith("recdistill ")
+    methods = [r["method"] for r in result["runs"]]
+    assert methods == ["teacher", "none", "dcd"] * 2
+    for run in result["runs"]:
+        assert run["teacher"] == "bpr:8" and run["student"] == "bpr:2" and run["seed"] in (0, 1)
+        assert 0.0 <= run["test"]["ndcg@10"] <= 1.0 and "recall@10" in run["test"]
+        assert run["epochs"] >= 1 and run["seconds_per_epoch"] > 0
+    # The second invocation reuses the cached teachers (same seeds, same options).
+    assert len(list(cache.iterdir())) == 2
+    before = {p.name: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    assert main([*args[:-2], "--out", str(tmp_path / "again.json")]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_experiment_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _tiny_csv(tmp_path / "tiny.csv")
+    base = ["experiment", "--dataset", str(data), "--user-col", "user", "--item-col", "item", "--no-progress"]
+    assert main([*base, "--teacher", "bpr:8", "--student", "bpr:8"]) == 2
+    assert "must be below teacher dim" in capsys.readouterr().err
+    assert main([*base, "--methods", "none,magic"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main([*base, "--teacher", "bpr"]) == 2
+    assert "name:positive dim" in capsys.readouterr().err
+
+
+def test_helpers() -> None:
+    assert parse_overrides(["dcd.eps=0.05", "dcd.use_icd=false", "rrd.k=10"]) == {
+        "dcd": {"eps": 0.05, "use_icd": False}, "rrd": {"k": 10}}
+    with pytest.raises(ValueError, match="dcd.eps=0.05"):
+        parse_overrides(["eps=0.05"])
+    assert str(ModelSpec.parse("LightGCN:64")) == "lightgcn:64"
+    runs = [{"method": m, "test": {"ndcg@10": v, "recall@10": v, "ndcg@20": v, "recall@20": v}, "epochs": 3,
+             "seconds_per_epoch": 1.0} for m, v in (("teacher", 0.4), ("none", 0.2), ("dcd", 0.35))]
+    table = markdown_table(runs)
+    assert "75%" in table  # (0.35 - 0.2) / (0.4 - 0.2)
