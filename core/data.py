@@ -321,6 +321,11 @@ class NegativeSampler:
         pos = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
         return self._keys[pos] == keys
 
+    def reseed(self, seed: int) -> NegativeSampler:
+        """Restart the random stream (the sorted positive keys are kept: they depend only on ``train``)."""
+        self.rng = np.random.default_rng(seed)
+        return self
+
     def sample(self, users: np.ndarray) -> np.ndarray:
         users = np.asarray(users, dtype=np.int64)
         items = self.rng.integers(0, self.n_items, size=len(users))

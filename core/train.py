@@ -137,12 +137,13 @@ def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tor
 
 
 def _run_epoch(
-    model: Recommender, optimizer: torch.optim.Optimizer, data: SplitData, pairs: tuple[np.ndarray, np.ndarray],
+    model: Recommender, optimizer: torch.optim.Optimizer, sampler: NegativeSampler, pairs: tuple[np.ndarray, np.ndarray],
     config: TrainConfig, epoch: int, device: torch.device, distiller: ExtraLoss | None,
     should_cancel: Callable[[], bool] | None,
 ) -> dict[str, float]:
     users, items = pairs
-    negs = NegativeSampler(data.train, seed=config.seed + epoch).sample(users)
+    # Seeded per epoch so that a resumed run draws exactly the negatives of an uninterrupted one.
+    negs = sampler.reseed(config.seed + epoch).sample(users)
     perm = np.random.default_rng((config.seed, epoch)).permutation(len(users))
     u_all = torch.from_numpy(users[perm]).to(device)
     p_all = torch.from_numpy(items[perm]).to(device)
@@ -216,6 +217,7 @@ def _fit(
         raise ValueError("model has no trainable parameters")
     optimizer = make_optimizer(params, config)
     pairs = data.train_pairs()
+    sampler = NegativeSampler(data.train)  # built once: its sorted keys depend only on the train matrix
     if len(pairs[0]) == 0:
         raise ValueError("data.train has no interactions to train on")
     has_valid = data.valid.nnz > 0
@@ -230,7 +232,7 @@ def _fit(
         t0 = time.perf_counter()
         if distiller is not None:
             distiller.on_epoch_start(model, epoch)
-        losses = _run_epoch(model, optimizer, data, pairs, config, epoch, device, distiller, should_cancel)
+        losses = _run_epoch(model, optimizer, sampler, pairs, config, epoch, device, distiller, should_cancel)
         train_seconds = time.perf_counter() - t0
         valid: dict[str, float] = {}
         if has_valid and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
