@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from core.db.models import FINAL_STATUSES, JOB_STATUSES, Activation, Dataset, Job, Model, utcnow
 
 ACTIVE_STATUSES = ("queued", "running")
+R = TypeVar("R", Dataset, Job, Model)
 
 
 class NotFoundError(LookupError):
@@ -27,22 +28,33 @@ class ConflictError(RuntimeError):
     """The request contradicts the current state (e.g. deleting a dataset a job is using)."""
 
 
-# ---------------------------------------------------------------- datasets
+# ---------------------------------------------------------------- shared
 
 
-def create_dataset(session: Session, **fields: Any) -> Dataset:
-    """Insert a dataset row (fields as in ``Dataset``) and flush so its id is set."""
-    row = Dataset(**fields)
+def _insert(session: Session, row: R) -> R:
+    """Add a row and flush so its generated id and defaults are set."""
     session.add(row)
     session.flush()
     return row
 
 
-def get_dataset(session: Session, dataset_id: str) -> Dataset:
-    row = session.get(Dataset, dataset_id)
+def _get(session: Session, cls: type[R], kind: str, id_: str) -> R:
+    row = session.get(cls, id_)
     if row is None:
-        raise NotFoundError("dataset", dataset_id)
+        raise NotFoundError(kind, id_)
     return row
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def create_dataset(session: Session, **fields: Any) -> Dataset:
+    """Insert a dataset row (fields as in ``Dataset``) and flush so its id is set."""
+    return _insert(session, Dataset(**fields))
+
+
+def get_dataset(session: Session, dataset_id: str) -> Dataset:
+    return _get(session, Dataset, "dataset", dataset_id)
 
 
 def list_datasets(session: Session, limit: int = 100, offset: int = 0) -> Sequence[Dataset]:
@@ -74,17 +86,11 @@ def delete_dataset(session: Session, dataset_id: str) -> Dataset:
 def create_job(session: Session, **fields: Any) -> Job:
     """Insert a queued job row (fields as in ``Job``) and flush so its id is set."""
     fields.setdefault("status", "queued")
-    row = Job(**fields)
-    session.add(row)
-    session.flush()
-    return row
+    return _insert(session, Job(**fields))
 
 
 def get_job(session: Session, job_id: str) -> Job:
-    row = session.get(Job, job_id)
-    if row is None:
-        raise NotFoundError("job", job_id)
-    return row
+    return _get(session, Job, "job", job_id)
 
 
 def list_jobs(
@@ -211,17 +217,11 @@ def requeue_stale_jobs(session: Session, lease_s: float, include_queued: bool = 
 
 def create_model(session: Session, **fields: Any) -> Model:
     """Insert a model row (fields as in ``Model``) and flush so its id is set."""
-    row = Model(**fields)
-    session.add(row)
-    session.flush()
-    return row
+    return _insert(session, Model(**fields))
 
 
 def get_model(session: Session, model_id: str) -> Model:
-    row = session.get(Model, model_id)
-    if row is None:
-        raise NotFoundError("model", model_id)
-    return row
+    return _get(session, Model, "model", model_id)
 
 
 def list_models(
