@@ -233,6 +233,7 @@ def run_experiment(
             }
         )
         flush()
+        lists_cache: dict = {}  # the teacher's top-M lists, computed once for every method of this seed
         for method in cfg.methods:
             dname, base_overrides = METHODS[method]
             dcfg = {**base_overrides, **cfg.method_overrides.get(dname, {}), **cfg.method_overrides.get(method, {})}
@@ -241,7 +242,7 @@ def run_experiment(
                 cfg.student.name, data.n_users, data.n_items, cfg.student.dim, train=data.train, **cfg.student_model_opts
             )
             distiller = build_distiller(dname, **dcfg)
-            distiller.prepare(teacher, data, device)
+            distiller.prepare(teacher, data, device, lists_cache)
             sconf = TrainConfig(seed=seed, device=cfg.device, **cfg.student_train)
             cb = list(callbacks_for(f"seed {seed} {method}")) if callbacks_for else []
             t0 = time.time()

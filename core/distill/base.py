@@ -9,6 +9,7 @@ import scipy.sparse as sp
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.distill.topm import teacher_topm
 from core.models.base import Recommender
 
 
@@ -16,6 +17,9 @@ class SplitLike(Protocol):
     """What a distiller reads from ``core.data.SplitData``: the training matrix (n_users x n_items)."""
 
     train: sp.csr_matrix
+
+
+ListsCache = dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
 
 
 class DistillConfig(BaseModel):
@@ -50,13 +54,36 @@ class Distiller:
         self.config = config if config is not None else self.config_cls()
         self.device = torch.device("cpu")
         self.generator = torch.Generator(device="cpu").manual_seed(self.config.seed)
+        self._lists_cache: ListsCache | None = None
 
     def prepare(
-        self, teacher: Recommender | None, data: SplitLike, device: torch.device | str = "cpu"
+        self,
+        teacher: Recommender | None,
+        data: SplitLike,
+        device: torch.device | str = "cpu",
+        lists_cache: ListsCache | None = None,
     ) -> None:
-        """Precompute everything taken from the teacher (no grad, chunked) and move it to ``device``."""
+        """Precompute everything taken from the teacher (no grad, chunked) and move it to ``device``.
+
+        ``lists_cache``: a dict shared by distillers of ONE teacher and split, so that the teacher's
+        top-M lists are computed once for all of them (e.g. every method of an experiment seed).
+        """
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self._lists_cache = lists_cache
+
+    def teacher_lists(
+        self, teacher: Recommender, data: SplitLike, m: int, chunk: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``teacher_topm`` on this distiller's device, reused from ``lists_cache`` when given."""
+        cache = self._lists_cache
+        key = (m, str(self.device))
+        if cache is not None and key in cache:
+            return cache[key]
+        lists = teacher_topm(teacher, data.train, m, chunk, self.device)
+        if cache is not None:
+            cache[key] = lists
+        return lists
 
     def on_epoch_start(self, student: Recommender, epoch: int) -> None:
         """Per-epoch work: resampling, rank refresh. ``epoch`` counts from 0."""

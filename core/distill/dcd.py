@@ -12,11 +12,10 @@ import logging
 import torch
 from pydantic import Field
 
-from core.distill.base import DistillConfig, Distiller, SplitLike, batch_rows, require_prepared
+from core.distill.base import DistillConfig, Distiller, ListsCache, SplitLike, batch_rows, require_prepared
 from core.distill.losses import relaxed_ranking_loss, score_items, score_users
 from core.distill.rrd import RankingSide, rkd_loss
 from core.distill.sampling import WeightedRowSampler
-from core.distill.topm import teacher_topm
 from core.models.base import Recommender
 
 logger = logging.getLogger(__name__)
@@ -89,15 +88,19 @@ class DCDDistiller(Distiller):
         self.item_bank: torch.Tensor | None = None  # [S, 2I, p]
 
     def prepare(
-        self, teacher: Recommender | None, data: SplitLike, device: torch.device | str = "cpu"
+        self,
+        teacher: Recommender | None,
+        data: SplitLike,
+        device: torch.device | str = "cpu",
+        lists_cache: ListsCache | None = None,
     ) -> None:
-        super().prepare(teacher, data, device)
+        super().prepare(teacher, data, device, lists_cache)
         if teacher is None:
             raise ValueError("dcd needs a teacher")
         c = self.config
         if not (c.use_rkd or c.use_ucd or c.use_icd):
             raise ValueError("dcd: at least one of use_rkd, use_ucd, use_icd must be true")
-        self.user_top, self.item_top = teacher_topm(teacher, data.train, c.m, c.chunk, self.device)
+        self.user_top, self.item_top = self.teacher_lists(teacher, data, c.m, c.chunk)
         for side, top in (("user", self.user_top), ("item", self.item_top)):
             if c.p > top.shape[1]:
                 raise ValueError(f"p={c.p} exceeds the {side}-side teacher list length {top.shape[1]}")

@@ -12,10 +12,9 @@ import scipy.sparse as sp
 import torch
 from pydantic import Field
 
-from core.distill.base import DistillConfig, Distiller, SplitLike, batch_rows, require_prepared
+from core.distill.base import DistillConfig, Distiller, ListsCache, SplitLike, batch_rows, require_prepared
 from core.distill.losses import relaxed_ranking_loss, score_items, score_users
 from core.distill.sampling import gumbel_topk, sample_excluding
-from core.distill.topm import teacher_topm
 from core.models.base import Recommender
 
 logger = logging.getLogger(__name__)
@@ -150,13 +149,17 @@ class RRDDistiller(Distiller):
         self.item_side: RankingSide | None = None
 
     def prepare(
-        self, teacher: Recommender | None, data: SplitLike, device: torch.device | str = "cpu"
+        self,
+        teacher: Recommender | None,
+        data: SplitLike,
+        device: torch.device | str = "cpu",
+        lists_cache: ListsCache | None = None,
     ) -> None:
-        super().prepare(teacher, data, device)
+        super().prepare(teacher, data, device, lists_cache)
         if teacher is None:
             raise ValueError("rrd needs a teacher")
         c = self.config
-        user_top, item_top = teacher_topm(teacher, data.train, c.m, c.chunk, self.device)
+        user_top, item_top = self.teacher_lists(teacher, data, c.m, c.chunk)
         self.user_side = RankingSide(user_top, data.train.tocsr(), c.k, c.l, c.t, c.deterministic_topk)
         if c.item_side:
             self.item_side = RankingSide(

@@ -326,3 +326,23 @@ def test_row_fraction_is_unbiased_and_uses_a_subset(data: SimpleNamespace) -> No
     rows, weight = batch_rows(users, 0.25, torch.Generator().manual_seed(0))
     assert weight == N_USERS / rows.numel()
     assert rows.numel() == math.ceil(0.25 * N_USERS) and rows.unique().numel() == rows.numel()
+
+
+def test_lists_cache_computes_the_teacher_lists_once(data: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.distill.base as base
+
+    calls = []
+    real = base.teacher_topm
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(base, "teacher_topm", counting)
+    teacher, _ = models()
+    cache: dict = {}
+    rrd = build_distiller("rrd", m=20, k=5, l=5)
+    rrd.prepare(teacher, data, "cpu", cache)
+    dcd = build_distiller("dcd", m=20, p=5, rkd_k=5, rkd_l=5)
+    dcd.prepare(teacher, data, "cpu", cache)
+    assert calls == [20] and dcd.user_top is rrd.user_side.lists
