@@ -13,8 +13,8 @@ import torch
 from pydantic import Field
 
 from core.distill.base import DistillConfig, Distiller, ListsCache, SplitLike, batch_rows, require_prepared
-from core.distill.losses import relaxed_ranking_loss, score_items, score_users
-from core.distill.rrd import RankingSide, rkd_loss
+from core.distill.losses import RankingTerm, ranking_terms, score_items, score_users
+from core.distill.rrd import RankingSide
 from core.distill.sampling import WeightedRowSampler
 from core.models.base import Recommender
 
@@ -195,34 +195,32 @@ class DCDDistiller(Distiller):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
         user_top = require_prepared(self, "user_top", "dcd")
-        total = torch.zeros((), device=users.device)
-        parts: dict[str, float] = {}
+        terms: list[RankingTerm] = []
         user_rows, wu = batch_rows(users, c.row_fraction, self.generator)  # the same users for RKD and UCD
+        # RKD and UCD score the same users: one [B, K + L + 2p] gather, sliced per term.
+        cols: list[torch.Tensor] = []
         if c.use_rkd:
-            lu, _ = rkd_loss(student, self.rkd, None, user_rows, None)
-            assert lu is not None
-            total = total + (c.lambda_rkd * wu) * lu
-            parts["rkd"] = float(lu.detach())
+            rkd = require_prepared(self, "rkd", "dcd")
+            cols += [rkd.interesting[user_rows], rkd.uninteresting[user_rows]]
         if c.use_ucd:
-            rows = user_rows
-            under, over = self._draw(
-                require_prepared(self, "user_sampler", "dcd (on_epoch_start)"), self.user_bank, user_top, rows
+            sampler = require_prepared(self, "user_sampler", "dcd (on_epoch_start)")
+            cols += list(self._draw(sampler, self.user_bank, user_top, user_rows))
+        if cols:
+            s = score_items(student, user_rows, torch.cat(cols, dim=1)).split(
+                [x.shape[1] for x in cols], dim=1
             )
-            s = score_items(student, rows, torch.cat([under, over], dim=1))  # [B, 2p]
-            l_ucd = relaxed_ranking_loss(s[:, : c.p], s[:, c.p :])
-            total = total + (c.lambda_ucd * wu) * l_ucd
-            parts["ucd"] = float(l_ucd.detach())
+            if c.use_rkd:
+                terms.append(RankingTerm("rkd", s[0], s[1], c.lambda_rkd * wu))
+            if c.use_ucd:
+                terms.append(RankingTerm("ucd", s[-2], s[-1], c.lambda_ucd * wu))
         if c.use_icd:
             rows, wi = batch_rows(pos, c.row_fraction, self.generator)
             item_top = require_prepared(self, "item_top", "dcd")
-            under, over = self._draw(
-                require_prepared(self, "item_sampler", "dcd (on_epoch_start)"), self.item_bank, item_top, rows
-            )
+            sampler = require_prepared(self, "item_sampler", "dcd (on_epoch_start)")
+            under, over = self._draw(sampler, self.item_bank, item_top, rows)
             s = score_users(student, torch.cat([under, over], dim=1), rows)  # [B, 2p]
-            l_icd = relaxed_ranking_loss(s[:, : c.p], s[:, c.p :])
-            total = total + (c.lambda_icd * wi) * l_icd
-            parts["icd"] = float(l_icd.detach())
-        return total, parts
+            terms.append(RankingTerm("icd", s[:, : c.p], s[:, c.p :], c.lambda_icd * wi))
+        return ranking_terms(terms)
 
     # --- resume -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 
 from core.distill.base import DistillConfig, Distiller, ListsCache, SplitLike, batch_rows, require_prepared
-from core.distill.losses import relaxed_ranking_loss, score_items, score_users
+from core.distill.losses import RankingTerm, ranking_terms, score_items, score_users
 from core.distill.sampling import gumbel_topk, sample_excluding
 from core.models.base import Recommender
 
@@ -113,29 +113,15 @@ class RRDConfig(DistillConfig):
     chunk: int = Field(512, gt=0, description="Users per chunk when computing the teacher lists.")
 
 
-def rkd_loss(
-    student: Recommender,
-    side_u: RankingSide | None,
-    side_i: RankingSide | None,
-    user_rows: torch.Tensor,
-    item_rows: torch.Tensor | None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Unweighted user-side and item-side RRD losses over the given distinct users / items (None where the
-    side is off)."""
-    lu = li = None
-    if side_u is not None:
-        rows = user_rows
-        inter = require_prepared(side_u, "interesting", "RRD")[rows]
-        cols = torch.cat([inter, side_u.uninteresting[rows]], dim=1)  # type: ignore[index]
-        s = score_items(student, rows, cols)  # [B, K + L]
-        lu = relaxed_ranking_loss(s[:, : inter.shape[1]], s[:, inter.shape[1] :])
-    if side_i is not None and item_rows is not None:
-        rows = item_rows
-        inter = require_prepared(side_i, "interesting", "RRD")[rows]
-        cols = torch.cat([inter, side_i.uninteresting[rows]], dim=1)  # type: ignore[index]
-        s = score_users(student, cols, rows)
-        li = relaxed_ranking_loss(s[:, : inter.shape[1]], s[:, inter.shape[1] :])
-    return lu, li
+def rrd_terms(
+    student: Recommender, side: RankingSide, rows: torch.Tensor, weight: float, name: str, item_side: bool
+) -> RankingTerm:
+    """The relaxed ranking term of the given distinct rows (users, or items when ``item_side``)."""
+    inter = require_prepared(side, "interesting", "RRD")[rows]
+    cols = torch.cat([inter, side.uninteresting[rows]], dim=1)  # type: ignore[index]
+    s = score_users(student, cols, rows) if item_side else score_items(student, rows, cols)  # [B, K + L]
+    k = inter.shape[1]
+    return RankingTerm(name, s[:, :k], s[:, k:], weight)
 
 
 class RRDDistiller(Distiller):
@@ -177,15 +163,20 @@ class RRDDistiller(Distiller):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
         user_rows, wu = batch_rows(users, c.row_fraction, self.generator)
-        item_rows, wi = batch_rows(pos, c.row_fraction, self.generator) if self.item_side is not None else (None, 1.0)
-        lu, li = rkd_loss(student, require_prepared(self, "user_side", "rrd"), self.item_side, user_rows, item_rows)
-        assert lu is not None
-        total = (c.lambda_rrd * wu) * lu
-        parts = {"rrd": float(lu.detach())}
-        if li is not None:
-            total = total + (c.lambda_item * wi) * li
-            parts["rrd_item"] = float(li.detach())
-        return total, parts
+        terms = [
+            rrd_terms(
+                student,
+                require_prepared(self, "user_side", "rrd"),
+                user_rows,
+                c.lambda_rrd * wu,
+                "rrd",
+                False,
+            )
+        ]
+        if self.item_side is not None:
+            item_rows, wi = batch_rows(pos, c.row_fraction, self.generator)
+            terms.append(rrd_terms(student, self.item_side, item_rows, c.lambda_item * wi, "rrd_item", True))
+        return ranking_terms(terms)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = super().state_dict()

@@ -13,7 +13,14 @@ import torch
 
 from core.distill import DISTILLERS, build_distiller, teacher_topm
 from core.distill.dcd import DCDDistiller, correction_weights
-from core.distill.losses import relaxed_ranking_loss, relaxed_ranking_loss_lse
+from core.distill.losses import (
+    RankingTerm,
+    gather_rows,
+    ranking_terms,
+    relaxed_ranking_loss,
+    relaxed_ranking_loss_lse,
+    relaxed_ranking_loss_rows,
+)
 from core.distill.sampling import WeightedRowSampler, gumbel_topk
 from core.models.bpr import BPRMF
 
@@ -328,7 +335,9 @@ def test_row_fraction_is_unbiased_and_uses_a_subset(data: SimpleNamespace) -> No
     assert rows.numel() == math.ceil(0.25 * N_USERS) and rows.unique().numel() == rows.numel()
 
 
-def test_lists_cache_computes_the_teacher_lists_once(data: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lists_cache_computes_the_teacher_lists_once(
+    data: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import core.distill.base as base
 
     calls = []
@@ -346,3 +355,36 @@ def test_lists_cache_computes_the_teacher_lists_once(data: SimpleNamespace, monk
     dcd = build_distiller("dcd", m=20, p=5, rkd_k=5, rkd_l=5)
     dcd.prepare(teacher, data, "cpu", cache)
     assert calls == [20] and dcd.user_top is rrd.user_side.lists
+
+
+# --- fused terms and the gather ----------------------------------------------------------------
+def test_ranking_terms_equal_the_separate_losses() -> None:
+    g = torch.Generator().manual_seed(3)
+    a1, a2 = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)  # stacked with b
+    b1, b2 = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    c1, c2 = torch.randn(2, 6, generator=g), torch.randn(2, 0, generator=g)  # its own width: alone
+    terms = [RankingTerm("a", a1, a2, 0.5), RankingTerm("b", b1, b2, 2.0), RankingTerm("c", c1, c2, 1e-3)]
+    total, parts = ranking_terms(terms)
+    expect = {n: relaxed_ranking_loss_lse(x, y).item() for n, x, y, _ in terms}
+    assert parts == pytest.approx(expect, rel=1e-5)
+    assert total.item() == pytest.approx(0.5 * expect["a"] + 2.0 * expect["b"] + 1e-3 * expect["c"], rel=1e-5)
+    rows = relaxed_ranking_loss_rows(a1, a2)
+    assert rows.shape == (5,)
+    torch.testing.assert_close(
+        rows, torch.stack([relaxed_ranking_loss_lse(a1[i : i + 1], a2[i : i + 1]) for i in range(5)])
+    )
+    with pytest.raises(ValueError):
+        ranking_terms([])
+
+
+def test_gather_rows_gradient_matches_index_select() -> None:
+    table = torch.randn(7, 3, requires_grad=True)
+    idx = torch.tensor([0, 4, 4, 6, 0, 4])  # repeated rows accumulate
+    weights = torch.randn(6, 3)
+    (gather_rows(table, idx) * weights).sum().backward()
+    got = table.grad.clone()
+    table.grad = None
+    (table.index_select(0, idx) * weights).sum().backward()
+    torch.testing.assert_close(got, table.grad)
+    frozen = torch.randn(7, 3)
+    torch.testing.assert_close(gather_rows(frozen, idx), frozen[idx])
