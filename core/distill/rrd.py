@@ -117,8 +117,8 @@ def rrd_terms(
     student: Recommender, side: RankingSide, rows: torch.Tensor, weight: float, name: str, item_side: bool
 ) -> RankingTerm:
     """The relaxed ranking term of the given distinct rows (users, or items when ``item_side``)."""
-    inter = require_prepared(side, "interesting", "RRD")[rows]
-    cols = torch.cat([inter, side.uninteresting[rows]], dim=1)  # type: ignore[index]
+    inter = require_prepared(side, "interesting", "RRD").index_select(0, rows)
+    cols = torch.cat([inter, side.uninteresting.index_select(0, rows)], dim=1)  # type: ignore[union-attr]
     s = score_users(student, cols, rows) if item_side else score_items(student, rows, cols)  # [B, K + L]
     k = inter.shape[1]
     return RankingTerm(name, s[:, :k], s[:, k:], weight)
