@@ -292,7 +292,15 @@ class ServingBundle:
         Seen and excluded items are filtered inside FAISS by a bitmap selector, so the search asks for
         exactly ``k + offset`` hits however many items the user has seen.
         """
-        return self.recommend_batch((user_id,), k, offset, exclude_seen, exclude, fallback)[0]
+        if k <= 0 or offset < 0:
+            raise ValueError(f"k must be > 0 and offset >= 0 (got k={k}, offset={offset})")
+        code = self.user_index.get(user_id)
+        if code is None and not fallback:
+            raise UnknownIdError("user", user_id)
+        excluded = self._exclude_codes(exclude) if exclude else _NO_CODES
+        if code is None:
+            return self._popular(k, offset, excluded)
+        return self._search_user(code, k, offset, exclude_seen, excluded)
 
     def recommend_batch(
         self,

@@ -111,3 +111,42 @@ def test_closed_reads_need_the_key(settings: Settings, sessions: sessionmaker[Se
         assert anon.get("/datasets").status_code == 401
         assert anon.get("/healthz").status_code == 200
         assert anon.get("/datasets", headers={"X-API-Key": API_KEY}).status_code == 200
+
+
+def test_bodies_validate_against_the_documented_models(client: TestClient, served: ServingBundle) -> None:
+    """The route skips response-model validation, so check its JSON against the models the docs show."""
+    from api.schemas import RecommendationPublic, RecommendationsPublic
+
+    for user, params in [("u3", {"k": 5}), ("stranger", {"k": 3, "offset": 2}), ("u1", {"exclude": "i1,i2"})]:
+        res = client.get(f"/recommend/{user}", params=params)
+        assert res.status_code == 200 and res.headers["content-type"] == "application/json"
+        body = res.json()
+        assert RecommendationPublic.model_validate(body).model_dump() == body
+    res = client.post("/recommend/batch", json={"users": ["u0", "nobody"], "k": 2})
+    assert RecommendationsPublic.model_validate(res.json()).model_dump() == res.json()
+    get = client.get("/openapi.json").json()["paths"]["/recommend/{user}"]["get"]
+    ok = get["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/RecommendationPublic"}
+    assert {p["name"] for p in get["parameters"]} == {"user", "k", "offset", "exclude_seen", "exclude", "fallback"}
+    assert {"401", "404", "422", "503"} <= set(get["responses"])
+
+
+@pytest.mark.parametrize(
+    "query",
+    [b"", b"k=10", b"k=4&k=6", b"k", b"k=", b"&&k=3&", b"=5&k=1", b"a=1=2", b"k=3;offset=2",
+     b"exclude=a,b&exclude=&exclude=c", b"k=%33", b"exclude=Fargo+(1996)", b"exclude=caf%C3%A9",
+     b"exclude=caf\xc3\xa9", b"exclude=%zz", b"offset=1&exclude=x&fallback=no"],
+)
+def test_query_parsing_reads_like_starlette(query: bytes) -> None:
+    from starlette.datastructures import QueryParams
+
+    from api.routers.recommend import parse_query
+
+    params = QueryParams(query)
+    assert parse_query(query) == (dict(params), params.getlist("exclude"))
+
+
+def test_no_active_model_is_503(client: TestClient) -> None:
+    res = client.get("/recommend/u1")
+    assert res.status_code == 503 and res.json()["code"] == "no_active_model"
+

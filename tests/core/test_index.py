@@ -100,6 +100,42 @@ def test_k_larger_than_catalogue_returns_all_unseen(bundle: ServingBundle, array
     assert len(bundle.recommend("u0", k=500).items) == n_unseen
 
 
+def test_flat_search_equals_faiss_flat_index_with_selector(arrays: dict) -> None:
+    """recommend() (k, offset, exclusions, seen filter) returns a plain IndexFlatIP + bitmap-selector search."""
+    import faiss
+
+    bundle = ServingBundle(**arrays)
+    index = faiss.IndexFlatIP(arrays["item_emb"].shape[1])
+    index.add(arrays["item_emb"])
+    for user in range(30):
+        for k, offset, exclude in [(5, 0, []), (10, 3, ["i1", "i7", "i7"]), (60, 0, ["i2"])]:
+            blocked = set(arrays["seen"][user].indices.tolist()) | {int(i[1:]) for i in exclude}
+            allowed = np.array([j not in blocked for j in range(50)], dtype=bool)
+            bits = np.packbits(allowed, bitorder="little")
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)))
+            depth = min(k + offset, 50)
+            scores, labels = index.search(arrays["user_emb"][user : user + 1], depth, params=params)
+            keep = labels[0] >= 0
+            want = labels[0][keep][offset : offset + k]
+            items, got_scores, _ = bundle.recommend(f"u{user}", k=k, offset=offset, exclude=exclude)
+            assert items == [f"i{j}" for j in want]
+            np.testing.assert_allclose(got_scores, scores[0][keep][offset : offset + k], rtol=1e-5, atol=1e-5)
+
+
+def test_user_who_saw_everything_gets_nothing(arrays: dict) -> None:
+    seen = arrays["seen"].tolil()
+    seen[4, :] = 1.0
+    bundle = ServingBundle(**{**arrays, "seen": seen.tocsr()})
+    assert bundle.recommend("u4", k=10) == ([], [], "personalized")
+    assert len(bundle.recommend("u4", k=10, exclude_seen=False).items) == 10
+    almost = seen.tocsr()
+    almost[4, 7] = 0.0
+    almost.eliminate_zeros()
+    bundle = ServingBundle(**{**arrays, "seen": almost})
+    assert bundle.recommend("u4", k=10).items == ["i7"]
+    assert bundle.recommend("u4", k=10, offset=1).items == []
+
+
 def test_unknown_user_popular_fallback_or_error(bundle: ServingBundle, arrays: dict) -> None:
     items, scores, source = bundle.recommend("stranger", k=5)
     assert source == "popular"
