@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", default=None,
                    help="JSON results file (default: var/experiments/<dataset>-<UTC time>.json)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars: one log line per epoch instead")
     p.set_defaults(handler=handle)
 
 
@@ -103,12 +103,12 @@ def handle(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    callbacks_for = None
-    if not args.no_progress:
-        from core.train import ProgressBar
+    from core.progress import EpochLog
+    from core.train import ProgressBar
 
-        def callbacks_for(label: str) -> list[Any]:
-            return [ProgressBar(label)]
+    def callbacks_for(label: str) -> list[Any]:
+        # --no-progress (sweeps, log files): one log line per epoch instead of a bar.
+        return [EpochLog(label)] if args.no_progress else [ProgressBar(label)]
 
     command = "recdistill " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.out:

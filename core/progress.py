@@ -1,7 +1,8 @@
-"""A tqdm progress bar over epochs for the command line (a ``fit`` callback)."""
+"""Epoch progress for the command line (``fit`` callbacks): a tqdm bar, or one log line per epoch."""
 
 from __future__ import annotations
 
+import logging
 from typing import IO, TYPE_CHECKING
 
 from tqdm import tqdm
@@ -41,3 +42,22 @@ class ProgressBar:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class EpochLog:
+    """One log line per epoch (for runs without a terminal, e.g. a sweep's log files): the same fields as
+    ``ProgressBar``."""
+
+    def __init__(self, desc: str = "train", monitor: str = "ndcg@10", logger: logging.Logger | None = None) -> None:
+        self.desc = desc
+        self.monitor = monitor
+        self.logger = logger if logger is not None else logging.getLogger("core.progress")
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        fields = [f"{k}={v:.4g}" for k, v in report.losses.items()]
+        if self.monitor in report.valid:
+            fields.append(f"{self.monitor}={report.valid[self.monitor]:.4f}")
+        if report.best is not None:
+            fields.append(f"best={report.best:.4f}@{report.best_epoch}")
+        fields.append(f"eta={report.eta_seconds:.0f}s")
+        self.logger.info("%s epoch %d/%d: %s", self.desc, report.epoch, report.max_epochs, " ".join(fields))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,9 @@ def _tiny_csv(path: Path) -> Path:
     return path
 
 
-def test_experiment_writes_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_experiment_writes_table_and_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     data = _tiny_csv(tmp_path / "tiny.csv")
     out = tmp_path / "res.json"
     cache = tmp_path / "teachers"
@@ -31,7 +34,11 @@ def test_experiment_writes_table_and_json(tmp_path: Path, capsys: pytest.Capture
             "--teacher", "bpr:8", "--student", "bpr:2", "--methods", "none,dcd", "--seeds", "0,1",
             "--max-epochs", "2", "--teacher-cache", str(cache), "--no-progress", "--out", str(out),
             "--set", "dcd.m=10", "--set", "dcd.p=3", "--set", "dcd.rkd_k=3", "--set", "dcd.rkd_l=3"]
-    assert main(args) == 0
+    with caplog.at_level(logging.INFO, logger="core.progress"):
+        assert main(args) == 0
+    # --no-progress: one log line per epoch and run instead of a bar (2 seeds x teacher, none, dcd x 2 epochs).
+    lines = [r.getMessage() for r in caplog.records if r.name == "core.progress"]
+    assert len(lines) == 12 and any(m.startswith("seed 1 dcd epoch 2/2: ") and "rkd=" in m for m in lines)
     table = capsys.readouterr().out
     assert "| teacher | 2 |" in table and "| none | 2 |" in table and "| dcd | 2 |" in table
     result = json.loads(out.read_text())
