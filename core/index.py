@@ -292,12 +292,10 @@ class ServingBundle:
         Seen and excluded items are filtered inside FAISS by a bitmap selector, so the search asks for
         exactly ``k + offset`` hits however many items the user has seen.
         """
-        if k <= 0 or offset < 0:
-            raise ValueError(f"k must be > 0 and offset >= 0 (got k={k}, offset={offset})")
         code = self.user_index.get(user_id)
         if code is None and not fallback:
             raise UnknownIdError("user", user_id)
-        excluded = self._exclude_codes(exclude) if exclude else _NO_CODES
+        excluded = self._request_exclusions(k, offset, exclude)
         if code is None:
             return self._popular(k, offset, excluded)
         return self._search_user(code, k, offset, exclude_seen, excluded)
@@ -317,17 +315,21 @@ class ServingBundle:
         users would have to go k + (most items any of them has seen) deep and filter afterwards, which
         measured 2.5x slower per user on an ML-1M-sized bundle.
         """
-        if k <= 0 or offset < 0:
-            raise ValueError(f"k must be > 0 and offset >= 0 (got k={k}, offset={offset})")
         codes = [self.user_index.get(u) for u in user_ids]
         if not fallback:
             for user_id, code in zip(user_ids, codes, strict=True):
                 if code is None:
                     raise UnknownIdError("user", user_id)
-        excluded = self._exclude_codes(exclude) if exclude else _NO_CODES
+        excluded = self._request_exclusions(k, offset, exclude)
         popular = self._popular(k, offset, excluded) if None in codes else None
         return [popular if code is None else self._search_user(code, k, offset, exclude_seen, excluded)  # type: ignore[misc]
                 for code in codes]
+
+    def _request_exclusions(self, k: int, offset: int, exclude: Iterable[str]) -> np.ndarray:
+        """Validate ``k``/``offset`` and map the excluded item ids to codes (shared by single and batch)."""
+        if k <= 0 or offset < 0:
+            raise ValueError(f"k must be > 0 and offset >= 0 (got k={k}, offset={offset})")
+        return self._exclude_codes(exclude) if exclude else _NO_CODES
 
     def _search_user(self, code: int, k: int, offset: int, exclude_seen: bool, excluded: np.ndarray) -> Recommendation:
         depth = min(k + offset, self.n_items)

@@ -202,7 +202,7 @@ class DCDDistiller(Distiller):
         cols: list[torch.Tensor] = []
         if c.use_rkd:
             rkd = require_prepared(self, "rkd", "dcd")
-            cols += [rkd.interesting.index_select(0, user_rows), rkd.uninteresting.index_select(0, user_rows)]
+            cols += list(rkd.samples(user_rows))
         if c.use_ucd:
             sampler = require_prepared(self, "user_sampler", "dcd (on_epoch_start)")
             cols += list(self._draw(sampler, self.user_bank, user_top, user_rows))

@@ -56,6 +56,12 @@ class RankingSide:
         self.interesting: torch.Tensor | None = None
         self.uninteresting: torch.Tensor | None = None
 
+    def samples(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This epoch's (interesting [B, K], uninteresting [B, L]) entries of the given rows."""
+        inter = require_prepared(self, "interesting", "RRD (resample first)")
+        unint = require_prepared(self, "uninteresting", "RRD (resample first)")
+        return inter.index_select(0, rows), unint.index_select(0, rows)
+
     def resample(self, generator: torch.Generator) -> None:
         dev = self.lists.device
         if self.deterministic:
@@ -117,8 +123,8 @@ def rrd_terms(
     student: Recommender, side: RankingSide, rows: torch.Tensor, weight: float, name: str, item_side: bool
 ) -> RankingTerm:
     """The relaxed ranking term of the given distinct rows (users, or items when ``item_side``)."""
-    inter = require_prepared(side, "interesting", "RRD").index_select(0, rows)
-    cols = torch.cat([inter, side.uninteresting.index_select(0, rows)], dim=1)  # type: ignore[union-attr]
+    inter, unint = side.samples(rows)
+    cols = torch.cat([inter, unint], dim=1)
     s = score_users(student, cols, rows) if item_side else score_items(student, rows, cols)  # [B, K + L]
     k = inter.shape[1]
     return RankingTerm(name, s[:, :k], s[:, k:], weight)
