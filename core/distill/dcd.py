@@ -198,29 +198,29 @@ class DCDDistiller(Distiller):
         user_top = require_prepared(self, "user_top", "dcd")
         terms: list[RankingTerm] = []
         user_rows, wu = batch_rows(users, c.row_fraction, self.generator)  # the same users for RKD and UCD
-        # RKD and UCD score the same users: one [B, K + L + 2p] gather, sliced per term.
-        cols: list[torch.Tensor] = []
+        # RKD and UCD score the same users: one [B, K + L + 2p] gather, split back into named parts.
+        parts: dict[str, torch.Tensor] = {}
         if c.use_rkd:
             rkd = require_prepared(self, "rkd", "dcd")
-            cols += list(rkd.samples(user_rows))
+            parts["rkd_ordered"], parts["rkd_others"] = rkd.samples(user_rows)
         if c.use_ucd:
             sampler = require_prepared(self, "user_sampler", "dcd (on_epoch_start)")
-            cols += list(self._draw(sampler, self.user_bank, user_top, user_rows))
-        if cols:
-            s = score_items(student, user_rows, torch.cat(cols, dim=1)).split(
-                [x.shape[1] for x in cols], dim=1
-            )
+            parts["ucd_under"], parts["ucd_over"] = self._draw(sampler, self.user_bank, user_top, user_rows)
+        if parts:
+            cols = torch.cat(list(parts.values()), dim=1)
+            split = score_items(student, user_rows, cols).split([x.shape[1] for x in parts.values()], dim=1)
+            s = dict(zip(parts, split, strict=True))
             if c.use_rkd:
-                terms.append(RankingTerm("rkd", s[0], s[1], c.lambda_rkd * wu))
+                terms.append(RankingTerm("rkd", s["rkd_ordered"], s["rkd_others"], c.lambda_rkd * wu))
             if c.use_ucd:
-                terms.append(RankingTerm("ucd", s[-2], s[-1], c.lambda_ucd * wu))
+                terms.append(RankingTerm("ucd", s["ucd_under"], s["ucd_over"], c.lambda_ucd * wu))
         if c.use_icd:
             rows, wi = batch_rows(pos, c.row_fraction, self.generator)
             item_top = require_prepared(self, "item_top", "dcd")
             sampler = require_prepared(self, "item_sampler", "dcd (on_epoch_start)")
             under, over = self._draw(sampler, self.item_bank, item_top, rows)
-            s = score_users(student, torch.cat([under, over], dim=1), rows)  # [B, 2p]
-            terms.append(RankingTerm("icd", s[:, : c.p], s[:, c.p :], c.lambda_icd * wi))
+            si = score_users(student, torch.cat([under, over], dim=1), rows)  # [B, 2p]
+            terms.append(RankingTerm("icd", si[:, : c.p], si[:, c.p :], c.lambda_icd * wi))
         return ranking_terms(terms)
 
     # --- resume -------------------------------------------------------------------------------

@@ -33,8 +33,10 @@ def _take_first_distinct(
     a, d = pos.shape
     m1 = chosen.shape[1]
     cand = torch.where(valid, pos, m1 - 1)  # invalid draws land on the sentinel column
-    order = torch.arange(d, device=pos.device).expand(a, d)
-    first = torch.full((a, m1), d, dtype=torch.int64, device=pos.device)
+    # The draw-order table is [A, M+1]: int16 where D allows (4x less memory to fill and scatter into).
+    small = torch.int16 if d < 2**15 else torch.int64
+    order = torch.arange(d, device=pos.device, dtype=small).expand(a, d)
+    first = torch.full((a, m1), d, dtype=small, device=pos.device)
     first.scatter_reduce_(1, cand, order, reduce="amin")
     is_first = valid & (first.gather(1, cand) == order)
     keep = is_first & (is_first.cumsum(1) <= need[:, None])
@@ -125,11 +127,13 @@ class WeightedRowSampler:
             flat_1d = flat.view(-1)
             ok = ~in_pos | (coin < self.slot_w.index_select(0, flat_1d).view_as(flat).double())
             pos = self.slot_pos.view(-1).index_select(0, flat_1d).view_as(flat).long()
-            sub = chosen.index_select(0, active)
-            if not first_round:
+            if first_round:  # every row is active: work on ``chosen`` in place
+                count += _take_first_distinct(pos, ok, need, chosen)
+            else:
+                sub = chosen.index_select(0, active)
                 ok &= ~sub.gather(1, pos)
-            count.index_add_(0, active, _take_first_distinct(pos, ok, need, sub))
-            chosen.index_copy_(0, active, sub)
+                count.index_add_(0, active, _take_first_distinct(pos, ok, need, sub))
+                chosen.index_copy_(0, active, sub)
             active = active[count.index_select(0, active) < k]
             first_round = False
         return chosen[:, :m].nonzero()[:, 1].view(a, k)
@@ -172,20 +176,26 @@ def _excluding_chunk(
     chosen = torch.zeros((rows.shape[0], n_cols + 1), dtype=torch.bool, device=dev)
     count = torch.zeros(rows.shape[0], dtype=torch.int64, device=dev)
     active = torch.arange(rows.shape[0], device=dev)
-    frac = max(float((available[rows].double() / n_cols).min()), 0.02)
+    frac = max(float((available.index_select(0, rows).double() / n_cols).min()), 0.02)
     last = max(excluded_keys.numel() - 1, 0)
+    first_round = True
     while active.numel():
-        need = k - count[active]
+        need = k - count.index_select(0, active)
         n_draw = math.ceil(1.5 * float(need.max()) / frac) + 4
         cols = torch.randint(0, n_cols, (active.shape[0], n_draw), generator=generator, device=dev)
-        keys = rows[active, None] * n_cols + cols
+        keys = rows.index_select(0, active)[:, None] * n_cols + cols
         if excluded_keys.numel():
-            ok = excluded_keys[torch.searchsorted(excluded_keys, keys).clamp_max(last)] != keys
+            hit = torch.searchsorted(excluded_keys, keys).clamp_max_(last)
+            ok = excluded_keys.index_select(0, hit.view(-1)).view_as(keys) != keys
         else:
             ok = torch.ones_like(keys, dtype=torch.bool)
-        sub = chosen[active]
-        ok &= ~sub.gather(1, cols)
-        count[active] += _take_first_distinct(cols, ok, need, sub)
-        chosen[active] = sub
-        active = active[count[active] < k]
+        if first_round:  # every row is active: work on ``chosen`` in place (nothing chosen yet)
+            count += _take_first_distinct(cols, ok, need, chosen)
+        else:
+            sub = chosen.index_select(0, active)
+            ok &= ~sub.gather(1, cols)
+            count.index_add_(0, active, _take_first_distinct(cols, ok, need, sub))
+            chosen.index_copy_(0, active, sub)
+        active = active[count.index_select(0, active) < k]
+        first_round = False
     return chosen[:, :n_cols].nonzero()[:, 1].view(-1, k)
