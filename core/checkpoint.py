@@ -61,6 +61,9 @@ def library_versions() -> dict[str, str]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
+        # ATen picks CPU kernels by instruction set (e.g. AVX2 vs AVX512); reduction order, hence float
+        # rounding, can differ between them, so a CPU run reproduces bit-for-bit only on the same capability.
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 

@@ -152,7 +152,7 @@ def run_experiment(
     """Run every (seed, method) pair; the teacher is trained once per seed and reused by every method."""
     import torch
 
-    from core.checkpoint import load_checkpoint, save_checkpoint
+    from core.checkpoint import library_versions, load_checkpoint, save_checkpoint
     from core.data import load_interactions, split
     from core.datasets import resolve
     from core.distill import build_distiller
@@ -175,6 +175,7 @@ def run_experiment(
             "data_options": cfg.data_options,
         },
         "runs": [],
+        "versions": library_versions(),
     }
 
     def flush() -> None:

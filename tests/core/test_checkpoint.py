@@ -46,7 +46,7 @@ def test_round_trip_gives_identical_scores(tmp_path: Path, name: str) -> None:
     assert type(loaded) is type(model) and not loaded.training
     assert meta["config"] == {"model": name, "dim": 6, "n_users": 12, "n_items": 9, "opts": model.options()}
     assert meta["seed"] == 7 and meta["item_ids"][3] == "i3" and meta["metrics"] == {"ndcg@10": 0.5}
-    assert {"torch", "numpy", "python", "recdistill"} <= set(meta["versions"])
+    assert {"torch", "numpy", "python", "recdistill", "torch_cpu_capability"} <= set(meta["versions"])
     tensors = load_file(str(tmp_path / "ck" / "model.safetensors"))  # plain safetensors, no pickle
     assert ("__train__.rows" in tensors) == (name == "lightgcn")
 
