@@ -15,11 +15,11 @@ from core.distill import DISTILLERS, build_distiller, teacher_topm
 from core.distill.dcd import DCDDistiller, correction_weights
 from core.distill.losses import (
     RankingTerm,
-    gather_rows,
     ranking_terms,
     relaxed_ranking_loss,
     relaxed_ranking_loss_lse,
     relaxed_ranking_loss_rows,
+    row_dot,
 )
 from core.distill.sampling import WeightedRowSampler, gumbel_topk
 from core.models.bpr import BPRMF
@@ -377,14 +377,25 @@ def test_ranking_terms_equal_the_separate_losses() -> None:
         ranking_terms([])
 
 
-def test_gather_rows_gradient_matches_index_select() -> None:
-    table = torch.randn(7, 3, requires_grad=True)
-    idx = torch.tensor([0, 4, 4, 6, 0, 4])  # repeated rows accumulate
-    weights = torch.randn(6, 3)
-    (gather_rows(table, idx) * weights).sum().backward()
-    got = table.grad.clone()
-    table.grad = None
-    (table.index_select(0, idx) * weights).sum().backward()
-    torch.testing.assert_close(got, table.grad)
-    frozen = torch.randn(7, 3)
-    torch.testing.assert_close(gather_rows(frozen, idx), frozen[idx])
+def test_row_dot_matches_autograd_of_gather_and_dot() -> None:
+    torch.manual_seed(0)
+    rt = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    ct = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
+    rows = torch.tensor([0, 4, 4, 6])  # repeated rows and columns accumulate
+    cols = torch.tensor([[0, 8, 8], [1, 2, 3], [8, 8, 0], [5, 5, 5]])
+    w = torch.randn(4, 3, dtype=torch.float64)
+    out = row_dot(rt, ct, rows, cols)
+    (out * w).sum().backward()
+    got = rt.grad.clone(), ct.grad.clone()
+    rt.grad = ct.grad = None
+    expect = (rt[rows][:, None, :] * ct[cols]).sum(-1)
+    (expect * w).sum().backward()
+    torch.testing.assert_close(out, expect)
+    torch.testing.assert_close(got[0], rt.grad)
+    torch.testing.assert_close(got[1], ct.grad)
+    assert torch.autograd.gradcheck(lambda a, b: row_dot(a, b, rows, cols), (rt, ct))
+    # Only the table that needs a gradient gets one; constant tables take the no-autograd path.
+    frozen = ct.detach()
+    (row_dot(rt, frozen, rows, cols) * w).sum().backward()
+    assert frozen.grad is None
+    torch.testing.assert_close(row_dot(rt.detach(), frozen, rows, cols), expect.detach())
