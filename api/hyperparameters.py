@@ -43,6 +43,9 @@ class DCDParams(DistillParams):
 
     m: int | None = Field(None, gt=0, description="Teacher list length M.")
     p: int | None = Field(None, gt=0, description="Entries drawn per side per set.")
+    correction_m: int | None = Field(
+        None, gt=0, description="UCD/ICD correct only this prefix of each teacher list (RKD keeps M)."
+    )
     eps: float | None = Field(None, gt=0, description="Sharpness of tanh(relu(±eps·d)).")
     period: int | None = Field(None, gt=0, description="Epochs between rank refreshes.")
     floor: float | None = Field(None, gt=0)

@@ -26,6 +26,12 @@ class DCDConfig(DistillConfig):
         500, gt=0, description="Teacher list length M, both sides (clipped to n_items-1 / n_users-1)."
     )
     p: int = Field(40, gt=0, description="Entries drawn per side per set (under- and over-estimated).")
+    correction_m: int | None = Field(
+        None,
+        gt=0,
+        description="UCD/ICD correct only the first correction_m entries of each teacher list (ranks, weights "
+        "and samples within that prefix); RKD keeps the full M. None: the full list, as the spec.",
+    )
     eps: float = Field(0.1, gt=0, description="Sharpness ε of tanh(relu(±ε·d)); saturates near |d| ≈ 20-30.")
     period: int = Field(
         3, gt=0, description="Epochs between rank/weight refreshes (refresh at epoch % period == 0)."
@@ -77,8 +83,10 @@ class DCDDistiller(Distiller):
 
     def __init__(self, config: DCDConfig | None = None) -> None:
         super().__init__(config)
-        self.user_top: torch.Tensor | None = None
+        self.user_top: torch.Tensor | None = None  # [U, M] teacher lists (RKD)
         self.item_top: torch.Tensor | None = None
+        self.user_list: torch.Tensor | None = None  # [U, Mc] the prefix UCD corrects (Mc = correction_m or M)
+        self.item_list: torch.Tensor | None = None  # [I, Mc] the prefix ICD corrects
         self.rkd: RankingSide | None = None
         self.user_disc: torch.Tensor | None = None  # [U, Mu] int16 rank_S - rank_T
         self.item_disc: torch.Tensor | None = None  # [I, Mi]
@@ -101,9 +109,14 @@ class DCDDistiller(Distiller):
         if not (c.use_rkd or c.use_ucd or c.use_icd):
             raise ValueError("dcd: at least one of use_rkd, use_ucd, use_icd must be true")
         self.user_top, self.item_top = self.teacher_lists(teacher, data, c.m, c.chunk)
-        for side, top in (("user", self.user_top), ("item", self.item_top)):
+        mc = c.correction_m
+        self.user_list = self.user_top if mc is None else self.user_top[:, :mc].contiguous()
+        self.item_list = self.item_top if mc is None else self.item_top[:, :mc].contiguous()
+        for side, top in (("user", self.user_list), ("item", self.item_list)):
             if c.p > top.shape[1]:
-                raise ValueError(f"p={c.p} exceeds the {side}-side teacher list length {top.shape[1]}")
+                raise ValueError(
+                    f"p={c.p} exceeds the {side}-side corrected list length {top.shape[1]} (m, correction_m)"
+                )
         if c.use_rkd:
             self.rkd = RankingSide(
                 self.user_top, data.train.tocsr(), c.rkd_k, c.rkd_l, c.rkd_t, c.deterministic_topk
@@ -125,8 +138,8 @@ class DCDDistiller(Distiller):
     @torch.no_grad()
     def refresh(self, student: Recommender) -> None:
         """Recompute the rank discrepancies of every listed entry, both sides, then the samplers."""
-        user_top = require_prepared(self, "user_top", "dcd")
-        item_top = require_prepared(self, "item_top", "dcd")
+        user_top = require_prepared(self, "user_list", "dcd")
+        item_top = require_prepared(self, "item_list", "dcd")
         was_training = student.training
         student.eval()
         try:
@@ -195,7 +208,7 @@ class DCDDistiller(Distiller):
         self, student: Recommender, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
-        user_top = require_prepared(self, "user_top", "dcd")
+        user_list = require_prepared(self, "user_list", "dcd")
         terms: list[RankingTerm] = []
         user_rows, wu = batch_rows(users, c.row_fraction, self.generator)  # the same users for RKD and UCD
         # RKD and UCD score the same users: one [B, K + L + 2p] gather, split back into named parts.
@@ -205,7 +218,7 @@ class DCDDistiller(Distiller):
             parts["rkd_ordered"], parts["rkd_others"] = rkd.samples(user_rows)
         if c.use_ucd:
             sampler = require_prepared(self, "user_sampler", "dcd (on_epoch_start)")
-            parts["ucd_under"], parts["ucd_over"] = self._draw(sampler, self.user_bank, user_top, user_rows)
+            parts["ucd_under"], parts["ucd_over"] = self._draw(sampler, self.user_bank, user_list, user_rows)
         if parts:
             cols = torch.cat(list(parts.values()), dim=1)
             split = score_items(student, user_rows, cols).split([x.shape[1] for x in parts.values()], dim=1)
@@ -216,9 +229,9 @@ class DCDDistiller(Distiller):
                 terms.append(RankingTerm("ucd", s["ucd_under"], s["ucd_over"], c.lambda_ucd * wu))
         if c.use_icd:
             rows, wi = batch_rows(pos, c.row_fraction, self.generator)
-            item_top = require_prepared(self, "item_top", "dcd")
+            item_list = require_prepared(self, "item_list", "dcd")
             sampler = require_prepared(self, "item_sampler", "dcd (on_epoch_start)")
-            under, over = self._draw(sampler, self.item_bank, item_top, rows)
+            under, over = self._draw(sampler, self.item_bank, item_list, rows)
             si = score_users(student, torch.cat([under, over], dim=1), rows)  # [B, 2p]
             terms.append(RankingTerm("icd", si[:, : c.p], si[:, c.p :], c.lambda_icd * wi))
         return ranking_terms(terms)

@@ -244,6 +244,27 @@ def test_dcd_loss_equals_loop_on_recorded_samples(data: SimpleNamespace) -> None
         assert positions == sorted(positions)
 
 
+def test_correction_m_limits_ucd_and_icd_to_the_list_prefix(data: SimpleNamespace) -> None:
+    d, _, student = dcd(data, correction_m=6, bank=2)
+    full, _, _ = dcd(data)
+    assert torch.equal(d.user_top, full.user_top)  # RKD keeps the whole list ...
+    assert torch.equal(d.rkd.lists, full.rkd.lists)
+    assert d.user_disc.shape == (N_USERS, 6) and d.item_disc.shape == (N_ITEMS, 6)  # ... UCD/ICD the prefix
+    # Ranks are re-taken within the prefix: the discrepancies are a permutation offset of 0..5 per row.
+    assert torch.equal((d.user_disc + torch.arange(6)).sort(1).values, torch.arange(6).expand(N_USERS, 6))
+    users = torch.arange(N_USERS)
+    under, over = d._draw(d.user_sampler, d.user_bank, d.user_list, users)
+    for r in range(N_USERS):
+        prefix = set(d.user_top[r, :6].tolist())
+        assert set(under[r].tolist()) | set(over[r].tolist()) <= prefix
+    total, parts = d.loss(student, users, users % N_ITEMS, users % N_ITEMS)
+    assert torch.isfinite(total) and parts["ucd"] > 0 and parts["icd"] > 0
+    same, _, _ = dcd(data, correction_m=10)  # = m: exactly the spec's full-list behaviour
+    assert torch.equal(same.user_disc, full.user_disc) and torch.equal(same.item_disc, full.item_disc)
+    with pytest.raises(ValueError, match="corrected list length 2"):
+        dcd(data, correction_m=2)  # p = 3 > 2
+
+
 def test_gradients_reach_only_the_student(data: SimpleNamespace) -> None:
     d, teacher, student = dcd(data)
     before = [p.detach().clone() for p in teacher.parameters()]
