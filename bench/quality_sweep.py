@@ -41,6 +41,7 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--merge-only", action="store_true", help="only merge the runs already in --workdir")
+    ap.add_argument("--how", default=None, help="free text stored as how_it_was_run (e.g. what ran by hand)")
     args = ap.parse_args()
 
     grid = json.loads(Path(args.grid).read_text())
@@ -127,7 +128,18 @@ def merge(work: Path, grid: dict[str, Any], seeds: list[str], args: argparse.Nam
     for name, (_, label) in best.items():
         for r in candidates[label]:
             runs.append({**r, "method": name})
-    command = "python bench/quality_sweep.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    # The command that (re)produces the runs: a --merge-only call records the full sweep command.
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--merge-only":
+            continue
+        elif a == "--how":
+            skip = True
+        elif not a.startswith("--how="):
+            argv.append(a)
+    command = "python bench/quality_sweep.py " + " ".join(shlex.quote(a) for a in argv)
     return {
         "dataset": args.dataset,
         "protocol": "full",
@@ -135,6 +147,7 @@ def merge(work: Path, grid: dict[str, Any], seeds: list[str], args: argparse.Nam
         "selection": "per method, the candidate with the best mean validation NDCG@10 over its finished seeds",
         "seeds_requested": seeds,
         "selected": {k: v[1] for k, v in best.items()},
+        **({"how_it_was_run": args.how} if getattr(args, "how", None) else {}),
         # Library versions and CPU capability of the runs (the first run file that records them).
         "versions": next(
             (v for f in sorted((work / "runs").glob("*.json")) if (v := json.loads(f.read_text()).get("versions"))),
