@@ -61,6 +61,7 @@ class DCDParams(DistillParams):
     deterministic_topk: bool | None = None
     chunk: int | None = Field(None, gt=0)
     bank: int | None = Field(None, ge=0)
+    group: int | None = Field(None, ge=1, description="Mini-batches per distillation step.")
 
 
 class RRDParams(DistillParams):

@@ -43,6 +43,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "dcd-rows1/8-bank8": ("dcd", {"row_fraction": 0.125, "bank": 8}),
     # The fast configuration (quality checked against dcd-rows1/8 in bench/results/quality-ml-1m-ucd-study.json).
     "dcd-rows1/16-bank8": ("dcd", {"row_fraction": 0.0625, "bank": 8}),
+    # ... with the terms of 8 consecutive batches computed in one step (one fixed cost per 8 batches).
+    "dcd-rows1/16-bank8-group8": ("dcd", {"row_fraction": 0.0625, "bank": 8, "group": 8}),
 }
 
 

@@ -52,6 +52,15 @@ class DCDConfig(DistillConfig):
         False, description="Spec §3.7: RKD's interesting list is the teacher's top-K in order (no sampling)."
     )
     chunk: int = Field(512, gt=0, description="Rows per chunk for teacher lists and rank refreshes.")
+    group: int = Field(
+        1,
+        ge=1,
+        description="Mini-batches per distillation step. 1: the terms of each batch's rows are added to that "
+        "batch's loss (the released code). G > 1: the rows each batch selects are collected and their terms are "
+        "computed together on every G-th batch (the same sum of row terms, taken with the parameters of that "
+        "batch; the fixed per-step cost is paid once per G batches). Rows of an epoch's last incomplete group "
+        "are dropped.",
+    )
     bank: int = Field(
         0,
         ge=0,
@@ -94,6 +103,8 @@ class DCDDistiller(Distiller):
         self.item_sampler: WeightedRowSampler | None = None
         self.user_bank: torch.Tensor | None = None  # [S, 2U, p] positions (rows: w+ then w-)
         self.item_bank: torch.Tensor | None = None  # [S, 2I, p]
+        # group > 1: (user rows, their weights, item rows, their weights) selected by the batches of this group
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
 
     def prepare(
         self,
@@ -125,6 +136,7 @@ class DCDDistiller(Distiller):
     # --- per epoch ----------------------------------------------------------------------------
     def on_epoch_start(self, student: Recommender, epoch: int) -> None:
         require_prepared(self, "user_top", "dcd")
+        self._pending = []  # an incomplete group never spans epochs (keeps resume exact)
         if self.rkd is not None:
             self.rkd.resample(self.generator)
         if (self.config.use_ucd or self.config.use_icd) and (
@@ -208,9 +220,42 @@ class DCDDistiller(Distiller):
         self, student: Recommender, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
+        user_rows, wu = batch_rows(users, c.row_fraction, self.generator)  # the same users for RKD and UCD
+        if c.group == 1:
+            return self._terms(student, user_rows, wu, pos, None, 1.0)
+        item_rows, wi = batch_rows(pos, c.row_fraction, self.generator) if c.use_icd else (None, 1.0)
+        self._pending.append(
+            (
+                user_rows,
+                torch.full(user_rows.shape, wu, device=user_rows.device),
+                item_rows,
+                None if item_rows is None else torch.full(item_rows.shape, wi, device=item_rows.device),
+            )
+        )
+        if len(self._pending) < c.group:
+            return torch.zeros((), device=users.device), {}
+        pending, self._pending = self._pending, []
+        u_rows, u_w = torch.cat([x[0] for x in pending]), torch.cat([x[1] for x in pending])
+        i_rows = i_w = None
+        if c.use_icd:
+            i_rows = torch.cat([x[2] for x in pending])  # type: ignore[misc]
+            i_w = torch.cat([x[3] for x in pending])  # type: ignore[misc]
+        return self._terms(student, u_rows, u_w, pos, i_rows, i_w)
+
+    def _terms(
+        self,
+        student: Recommender,
+        user_rows: torch.Tensor,
+        wu: float | torch.Tensor,
+        pos: torch.Tensor,
+        item_rows: torch.Tensor | None,
+        wi: float | torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The weighted terms of the given rows. ``item_rows`` None: ICD's rows are drawn from ``pos`` here
+        (after the user side, keeping group = 1's generator order)."""
+        c = self.config
         user_list = require_prepared(self, "user_list", "dcd")
         terms: list[RankingTerm] = []
-        user_rows, wu = batch_rows(users, c.row_fraction, self.generator)  # the same users for RKD and UCD
         # RKD and UCD score the same users: one [B, K + L + 2p] gather, split back into named parts.
         parts: dict[str, torch.Tensor] = {}
         if c.use_rkd:
@@ -228,7 +273,10 @@ class DCDDistiller(Distiller):
             if c.use_ucd:
                 terms.append(RankingTerm("ucd", s["ucd_under"], s["ucd_over"], c.lambda_ucd * wu))
         if c.use_icd:
-            rows, wi = batch_rows(pos, c.row_fraction, self.generator)
+            if item_rows is None:
+                rows, wi = batch_rows(pos, c.row_fraction, self.generator)
+            else:
+                rows = item_rows
             item_list = require_prepared(self, "item_list", "dcd")
             sampler = require_prepared(self, "item_sampler", "dcd (on_epoch_start)")
             under, over = self._draw(sampler, self.item_bank, item_list, rows)

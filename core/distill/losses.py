@@ -55,12 +55,13 @@ def relaxed_ranking_loss(ordered: torch.Tensor, others: torch.Tensor) -> torch.T
 
 
 class RankingTerm(NamedTuple):
-    """One weighted relaxed-ranking term: ``weight * relaxed_ranking_loss(ordered, others)``."""
+    """One weighted relaxed-ranking term: ``weight * relaxed_ranking_loss(ordered, others)``; a tensor weight
+    [R] weighs each row."""
 
     name: str
     ordered: torch.Tensor
     others: torch.Tensor
-    weight: float
+    weight: float | torch.Tensor
 
 
 def ranking_terms(terms: Sequence[RankingTerm]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -74,9 +75,10 @@ def ranking_terms(terms: Sequence[RankingTerm]) -> tuple[torch.Tensor, dict[str,
     groups: dict[tuple[int, int], list[int]] = {}
     for i, t in enumerate(terms):
         groups.setdefault((t.ordered.shape[1], t.others.shape[1]), []).append(i)
-    losses: list[torch.Tensor | None] = [None] * len(terms)
+    losses: list[torch.Tensor | None] = [None] * len(terms)  # weighted by row for tensor weights
+    plain: dict[int, torch.Tensor] = {}  # unweighted sums of the row-weighted terms, for logging
     for members in groups.values():
-        if len(members) == 1:
+        if len(members) == 1 and not isinstance(terms[members[0]].weight, torch.Tensor):
             t = terms[members[0]]
             losses[members[0]] = relaxed_ranking_loss(t.ordered, t.others)
             continue
@@ -84,10 +86,19 @@ def ranking_terms(terms: Sequence[RankingTerm]) -> tuple[torch.Tensor, dict[str,
             torch.cat([terms[i].ordered for i in members]), torch.cat([terms[i].others for i in members])
         )
         for i, part in zip(members, rows.split([terms[i].ordered.shape[0] for i in members]), strict=True):
-            losses[i] = part.sum()
+            w = terms[i].weight
+            if isinstance(w, torch.Tensor):
+                losses[i] = (part * w.to(part.dtype)).sum()
+                plain[i] = part.detach().sum()
+            else:
+                losses[i] = part.sum()
     stacked = torch.stack(losses)  # type: ignore[arg-type]
-    weights = torch.tensor([t.weight for t in terms], dtype=stacked.dtype, device=stacked.device)
-    values = stacked.detach().tolist()
+    weights = torch.tensor(
+        [1.0 if isinstance(t.weight, torch.Tensor) else t.weight for t in terms],
+        dtype=stacked.dtype,
+        device=stacked.device,
+    )
+    values = torch.stack([plain.get(i, v) for i, v in enumerate(stacked.detach())]).tolist()
     return (stacked * weights).sum(), {t.name: v for t, v in zip(terms, values, strict=True)}
 
 

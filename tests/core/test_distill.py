@@ -265,6 +265,35 @@ def test_correction_m_limits_ucd_and_icd_to_the_list_prefix(data: SimpleNamespac
         dcd(data, correction_m=2)  # p = 3 > 2
 
 
+def test_group_sums_the_row_terms_of_its_batches(data: SimpleNamespace) -> None:
+    # RKD only, every row: its samples are fixed per epoch, so with a fixed student the grouped step must equal
+    # the sum of the per-batch terms.
+    cfg = {"use_ucd": False, "use_icd": False}
+    single, _, student = dcd(data, **cfg)
+    grouped, _, _ = dcd(data, group=2, **cfg)
+    b1, b2 = (torch.tensor([0, 3, 3, 7]), torch.tensor([1, 5, 2, 5])), (torch.tensor([3, 8]), torch.tensor([0, 1]))
+    t1, p1 = single.loss(student, b1[0], b1[1], b1[1])
+    t2, p2 = single.loss(student, b2[0], b2[1], b2[1])
+    z, pz = grouped.loss(student, b1[0], b1[1], b1[1])
+    assert z.item() == 0.0 and pz == {} and not z.requires_grad
+    tg, pg = grouped.loss(student, b2[0], b2[1], b2[1])
+    assert tg.item() == pytest.approx(t1.item() + t2.item(), rel=1e-5)
+    assert pg["rkd"] == pytest.approx(p1["rkd"] + p2["rkd"], rel=1e-5)
+    # Row weights of a subsampled batch follow its rows into the group (n / kept per batch).
+    full, _, _ = dcd(data, group=3, row_fraction=0.5, bank=2)
+    users = torch.arange(N_USERS)
+    for _ in range(2):
+        assert full.loss(student, users, users % N_ITEMS, users % N_ITEMS)[0].item() == 0.0
+    assert len(full._pending) == 2 and torch.equal(full._pending[0][1], torch.full((15,), 2.0))
+    total, parts = full.loss(student, users, users % N_ITEMS, users % N_ITEMS)
+    assert torch.isfinite(total) and set(parts) == {"rkd", "ucd", "icd"} and full._pending == []
+    total.backward()
+    assert student.user_emb.weight.grad.abs().sum() > 0
+    full.loss(student, users, users % N_ITEMS, users % N_ITEMS)
+    full.on_epoch_start(student, 1)  # an incomplete group is dropped at the epoch's end
+    assert full._pending == []
+
+
 def test_gradients_reach_only_the_student(data: SimpleNamespace) -> None:
     d, teacher, student = dcd(data)
     before = [p.detach().clone() for p in teacher.parameters()]
