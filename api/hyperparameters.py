@@ -6,7 +6,7 @@ The distiller configs live in ``core.distill`` (torch); these mirrors keep the A
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -62,6 +62,9 @@ class DCDParams(DistillParams):
     chunk: int | None = Field(None, gt=0)
     bank: int | None = Field(None, ge=0)
     group: int | None = Field(None, ge=1, description="Mini-batches per distillation step.")
+    correction_order: Literal["released", "teacher"] | None = Field(
+        None, description="released: under-estimated above over-estimated; teacher: all in teacher order."
+    )
 
 
 class RRDParams(DistillParams):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 
 import torch
+from typing import Literal
+
 from pydantic import Field
 
 from core.distill.base import DistillConfig, Distiller, ListsCache, SplitLike, batch_rows, require_prepared
@@ -52,6 +54,13 @@ class DCDConfig(DistillConfig):
         False, description="Spec §3.7: RKD's interesting list is the teacher's top-K in order (no sampling)."
     )
     chunk: int = Field(512, gt=0, description="Rows per chunk for teacher lists and rank refreshes.")
+    correction_order: Literal["released", "teacher"] = Field(
+        "released",
+        description="released: UCD/ICD rank every sampled under-estimated entry (in teacher order) above every "
+        "over-estimated one, as the released code. teacher: the 2p sampled entries are ranked together in the "
+        "teacher's order, so no pair is pushed against the teacher (an over-estimated entry the teacher ranks "
+        "higher stays above).",
+    )
     group: int = Field(
         1,
         ge=1,
@@ -204,7 +213,8 @@ class DCDDistiller(Distiller):
     def _draw(
         self, sampler: WeightedRowSampler, bank: torch.Tensor | None, top: torch.Tensor, rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(under [B, p] in teacher order, over [B, p]) list entries for the given rows."""
+        """(under [B, p] in teacher order, over [B, p]) list entries for the given rows; with
+        ``correction_order="teacher"``, (all 2p in teacher order [B, 2p], an empty [B, 0])."""
         b, (n, m) = rows.shape[0], top.shape
         both = torch.cat([rows, rows + n])  # [2B]: w+ rows, then w- rows
         if bank is None:
@@ -213,6 +223,11 @@ class DCDDistiller(Distiller):
             pick = torch.randint(0, bank.shape[0], (2 * b,), generator=self.generator, device=self.device)
             # index_select on flat views: several times cheaper than advanced indexing on CPU.
             pos = bank.view(-1, bank.shape[2]).index_select(0, pick * (2 * n) + both).long()
+        if self.config.correction_order == "teacher":
+            # One list of the 2p sampled positions in teacher order (under- and over-estimated together).
+            merged = torch.cat([pos[:b], pos[b:]], dim=1).sort(dim=1).values
+            flat = top.view(-1).index_select(0, (rows[:, None] * m + merged).view(-1)).view(b, -1)
+            return flat, flat[:, :0]
         flat = top.view(-1).index_select(0, (rows.repeat(2)[:, None] * m + pos).view(-1)).view(2 * b, -1)
         return flat[:b], flat[b:]
 
@@ -281,7 +296,8 @@ class DCDDistiller(Distiller):
             sampler = require_prepared(self, "item_sampler", "dcd (on_epoch_start)")
             under, over = self._draw(sampler, self.item_bank, item_list, rows)
             si = score_users(student, torch.cat([under, over], dim=1), rows)  # [B, 2p]
-            terms.append(RankingTerm("icd", si[:, : c.p], si[:, c.p :], c.lambda_icd * wi))
+            k = under.shape[1]
+            terms.append(RankingTerm("icd", si[:, :k], si[:, k:], c.lambda_icd * wi))
         return ranking_terms(terms)
 
     # --- resume -------------------------------------------------------------------------------

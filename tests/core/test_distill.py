@@ -294,6 +294,47 @@ def test_group_sums_the_row_terms_of_its_batches(data: SimpleNamespace) -> None:
     assert full._pending == []
 
 
+def test_teacher_correction_order_ranks_the_sampled_entries_in_teacher_order(data: SimpleNamespace) -> None:
+    d, _, student = dcd(data, correction_order="teacher")
+    released, _, _ = dcd(data)
+    users = torch.arange(N_USERS)
+    g_state = d.generator.get_state()
+    merged, empty = d._draw(d.user_sampler, None, d.user_list, users)
+    d.generator.set_state(g_state)
+    released.generator.set_state(g_state)
+    under, over = released._draw(released.user_sampler, None, released.user_list, users)
+    assert merged.shape == (N_USERS, 6) and empty.shape == (N_USERS, 0)
+    for r in range(N_USERS):
+        listed = d.user_top[r].tolist()
+        positions = [listed.index(i) for i in merged[r].tolist()]
+        assert positions == sorted(positions)  # one list, teacher order
+        assert sorted(merged[r].tolist()) == sorted(under[r].tolist() + over[r].tolist())  # the same draws
+    # The loss is the relaxed ranking loss of that one list (no "others" set).
+    recorded: list[tuple[torch.Tensor, torch.Tensor]] = []
+    draw = d._draw
+
+    def spy(*args):
+        out = draw(*args)
+        recorded.append(out)
+        return out
+
+    d._draw = spy  # type: ignore[method-assign]
+    b_users, b_pos = torch.tensor([0, 3, 7]), torch.tensor([1, 2, 5])
+    total, parts = d.loss(student, b_users, b_pos, b_pos)
+    uemb, iemb = student.user_emb.weight.detach().numpy(), student.item_emb.weight.detach().numpy()
+    (ucd_list, _), (icd_list, _) = recorded
+    ucd = sum(
+        loop_loss(np.array([[float(uemb[u] @ iemb[i]) for i in ucd_list[r].tolist()]]), np.zeros((1, 0)))
+        for r, u in enumerate([0, 3, 7])
+    )
+    icd = sum(
+        loop_loss(np.array([[float(uemb[u] @ iemb[i]) for u in icd_list[r].tolist()]]), np.zeros((1, 0)))
+        for r, i in enumerate([1, 2, 5])
+    )
+    assert parts["ucd"] == pytest.approx(ucd, rel=1e-4)
+    assert parts["icd"] == pytest.approx(icd, rel=1e-4)
+
+
 def test_gradients_reach_only_the_student(data: SimpleNamespace) -> None:
     d, teacher, student = dcd(data)
     before = [p.detach().clone() for p in teacher.parameters()]
