@@ -8,10 +8,9 @@ without replacement ∝ tanh(relu(±ε·(rank_S − rank_T))) + floor for the ba
 from __future__ import annotations
 
 import logging
-
-import torch
 from typing import Literal
 
+import torch
 from pydantic import Field
 
 from core.distill.base import DistillConfig, Distiller, ListsCache, SplitLike, batch_rows, require_prepared
