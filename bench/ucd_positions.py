@@ -38,6 +38,12 @@ def band_shares(pos: torch.Tensor, bands: list[tuple[int, int]]) -> dict[str, fl
     return {f"{a}-{b}": float(((pos >= a) & (pos < b)).float().mean()) for a, b in bands}
 
 
+def against(under: torch.Tensor, over: torch.Tensor) -> float:
+    """Share of (under, over) sample pairs of a row where the over-estimated entry has the better teacher
+    position (smaller list position) than the under-estimated one."""
+    return float((under[:, :, None] > over[:, None, :]).float().mean())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True, help="cached name (ml-1m) or a file path")
@@ -48,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=100, help="student-alone epoch cap (patience 10)")
     ap.add_argument("--eps", default="0.1,0.03,0.01")
+    ap.add_argument("--prefix", type=int, default=100, help="also report UCD over the first PREFIX entries")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -61,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     student = BPRMF(data.n_users, data.n_items, args.dim)
     result = fit(student, data, TrainConfig(epochs=args.epochs, lr=1e-3, patience=10, seed=args.seed, device="cpu"))
     student.eval()
+    torch.set_grad_enabled(False)
     with torch.no_grad():
         d = torch.cat(
             [
@@ -92,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         "ucd_under_sample_share_by_teacher_position": {},
         "ucd_over_sample_share_by_teacher_position": {},
         "share_of_saturated_under_weights": {},
+        # The released UCD loss ranks every sampled under-estimated entry above every over-estimated one; a pair
+        # is "against the teacher" when the teacher ranks the over-estimated entry higher.
+        "share_of_under_over_pairs_against_teacher": {},
         "versions": library_versions(),
     }
     g = torch.Generator().manual_seed(args.seed)
@@ -104,6 +115,23 @@ def main(argv: list[str] | None = None) -> int:
         report["ucd_under_sample_share_by_teacher_position"][str(eps)] = band_shares(under, bands)
         report["ucd_over_sample_share_by_teacher_position"][str(eps)] = band_shares(over, bands)
         report["share_of_saturated_under_weights"][str(eps)] = float((wp > 0.9).float().mean())
+        report["share_of_under_over_pairs_against_teacher"][f"M={m}, eps={eps}"] = against(under, over)
+    # The same with UCD over the list's first --prefix entries (ranks re-taken within the prefix).
+    if args.prefix < m:
+        dp = torch.cat(
+            [
+                discrepancy(
+                    student.score(torch.arange(s, min(s + 512, data.n_users)), user_top[s : s + 512, : args.prefix])
+                )
+                for s in range(0, data.n_users, 512)
+            ]
+        )
+        for eps in [float(e) for e in args.eps.split(",")]:
+            wp, wm = correction_weights(dp, eps)
+            sampler = WeightedRowSampler(torch.cat([wp, wm]), args.p, 1e-5)
+            under, over = sampler.sample(rows, g), sampler.sample(rows + data.n_users, g)
+            key = f"M={args.prefix}, eps={eps}"
+            report["share_of_under_over_pairs_against_teacher"][key] = against(under, over)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "versions"}, indent=1))
