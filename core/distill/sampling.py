@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -43,6 +44,35 @@ def _take_first_distinct(
     chosen.scatter_(1, torch.where(keep, pos, m1 - 1), True)
     return keep.sum(1)
 
+
+
+def _distinct_rounds(
+    n_rows: int,
+    n_cols: int,
+    k: int,
+    device: torch.device,
+    draw: Callable[[torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """k distinct columns per row, sorted ascending. Rounds of ``draw(active, need, first_round)`` ->
+    (columns [A, D], accepted [A, D]) for the rows still short; each row keeps its first distinct accepted
+    draws. A chosen-bitmap [n_rows, n_cols + 1] (last column: sentinel) rules out repeats across rounds."""
+    chosen = torch.zeros((n_rows, n_cols + 1), dtype=torch.bool, device=device)
+    count = torch.zeros(n_rows, dtype=torch.int64, device=device)
+    active = torch.arange(n_rows, device=device)
+    first_round = True
+    while active.numel():
+        need = k - count.index_select(0, active)
+        cols, ok = draw(active, need, first_round)
+        if first_round:  # every row is active and nothing is chosen yet: work on ``chosen`` in place
+            count += _take_first_distinct(cols, ok, need, chosen)
+        else:
+            sub = chosen.index_select(0, active)
+            ok &= ~sub.gather(1, cols)
+            count.index_add_(0, active, _take_first_distinct(cols, ok, need, sub))
+            chosen.index_copy_(0, active, sub)
+        active = active[count.index_select(0, active) < k]
+        first_round = False
+    return chosen[:, :n_cols].nonzero()[:, 1].view(n_rows, k)
 
 class WeightedRowSampler:
     """Exact sampling of k positions per row without replacement ∝ (weights + floor), for fixed weights.
@@ -101,18 +131,13 @@ class WeightedRowSampler:
         return out
 
     def _rejection(self, rows: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        k, m, dev = self.k, self.m, rows.device
-        a = rows.shape[0]
-        chosen = torch.zeros((a, m + 1), dtype=torch.bool, device=dev)
-        count = torch.zeros(a, dtype=torch.int64, device=dev)
-        active = torch.arange(a, device=dev)
+        k, m = self.k, self.m
         acc = float(self.accept[rows].min().clamp_min(0.05))
-        first_round = True
-        while active.numel():
+
+        def draw(active: torch.Tensor, need: torch.Tensor, first_round: bool) -> tuple[torch.Tensor, torch.Tensor]:
             r = rows.index_select(0, active)
-            need = k - count.index_select(0, active)
             n_draw = math.ceil((1.3 * k if first_round else 2.0 * float(need.max())) / acc) + 4
-            x = torch.rand((r.shape[0], n_draw), generator=generator, device=dev, dtype=torch.float64)
+            x = torch.rand((r.shape[0], n_draw), generator=generator, device=r.device, dtype=torch.float64)
             # index_select rather than advanced indexing: several times cheaper per call on CPU.
             x.mul_(self.total.index_select(0, r)[:, None])
             pm = self.pos_mass.index_select(0, r)[:, None]
@@ -126,17 +151,9 @@ class WeightedRowSampler:
             coin = x - s_pos.double() * wmax
             flat_1d = flat.view(-1)
             ok = ~in_pos | (coin < self.slot_w.index_select(0, flat_1d).view_as(flat).double())
-            pos = self.slot_pos.view(-1).index_select(0, flat_1d).view_as(flat).long()
-            if first_round:  # every row is active: work on ``chosen`` in place
-                count += _take_first_distinct(pos, ok, need, chosen)
-            else:
-                sub = chosen.index_select(0, active)
-                ok &= ~sub.gather(1, pos)
-                count.index_add_(0, active, _take_first_distinct(pos, ok, need, sub))
-                chosen.index_copy_(0, active, sub)
-            active = active[count.index_select(0, active) < k]
-            first_round = False
-        return chosen[:, :m].nonzero()[:, 1].view(a, k)
+            return self.slot_pos.view(-1).index_select(0, flat_1d).view_as(flat).long(), ok
+
+        return _distinct_rounds(rows.shape[0], m, k, rows.device, draw)
 
 
 def sample_excluding(
@@ -172,30 +189,16 @@ def _excluding_chunk(
     available: torch.Tensor,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    dev = rows.device
-    chosen = torch.zeros((rows.shape[0], n_cols + 1), dtype=torch.bool, device=dev)
-    count = torch.zeros(rows.shape[0], dtype=torch.int64, device=dev)
-    active = torch.arange(rows.shape[0], device=dev)
     frac = max(float((available.index_select(0, rows).double() / n_cols).min()), 0.02)
     last = max(excluded_keys.numel() - 1, 0)
-    first_round = True
-    while active.numel():
-        need = k - count.index_select(0, active)
+
+    def draw(active: torch.Tensor, need: torch.Tensor, first_round: bool) -> tuple[torch.Tensor, torch.Tensor]:
         n_draw = math.ceil(1.5 * float(need.max()) / frac) + 4
-        cols = torch.randint(0, n_cols, (active.shape[0], n_draw), generator=generator, device=dev)
+        cols = torch.randint(0, n_cols, (active.shape[0], n_draw), generator=generator, device=rows.device)
         keys = rows.index_select(0, active)[:, None] * n_cols + cols
-        if excluded_keys.numel():
-            hit = torch.searchsorted(excluded_keys, keys).clamp_max_(last)
-            ok = excluded_keys.index_select(0, hit.view(-1)).view_as(keys) != keys
-        else:
-            ok = torch.ones_like(keys, dtype=torch.bool)
-        if first_round:  # every row is active: work on ``chosen`` in place (nothing chosen yet)
-            count += _take_first_distinct(cols, ok, need, chosen)
-        else:
-            sub = chosen.index_select(0, active)
-            ok &= ~sub.gather(1, cols)
-            count.index_add_(0, active, _take_first_distinct(cols, ok, need, sub))
-            chosen.index_copy_(0, active, sub)
-        active = active[count.index_select(0, active) < k]
-        first_round = False
-    return chosen[:, :n_cols].nonzero()[:, 1].view(-1, k)
+        if not excluded_keys.numel():
+            return cols, torch.ones_like(keys, dtype=torch.bool)
+        hit = torch.searchsorted(excluded_keys, keys).clamp_max_(last)
+        return cols, excluded_keys.index_select(0, hit.view(-1)).view_as(keys) != keys
+
+    return _distinct_rounds(rows.shape[0], n_cols, k, rows.device, draw)
