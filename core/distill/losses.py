@@ -75,31 +75,18 @@ def ranking_terms(terms: Sequence[RankingTerm]) -> tuple[torch.Tensor, dict[str,
     groups: dict[tuple[int, int], list[int]] = {}
     for i, t in enumerate(terms):
         groups.setdefault((t.ordered.shape[1], t.others.shape[1]), []).append(i)
-    losses: list[torch.Tensor | None] = [None] * len(terms)  # weighted by row for tensor weights
-    plain: dict[int, torch.Tensor] = {}  # unweighted sums of the row-weighted terms, for logging
+    weighted: list[torch.Tensor | None] = [None] * len(terms)
+    plain: list[torch.Tensor | None] = [None] * len(terms)  # unweighted ℓ, for logging
     for members in groups.values():
-        if len(members) == 1 and not isinstance(terms[members[0]].weight, torch.Tensor):
-            t = terms[members[0]]
-            losses[members[0]] = relaxed_ranking_loss(t.ordered, t.others)
-            continue
         rows = relaxed_ranking_loss_rows(
             torch.cat([terms[i].ordered for i in members]), torch.cat([terms[i].others for i in members])
         )
         for i, part in zip(members, rows.split([terms[i].ordered.shape[0] for i in members]), strict=True):
             w = terms[i].weight
-            if isinstance(w, torch.Tensor):
-                losses[i] = (part * w.to(part.dtype)).sum()
-                plain[i] = part.detach().sum()
-            else:
-                losses[i] = part.sum()
-    stacked = torch.stack(losses)  # type: ignore[arg-type]
-    weights = torch.tensor(
-        [1.0 if isinstance(t.weight, torch.Tensor) else t.weight for t in terms],
-        dtype=stacked.dtype,
-        device=stacked.device,
-    )
-    values = torch.stack([plain.get(i, v) for i, v in enumerate(stacked.detach())]).tolist()
-    return (stacked * weights).sum(), {t.name: v for t, v in zip(terms, values, strict=True)}
+            plain[i] = part.sum()
+            weighted[i] = (part * w.to(part.dtype)).sum() if isinstance(w, torch.Tensor) else plain[i] * w
+    values = torch.stack(plain).detach().tolist()  # type: ignore[arg-type]
+    return torch.stack(weighted).sum(), {t.name: v for t, v in zip(terms, values, strict=True)}  # type: ignore[arg-type]
 
 
 def _check(ordered: torch.Tensor, others: torch.Tensor) -> None:
@@ -121,12 +108,10 @@ class _RowDot(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, row_table, col_table, rows, cols):  # type: ignore[no-untyped-def, override]
-        b, k = cols.shape
-        r = row_table.index_select(0, rows)  # [B, d]
-        c = col_table.index_select(0, cols.reshape(-1)).view(b, k, -1)  # [B, K, d]
+        r, c, scores = _row_dot_forward(row_table, col_table, rows, cols)
         ctx.save_for_backward(r, c, rows, cols)
         ctx.shapes = (row_table.shape, col_table.shape)
-        return torch.bmm(c, r.unsqueeze(2)).squeeze(2)
+        return scores
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
@@ -143,13 +128,21 @@ class _RowDot(torch.autograd.Function):
         return g_rows, g_cols, None, None
 
 
+def _row_dot_forward(
+    row_table: torch.Tensor, col_table: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row embeddings [B, d], column embeddings [B, K, d], scores [B, K])."""
+    b, k = cols.shape
+    r = row_table.index_select(0, rows)
+    c = col_table.index_select(0, cols.reshape(-1)).view(b, k, -1)
+    return r, c, torch.bmm(c, r.unsqueeze(2)).squeeze(2)
+
+
 def row_dot(row_table: torch.Tensor, col_table: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """rows [B], cols [B, K] -> [B, K] dot products of ``row_table[rows[b]]`` and ``col_table[cols[b, k]]``,
     differentiable w.r.t. both tables."""
     if not (row_table.requires_grad or col_table.requires_grad):
-        b, k = cols.shape
-        c = col_table.index_select(0, cols.reshape(-1)).view(b, k, -1)
-        return torch.bmm(c, row_table.index_select(0, rows).unsqueeze(2)).squeeze(2)
+        return _row_dot_forward(row_table, col_table, rows, cols)[2]
     return _RowDot.apply(row_table, col_table, rows, cols)
 
 
