@@ -93,6 +93,11 @@ def correction_weights(d: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch
     return torch.tanh(torch.relu(x)), torch.tanh(torch.relu(-x))
 
 
+def _concat(pending: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A group's rows and their weights, in batch order."""
+    return torch.cat([r for r, _ in pending]), torch.cat([w for _, w in pending])
+
+
 class DCDDistiller(Distiller):
     name = "dcd"
     config_cls = DCDConfig
@@ -111,8 +116,9 @@ class DCDDistiller(Distiller):
         self.item_sampler: WeightedRowSampler | None = None
         self.user_bank: torch.Tensor | None = None  # [S, 2U, p] positions (rows: w+ then w-)
         self.item_bank: torch.Tensor | None = None  # [S, 2I, p]
-        # group > 1: (user rows, their weights, item rows, their weights) selected by the batches of this group
-        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
+        # group > 1: the (rows, per-row weights) each batch of the current group selected, per side
+        self._pending_users: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_items: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def prepare(
         self,
@@ -144,7 +150,7 @@ class DCDDistiller(Distiller):
     # --- per epoch ----------------------------------------------------------------------------
     def on_epoch_start(self, student: Recommender, epoch: int) -> None:
         require_prepared(self, "user_top", "dcd")
-        self._pending = []  # an incomplete group never spans epochs (keeps resume exact)
+        self._pending_users, self._pending_items = [], []  # a group never spans epochs (keeps resume exact)
         if self.rkd is not None:
             self.rkd.resample(self.generator)
         if (self.config.use_ucd or self.config.use_icd) and (
@@ -158,8 +164,8 @@ class DCDDistiller(Distiller):
     @torch.no_grad()
     def refresh(self, student: Recommender) -> None:
         """Recompute the rank discrepancies of every listed entry, both sides, then the samplers."""
-        user_top = require_prepared(self, "user_list", "dcd")
-        item_top = require_prepared(self, "item_list", "dcd")
+        user_list = require_prepared(self, "user_list", "dcd")
+        item_list = require_prepared(self, "item_list", "dcd")
         was_training = student.training
         student.eval()
         try:
@@ -168,22 +174,22 @@ class DCDDistiller(Distiller):
                 [
                     discrepancy(
                         student.score(
-                            torch.arange(s, min(s + ch, len(user_top)), device=self.device),
-                            user_top[s : s + ch],
+                            torch.arange(s, min(s + ch, len(user_list)), device=self.device),
+                            user_list[s : s + ch],
                         )
                     ).to(torch.int16)
-                    for s in range(0, len(user_top), ch)
+                    for s in range(0, len(user_list), ch)
                 ]
             )
             self.item_disc = torch.cat(
                 [
                     discrepancy(
                         student.score_users(
-                            item_top[s : s + ch],
-                            torch.arange(s, min(s + ch, len(item_top)), device=self.device),
+                            item_list[s : s + ch],
+                            torch.arange(s, min(s + ch, len(item_list)), device=self.device),
                         )
                     ).to(torch.int16)
-                    for s in range(0, len(item_top), ch)
+                    for s in range(0, len(item_list), ch)
                 ]
             )
         finally:
@@ -237,23 +243,15 @@ class DCDDistiller(Distiller):
         user_rows, wu = batch_rows(users, c.row_fraction, self.generator)  # the same users for RKD and UCD
         if c.group == 1:
             return self._terms(student, user_rows, wu, pos, None, 1.0)
-        item_rows, wi = batch_rows(pos, c.row_fraction, self.generator) if c.use_icd else (None, 1.0)
-        self._pending.append(
-            (
-                user_rows,
-                torch.full(user_rows.shape, wu, device=user_rows.device),
-                item_rows,
-                None if item_rows is None else torch.full(item_rows.shape, wi, device=item_rows.device),
-            )
-        )
-        if len(self._pending) < c.group:
-            return torch.zeros((), device=users.device), {}
-        pending, self._pending = self._pending, []
-        u_rows, u_w = torch.cat([x[0] for x in pending]), torch.cat([x[1] for x in pending])
-        i_rows = i_w = None
+        self._pending_users.append((user_rows, torch.full(user_rows.shape, wu, device=user_rows.device)))
         if c.use_icd:
-            i_rows = torch.cat([x[2] for x in pending])  # type: ignore[misc]
-            i_w = torch.cat([x[3] for x in pending])  # type: ignore[misc]
+            item_rows, wi = batch_rows(pos, c.row_fraction, self.generator)
+            self._pending_items.append((item_rows, torch.full(item_rows.shape, wi, device=item_rows.device)))
+        if len(self._pending_users) < c.group:
+            return torch.zeros((), device=users.device), {}
+        u_rows, u_w = _concat(self._pending_users)
+        i_rows, i_w = _concat(self._pending_items) if c.use_icd else (None, None)
+        self._pending_users, self._pending_items = [], []
         return self._terms(student, u_rows, u_w, pos, i_rows, i_w)
 
     def _terms(

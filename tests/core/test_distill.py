@@ -284,14 +284,14 @@ def test_group_sums_the_row_terms_of_its_batches(data: SimpleNamespace) -> None:
     users = torch.arange(N_USERS)
     for _ in range(2):
         assert full.loss(student, users, users % N_ITEMS, users % N_ITEMS)[0].item() == 0.0
-    assert len(full._pending) == 2 and torch.equal(full._pending[0][1], torch.full((15,), 2.0))
+    assert len(full._pending_users) == 2 and torch.equal(full._pending_users[0][1], torch.full((15,), 2.0))
     total, parts = full.loss(student, users, users % N_ITEMS, users % N_ITEMS)
-    assert torch.isfinite(total) and set(parts) == {"rkd", "ucd", "icd"} and full._pending == []
+    assert torch.isfinite(total) and set(parts) == {"rkd", "ucd", "icd"} and full._pending_users == []
     total.backward()
     assert student.user_emb.weight.grad.abs().sum() > 0
     full.loss(student, users, users % N_ITEMS, users % N_ITEMS)
     full.on_epoch_start(student, 1)  # an incomplete group is dropped at the epoch's end
-    assert full._pending == []
+    assert full._pending_users == [] and full._pending_items == []
 
 
 def test_teacher_correction_order_ranks_the_sampled_entries_in_teacher_order(data: SimpleNamespace) -> None:
