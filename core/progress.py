@@ -11,6 +11,17 @@ if TYPE_CHECKING:  # core.train re-exports ProgressBar, so no runtime import bac
     from core.train import EpochReport
 
 
+def epoch_fields(report: EpochReport, monitor: str) -> dict[str, str]:
+    """What a progress display shows of an epoch: mean losses, the validation metric, best epoch and ETA."""
+    fields = {k: f"{v:.4g}" for k, v in report.losses.items()}
+    if monitor in report.valid:
+        fields[monitor] = f"{report.valid[monitor]:.4f}"
+    if report.best is not None:
+        fields["best"] = f"{report.best:.4f}@{report.best_epoch}"
+    fields["eta"] = f"{report.eta_seconds:.0f}s"
+    return fields
+
+
 class ProgressBar:
     """Draws one bar per ``fit`` run: epoch k/N, mean losses, validation metric, best epoch and ETA."""
 
@@ -27,13 +38,7 @@ class ProgressBar:
             self._bar = tqdm(total=report.max_epochs, desc=self.desc, unit="ep", file=self.file,
                              leave=self.leave, dynamic_ncols=True)
             self._bar.update(report.epoch - 1)  # a resumed run starts part-way
-        postfix = {k: f"{v:.4g}" for k, v in report.losses.items()}
-        if self.monitor in report.valid:
-            postfix[self.monitor] = f"{report.valid[self.monitor]:.4f}"
-        if report.best is not None:
-            postfix["best"] = f"{report.best:.4f}@{report.best_epoch}"
-        postfix["eta"] = f"{report.eta_seconds:.0f}s"
-        self._bar.set_postfix(postfix, refresh=False)
+        self._bar.set_postfix(epoch_fields(report, self.monitor), refresh=False)
         self._bar.update(1)
         if report.stopped or report.epoch >= report.max_epochs:
             self.close()
@@ -54,10 +59,5 @@ class EpochLog:
         self.logger = logger if logger is not None else logging.getLogger("core.progress")
 
     def on_epoch_end(self, report: EpochReport) -> None:
-        fields = [f"{k}={v:.4g}" for k, v in report.losses.items()]
-        if self.monitor in report.valid:
-            fields.append(f"{self.monitor}={report.valid[self.monitor]:.4f}")
-        if report.best is not None:
-            fields.append(f"best={report.best:.4f}@{report.best_epoch}")
-        fields.append(f"eta={report.eta_seconds:.0f}s")
-        self.logger.info("%s epoch %d/%d: %s", self.desc, report.epoch, report.max_epochs, " ".join(fields))
+        fields = " ".join(f"{k}={v}" for k, v in epoch_fields(report, self.monitor).items())
+        self.logger.info("%s epoch %d/%d: %s", self.desc, report.epoch, report.max_epochs, fields)
