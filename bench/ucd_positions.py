@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.checkpoint import library_versions, load_checkpoint  # noqa: E402
 from core.data import load_interactions, split  # noqa: E402
 from core.datasets import resolve  # noqa: E402
-from core.distill.dcd import correction_weights, discrepancy  # noqa: E402
-from core.distill.sampling import WeightedRowSampler  # noqa: E402
-from core.distill.topm import teacher_topm  # noqa: E402
+from core.distill import DCDDistiller, build_distiller  # noqa: E402
+from core.distill.base import ListsCache  # noqa: E402
+from core.distill.dcd import correction_weights  # noqa: E402
 from core.eval import evaluate  # noqa: E402
 from core.models.bpr import BPRMF  # noqa: E402
 from core.train import TrainConfig, fit  # noqa: E402
@@ -62,20 +62,26 @@ def main(argv: list[str] | None = None) -> int:
     teacher, manifest = load_checkpoint(args.teacher_dir)
     if manifest.get("data_fingerprint") not in (None, data.fingerprint):
         ap.error("the teacher was trained on another split (data fingerprint differs); pass its --seed")
-    user_top, _ = teacher_topm(teacher, data.train, args.m, 512, "cpu")
-    m = user_top.shape[1]
     torch.manual_seed(args.seed)
     student = BPRMF(data.n_users, data.n_items, args.dim)
     result = fit(student, data, TrainConfig(epochs=args.epochs, lr=1e-3, patience=10, seed=args.seed, device="cpu"))
-    student.eval()
-    torch.set_grad_enabled(False)
-    with torch.no_grad():
-        d = torch.cat(
-            [
-                discrepancy(student.score(torch.arange(s, min(s + 512, data.n_users)), user_top[s : s + 512]))
-                for s in range(0, data.n_users, 512)
-            ]
+    lists: ListsCache = {}  # the teacher's lists, computed once for every distiller below
+
+    def ucd(eps: float, correction_m: int | None = None) -> DCDDistiller:
+        """A UCD-only distiller after DCD's own refresh on the trained student (discrepancies and sampler)."""
+        d = build_distiller(
+            "dcd", m=args.m, p=args.p, eps=eps, correction_m=correction_m, use_rkd=False, use_icd=False
         )
+        assert isinstance(d, DCDDistiller)
+        d.prepare(teacher, data, "cpu", lists_cache=lists)
+        d.refresh(student)
+        return d
+
+    eps_values = [float(e) for e in args.eps.split(",")]
+    first = ucd(eps_values[0])
+    user_top, disc = first.user_top, first.user_disc
+    assert user_top is not None and disc is not None
+    m = user_top.shape[1]
     edges = [0, 10, 50, 100, 200, m]
     bands = [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if a < m]
     # Chance that the entry at a teacher position is one of the user's held-out test items.
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "student_valid_ndcg@10": evaluate(student, data, "valid", ks=(10,))["ndcg@10"],
         "m": m,
         "p": args.p,
-        "mean_abs_discrepancy": float(d.abs().float().mean()),
+        "mean_abs_discrepancy": float(disc.abs().float().mean()),
         "test_item_rate_by_teacher_position": {f"{a}-{b}": float(hit[a:b].mean()) for a, b in bands},
         "ucd_under_sample_share_by_teacher_position": {},
         "ucd_over_sample_share_by_teacher_position": {},
@@ -107,31 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     g = torch.Generator().manual_seed(args.seed)
     rows = torch.arange(data.n_users)
-    for eps in [float(e) for e in args.eps.split(",")]:
-        wp, wm = correction_weights(d, eps)
-        sampler = WeightedRowSampler(torch.cat([wp, wm]), args.p, 1e-5)
-        under = sampler.sample(rows, g)
-        over = sampler.sample(rows + data.n_users, g)
-        report["ucd_under_sample_share_by_teacher_position"][str(eps)] = band_shares(under, bands)
-        report["ucd_over_sample_share_by_teacher_position"][str(eps)] = band_shares(over, bands)
-        report["share_of_saturated_under_weights"][str(eps)] = float((wp > 0.9).float().mean())
-        report["share_of_under_over_pairs_against_teacher"][f"M={m}, eps={eps}"] = against(under, over)
-    # The same with UCD over the list's first --prefix entries (ranks re-taken within the prefix).
-    if args.prefix < m:
-        dp = torch.cat(
-            [
-                discrepancy(
-                    student.score(torch.arange(s, min(s + 512, data.n_users)), user_top[s : s + 512, : args.prefix])
-                )
-                for s in range(0, data.n_users, 512)
-            ]
-        )
-        for eps in [float(e) for e in args.eps.split(",")]:
-            wp, wm = correction_weights(dp, eps)
-            sampler = WeightedRowSampler(torch.cat([wp, wm]), args.p, 1e-5)
+    # UCD over the whole list, then over its first --prefix entries (ranks re-taken within the prefix).
+    for correction_m in (None, args.prefix) if args.prefix < m else (None,):
+        for eps in eps_values:
+            d = first if (eps, correction_m) == (eps_values[0], None) else ucd(eps, correction_m)
+            sampler = d.user_sampler
+            assert sampler is not None and d.user_disc is not None
             under, over = sampler.sample(rows, g), sampler.sample(rows + data.n_users, g)
-            key = f"M={args.prefix}, eps={eps}"
-            report["share_of_under_over_pairs_against_teacher"][key] = against(under, over)
+            report["share_of_under_over_pairs_against_teacher"][f"M={sampler.m}, eps={eps}"] = against(under, over)
+            if correction_m is None:
+                report["ucd_under_sample_share_by_teacher_position"][str(eps)] = band_shares(under, bands)
+                report["ucd_over_sample_share_by_teacher_position"][str(eps)] = band_shares(over, bands)
+                wp, _ = correction_weights(d.user_disc, eps)
+                report["share_of_saturated_under_weights"][str(eps)] = float((wp > 0.9).float().mean())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "versions"}, indent=1))
