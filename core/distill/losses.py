@@ -78,8 +78,9 @@ def ranking_terms(terms: Sequence[RankingTerm]) -> tuple[torch.Tensor, dict[str,
     weighted: list[torch.Tensor | None] = [None] * len(terms)
     plain: list[torch.Tensor | None] = [None] * len(terms)  # unweighted ℓ, for logging
     for members in groups.values():
+        ordered, others = [terms[i].ordered for i in members], [terms[i].others for i in members]
         rows = relaxed_ranking_loss_rows(
-            torch.cat([terms[i].ordered for i in members]), torch.cat([terms[i].others for i in members])
+            *((ordered[0], others[0]) if len(members) == 1 else (torch.cat(ordered), torch.cat(others)))
         )
         for i, part in zip(members, rows.split([terms[i].ordered.shape[0] for i in members]), strict=True):
             w = terms[i].weight
