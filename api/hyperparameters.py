@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core.names import dcd_list_problem
+
 
 class Strict(BaseModel):
     """Unknown keys are refused by name."""
@@ -106,4 +108,8 @@ def check_hyperparameters(method: str, hp: dict[str, Any]) -> dict[str, Any]:
         except ValidationError as exc:
             err = exc.errors()[0]
             raise ValueError(f"{prefix}{err['loc'][0]}: {err['msg']} (got {err.get('input')!r})") from None
+    if method == "dcd":
+        problem = dcd_list_problem(hp.get("m"), hp.get("p"), hp.get("correction_m"))
+        if problem:
+            raise ValueError(problem)
     return {**train, **{TEACHER_PREFIX + k: v for k, v in teacher.items()}, **hp}

@@ -11,22 +11,23 @@ import logging
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from core.distill.base import DistillConfig, Distiller, ListsCache, SplitLike, batch_rows, require_prepared
 from core.distill.losses import RankingTerm, ranking_terms, score_items, score_users
 from core.distill.rrd import RankingSide
 from core.distill.sampling import WeightedRowSampler
 from core.models.base import Recommender
+from core.names import DCD_DEFAULT_M, DCD_DEFAULT_P, dcd_list_problem
 
 logger = logging.getLogger(__name__)
 
 
 class DCDConfig(DistillConfig):
     m: int = Field(
-        500, gt=0, description="Teacher list length M, both sides (clipped to n_items-1 / n_users-1)."
+        DCD_DEFAULT_M, gt=0, description="Teacher list length M, both sides (clipped to n_items-1 / n_users-1)."
     )
-    p: int = Field(40, gt=0, description="Entries drawn per side per set (under- and over-estimated).")
+    p: int = Field(DCD_DEFAULT_P, gt=0, description="Entries drawn per side per set (under- and over-estimated).")
     correction_m: int | None = Field(
         None,
         gt=0,
@@ -76,6 +77,13 @@ class DCDConfig(DistillConfig):
         "drawn in bulk at each epoch start and each batch row uses one at random (same per-batch distribution, "
         "so the same expected gradient; samples repeat across batches). Much faster on CPU.",
     )
+
+    @model_validator(mode="after")
+    def _list_lengths(self) -> DCDConfig:
+        problem = dcd_list_problem(self.m, self.p, self.correction_m)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 def discrepancy(scores: torch.Tensor) -> torch.Tensor:

@@ -261,8 +261,14 @@ def test_correction_m_limits_ucd_and_icd_to_the_list_prefix(data: SimpleNamespac
     assert torch.isfinite(total) and parts["ucd"] > 0 and parts["icd"] > 0
     same, _, _ = dcd(data, correction_m=10)  # = m: exactly the spec's full-list behaviour
     assert torch.equal(same.user_disc, full.user_disc) and torch.equal(same.item_disc, full.item_disc)
-    with pytest.raises(ValueError, match="corrected list length 2"):
-        dcd(data, correction_m=2)  # p = 3 > 2
+    with pytest.raises(ValueError, match=r"p: must be at most correction_m \(2\)"):
+        dcd(data, correction_m=2)  # p = 3 > 2: refused by the config, before any list is computed
+    with pytest.raises(ValueError, match=r"correction_m: must be at most m \(10\)"):
+        dcd(data, correction_m=11)
+    teacher, _ = models()
+    d = build_distiller("dcd", m=500, p=35, rkd_k=4)  # valid config; the user lists clip to N_ITEMS - 1 = 39 ...
+    with pytest.raises(ValueError, match="item-side corrected list length 29"):
+        d.prepare(teacher, data, "cpu")  # ... but the item lists to N_USERS - 1 = 29 < p
 
 
 def test_group_sums_the_row_terms_of_its_batches(data: SimpleNamespace) -> None:
