@@ -99,7 +99,7 @@ class Callback(Protocol):
 class ExtraLoss(Protocol):
     """What fit needs from a distiller (it knows nothing else of distillation)."""
 
-    def on_epoch_start(self, student: Recommender, epoch: int) -> None: ...
+    def on_epoch_start(self, student: Recommender, epoch: int, n_batches: int) -> None: ...
     def loss(
         self, student: Recommender, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
@@ -231,7 +231,7 @@ def _fit(
         epoch = state.epoch
         t0, c0 = time.perf_counter(), time.thread_time()
         if distiller is not None:
-            distiller.on_epoch_start(model, epoch)
+            distiller.on_epoch_start(model, epoch, math.ceil(len(pairs[0]) / config.batch_size))
         losses = _run_epoch(model, optimizer, sampler, pairs, config, epoch, device, distiller, should_cancel)
         train_seconds = time.perf_counter() - t0
         # CPU time of this thread: with one torch thread on the CPU it is the training work itself, not

@@ -85,8 +85,9 @@ class Distiller:
             cache[key] = lists
         return lists
 
-    def on_epoch_start(self, student: Recommender, epoch: int) -> None:
-        """Per-epoch work: resampling, rank refresh. ``epoch`` counts from 0."""
+    def on_epoch_start(self, student: Recommender, epoch: int, n_batches: int | None = None) -> None:
+        """Per-epoch work: resampling, rank refresh. ``epoch`` counts from 0; ``n_batches``: the mini-batches
+        (``loss`` calls) the epoch will have, when known."""
 
     def loss(
         self, student: Recommender, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor

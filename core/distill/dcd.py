@@ -67,8 +67,8 @@ class DCDConfig(DistillConfig):
         description="Mini-batches per distillation step. 1: the terms of each batch's rows are added to that "
         "batch's loss (the released code). G > 1: the rows each batch selects are collected and their terms are "
         "computed together on every G-th batch (the same sum of row terms, taken with the parameters of that "
-        "batch; the fixed per-step cost is paid once per G batches). Rows of an epoch's last incomplete group "
-        "are dropped.",
+        "batch; the fixed per-step cost is paid once per G batches). An epoch's last group closes at its last "
+        "batch (the trainer tells the epoch's batch count), so no row is dropped and no group spans epochs.",
     )
     bank: int = Field(
         0,
@@ -127,6 +127,7 @@ class DCDDistiller(Distiller):
         # group > 1: the (rows, per-row weights) each batch of the current group selected, per side
         self._pending_users: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_items: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._batches_left: int | None = None  # loss calls left in the epoch (None: not told)
 
     def prepare(
         self,
@@ -156,9 +157,10 @@ class DCDDistiller(Distiller):
             )
 
     # --- per epoch ----------------------------------------------------------------------------
-    def on_epoch_start(self, student: Recommender, epoch: int) -> None:
+    def on_epoch_start(self, student: Recommender, epoch: int, n_batches: int | None = None) -> None:
         require_prepared(self, "user_top", "dcd")
         self._pending_users, self._pending_items = [], []  # a group never spans epochs (keeps resume exact)
+        self._batches_left = n_batches
         if self.rkd is not None:
             self.rkd.resample(self.generator)
         if (self.config.use_ucd or self.config.use_icd) and (
@@ -255,7 +257,9 @@ class DCDDistiller(Distiller):
         if c.use_icd:
             item_rows, wi = batch_rows(pos, c.row_fraction, self.generator)
             self._pending_items.append((item_rows, torch.full(item_rows.shape, wi, device=item_rows.device)))
-        if len(self._pending_users) < c.group:
+        if self._batches_left is not None:
+            self._batches_left -= 1
+        if len(self._pending_users) < c.group and self._batches_left != 0:
             return torch.zeros((), device=users.device), {}
         u_rows, u_w = _concat(self._pending_users)
         i_rows, i_w = _concat(self._pending_items) if c.use_icd else (None, None)

@@ -158,7 +158,7 @@ class RRDDistiller(Distiller):
                 item_top, data.train.T.tocsr(), c.k_item, c.l_item, c.t, c.deterministic_topk
             )
 
-    def on_epoch_start(self, student: Recommender, epoch: int) -> None:
+    def on_epoch_start(self, student: Recommender, epoch: int, n_batches: int | None = None) -> None:
         side = require_prepared(self, "user_side", "rrd")
         side.resample(self.generator)
         if self.item_side is not None:

@@ -296,8 +296,14 @@ def test_group_sums_the_row_terms_of_its_batches(data: SimpleNamespace) -> None:
     total.backward()
     assert student.user_emb.weight.grad.abs().sum() > 0
     full.loss(student, users, users % N_ITEMS, users % N_ITEMS)
-    full.on_epoch_start(student, 1)  # an incomplete group is dropped at the epoch's end
+    full.on_epoch_start(student, 1)  # not told the batch count: an incomplete group is dropped at the epoch's end
     assert full._pending_users == [] and full._pending_items == []
+    # Told the epoch's batch count (as fit does), the last group closes at the last batch: nothing is dropped,
+    # even when the epoch has fewer batches than the group.
+    full.on_epoch_start(student, 2, n_batches=2)
+    assert full.loss(student, users, users % N_ITEMS, users % N_ITEMS)[0].item() == 0.0
+    total, parts = full.loss(student, users, users % N_ITEMS, users % N_ITEMS)
+    assert total.item() > 0 and set(parts) == {"rkd", "ucd", "icd"} and full._pending_users == []
 
 
 def test_teacher_correction_order_ranks_the_sampled_entries_in_teacher_order(data: SimpleNamespace) -> None:
