@@ -24,6 +24,18 @@ logger = logging.getLogger(__name__)
 
 
 class DCDConfig(DistillConfig):
+    """DCD's options. The method's hyper-parameters (m, p, eps, period, lambdas, RKD's K/L/T) are the spec's.
+    How the per-batch terms are computed defaults to the fast setting (``row_fraction`` 1/16, ``bank`` 8,
+    ``group`` 8: the same expected gradient, ~3-4x a student epoch on CPU instead of ~30x); the released
+    code's exact procedure is ``row_fraction=1, bank=0, group=1``."""
+
+    row_fraction: float = Field(
+        0.0625,
+        gt=0,
+        le=1,
+        description="Fraction of a batch's unique users (and unique positive items) that get the distillation "
+        "terms; weights are divided by it (same expected gradient). 1.0: every row, as the released code.",
+    )
     m: int = Field(
         DCD_DEFAULT_M, gt=0, description="Teacher list length M, both sides (clipped to n_items-1 / n_users-1)."
     )
@@ -62,7 +74,7 @@ class DCDConfig(DistillConfig):
         "higher stays above).",
     )
     group: int = Field(
-        1,
+        8,
         ge=1,
         description="Mini-batches per distillation step. 1: the terms of each batch's rows are added to that "
         "batch's loss (the released code). G > 1: the rows each batch selects are collected and their terms are "
@@ -71,7 +83,7 @@ class DCDConfig(DistillConfig):
         "batch (the trainer tells the epoch's batch count), so no row is dropped and no group spans epochs.",
     )
     bank: int = Field(
-        0,
+        8,
         ge=0,
         description="0: fresh samples per mini-batch (the released code). S > 0: S exact samples per row are "
         "drawn in bulk at each epoch start and each batch row uses one at random (same per-batch distribution, "

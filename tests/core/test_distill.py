@@ -166,7 +166,9 @@ def test_sampler_rejects_bad_inputs() -> None:
 # --- DCD refresh, losses, gradients, resume -------------------------------------------------------
 def dcd(data: SimpleNamespace, **cfg) -> tuple[DCDDistiller, BPRMF, BPRMF]:
     teacher, student = models()
-    d = build_distiller("dcd", m=10, p=3, rkd_k=4, rkd_l=5, chunk=7, **cfg)
+    # The released code's exact procedure unless a test asks otherwise (every row, fresh samples, no groups).
+    spec = {"row_fraction": 1.0, "bank": 0, "group": 1}
+    d = build_distiller("dcd", m=10, p=3, rkd_k=4, rkd_l=5, chunk=7, **{**spec, **cfg})
     assert isinstance(d, DCDDistiller)
     d.prepare(teacher, data, "cpu")
     d.on_epoch_start(student, 0)
@@ -365,7 +367,7 @@ def test_state_dict_round_trip_resumes_identically(data: SimpleNamespace, bank: 
     state = {k: v.clone() for k, v in d.state_dict().items()}
     users, pos = torch.tensor([0, 1, 2, 9]), torch.tensor([3, 4, 5, 6])
     first = d.loss(student, users, pos, pos)[0].item()
-    fresh = build_distiller("dcd", m=10, p=3, rkd_k=4, rkd_l=5, chunk=7, bank=bank)
+    fresh = build_distiller("dcd", m=10, p=3, rkd_k=4, rkd_l=5, chunk=7, bank=bank, row_fraction=1.0, group=1)
     fresh.prepare(teacher, data, "cpu")
     fresh.load_state_dict(state)
     assert fresh.loss(student, users, pos, pos)[0].item() == pytest.approx(first, rel=1e-6)
