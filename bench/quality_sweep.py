@@ -86,6 +86,18 @@ def main() -> int:
     return rc if not failed else 1
 
 
+def sweep_command(args: argparse.Namespace) -> str:
+    """The command that (re)produces the runs, from the parsed options (a --merge-only call records the full
+    sweep command, without --merge-only/--how); a kernel choice forced through ATEN_CPU_CAPABILITY is kept."""
+    parts = ["--dataset", args.dataset, "--seeds", args.seeds, "--grid", args.grid, "--jobs", str(args.jobs),
+             "--workdir", args.workdir, "--device", args.device, "--threads", str(args.threads)]
+    if args.out:
+        parts += ["--out", args.out]
+    forced = os.environ.get("ATEN_CPU_CAPABILITY")
+    prefix = f"ATEN_CPU_CAPABILITY={shlex.quote(forced)} " if forced else ""
+    return prefix + "python bench/quality_sweep.py " + " ".join(shlex.quote(a) for a in parts)
+
+
 def write_merged(work: Path, grid: dict[str, Any], seeds: list[str], args: argparse.Namespace) -> int:
     merged = merge(work, grid, seeds, args)
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"quality-{args.dataset}.json"
@@ -128,18 +140,7 @@ def merge(work: Path, grid: dict[str, Any], seeds: list[str], args: argparse.Nam
     for name, (_, label) in best.items():
         for r in candidates[label]:
             runs.append({**r, "method": name})
-    # The command that (re)produces the runs: a --merge-only call records the full sweep command.
-    argv, skip = [], False
-    for a in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif a == "--merge-only":
-            continue
-        elif a == "--how":
-            skip = True
-        elif not a.startswith("--how="):
-            argv.append(a)
-    command = "python bench/quality_sweep.py " + " ".join(shlex.quote(a) for a in argv)
+    command = sweep_command(args)
     return {
         "dataset": args.dataset,
         "protocol": "full",
