@@ -41,10 +41,15 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--merge-only", action="store_true", help="only merge the runs already in --workdir")
+    ap.add_argument("--only", default=None, help="comma list of candidate labels to run (the merge covers the grid)")
     ap.add_argument("--how", default=None, help="free text stored as how_it_was_run (e.g. what ran by hand)")
     args = ap.parse_args()
 
     grid = json.loads(Path(args.grid).read_text())
+    only = set(args.only.split(",")) if args.only else None
+    unknown = sorted(only - {c["label"] for c in grid["candidates"]}) if only else []
+    if unknown:
+        ap.error(f"--only: no candidate labelled {unknown} in {args.grid}")
     seeds = [s.strip() for s in args.seeds.split(",") if s.strip()]
     work = Path(args.workdir) / args.dataset
     (work / "logs").mkdir(parents=True, exist_ok=True)
@@ -72,6 +77,8 @@ def main() -> int:
     # Phase 2: every candidate x seed, each in its own process, reusing the cached teacher.
     student_cmds = []
     for cand in grid["candidates"]:
+        if only is not None and cand["label"] not in only:
+            continue
         for s in seeds:
             out = work / "runs" / f"{cand['label']}-{s}.json"
             student_cmds.append((
