@@ -47,6 +47,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     # ... with the terms of 8 consecutive batches computed in one step (one fixed cost per 8 batches): DCDConfig's
     # defaults.
     "dcd-rows1/16-bank8-group8": ("dcd", {"row_fraction": 0.0625, "bank": 8, "group": 8}),
+    # DCDConfig() as it is: a plain "method": "dcd" job (the setting above, unless the defaults change again).
+    "dcd-default": ("dcd", {}),
 }
 
 
