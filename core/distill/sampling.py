@@ -28,8 +28,9 @@ def _take_first_distinct(
 ) -> torch.Tensor:
     """Mark in ``chosen`` [A, M+1] the first ``need`` distinct valid draws of each row, in draw order.
 
-    ``pos`` [A, D] column draws, ``valid`` [A, D] accepted and not chosen before. Returns the count taken [A].
-    Keeping the first distinct values of i.i.d. draws is exactly sequential sampling without replacement.
+    ``pos`` [A, D] column draws, ``valid`` [A, D] accepted and not chosen before. Returns ``keep`` [A, D], the
+    draws taken. Keeping the first distinct values of i.i.d. draws is exactly sequential sampling without
+    replacement.
     """
     a, d = pos.shape
     m1 = chosen.shape[1]
@@ -42,8 +43,20 @@ def _take_first_distinct(
     is_first = valid & (first.gather(1, cand) == order)
     keep = is_first & (is_first.cumsum(1) <= need[:, None])
     chosen.scatter_(1, torch.where(keep, pos, m1 - 1), True)
-    return keep.sum(1)
+    return keep
 
+
+def _place(out: torch.Tensor, rows: torch.Tensor, count: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -> None:
+    """Write the kept draws of ``rows`` into ``out`` [R, k + 1] after each row's ``count`` entries (column k is a
+    sink for the draws not kept)."""
+    k = out.shape[1] - 1
+    slot = torch.where(keep, count[:, None] + keep.cumsum(1) - 1, k)
+    if rows.numel() == out.shape[0]:
+        out.scatter_(1, slot, pos)
+    else:
+        sub = out.index_select(0, rows)
+        sub.scatter_(1, slot, pos)
+        out.index_copy_(0, rows, sub)
 
 
 def _distinct_rounds(
@@ -58,21 +71,26 @@ def _distinct_rounds(
     draws. A chosen-bitmap [n_rows, n_cols + 1] (last column: sentinel) rules out repeats across rounds."""
     chosen = torch.zeros((n_rows, n_cols + 1), dtype=torch.bool, device=device)
     count = torch.zeros(n_rows, dtype=torch.int64, device=device)
+    out = torch.empty((n_rows, k + 1), dtype=torch.int64, device=device)  # the taken columns, in draw order
     active = torch.arange(n_rows, device=device)
     first_round = True
     while active.numel():
-        need = k - count.index_select(0, active)
+        have = count.index_select(0, active)
+        need = k - have
         cols, ok = draw(active, need, first_round)
         if first_round:  # every row is active and nothing is chosen yet: work on ``chosen`` in place
-            count += _take_first_distinct(cols, ok, need, chosen)
+            keep = _take_first_distinct(cols, ok, need, chosen)
         else:
             sub = chosen.index_select(0, active)
             ok &= ~sub.gather(1, cols)
-            count.index_add_(0, active, _take_first_distinct(cols, ok, need, sub))
+            keep = _take_first_distinct(cols, ok, need, sub)
             chosen.index_copy_(0, active, sub)
+        _place(out, active, have, cols, keep)
+        count.index_add_(0, active, keep.sum(1))
         active = active[count.index_select(0, active) < k]
         first_round = False
-    return chosen[:, :n_cols].nonzero()[:, 1].view(n_rows, k)
+    # Ascending columns per row (what reading the chosen-bitmap row by row gives), without scanning it.
+    return out[:, :k].sort(dim=1).values
 
 class WeightedRowSampler:
     """Exact sampling of k positions per row without replacement ∝ (weights + floor), for fixed weights.
