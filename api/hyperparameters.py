@@ -63,6 +63,7 @@ class DCDParams(DistillParams):
     deterministic_topk: bool | None = None
     chunk: int | None = Field(None, gt=0)
     bank: int | None = Field(None, ge=0)
+    bank_epochs: int | None = Field(None, ge=1, description="Epochs a sample bank is kept (refilled at refreshes).")
     group: int | None = Field(None, ge=1, description="Mini-batches per distillation step.")
     correction_order: Literal["released", "teacher"] | None = Field(
         None, description="released: under-estimated above over-estimated; teacher: all in teacher order."

@@ -89,6 +89,12 @@ class DCDConfig(DistillConfig):
         "drawn in bulk at each epoch start and each batch row uses one at random (same per-batch distribution, "
         "so the same expected gradient; samples repeat across batches). Much faster on CPU.",
     )
+    bank_epochs: int = Field(
+        1,
+        ge=1,
+        description="Epochs a bank is kept before it is drawn again (it is always drawn again after a rank "
+        "refresh, whose weights it samples). 1: a fresh bank every epoch; `period`: one bank per refresh.",
+    )
 
     @model_validator(mode="after")
     def _list_lengths(self) -> DCDConfig:
@@ -175,11 +181,15 @@ class DCDDistiller(Distiller):
         self._batches_left = n_batches
         if self.rkd is not None:
             self.rkd.resample(self.generator)
-        if (self.config.use_ucd or self.config.use_icd) and (
+        refreshed = (self.config.use_ucd or self.config.use_icd) and (
             epoch % self.config.period == 0 or self.user_disc is None
-        ):
+        )
+        if refreshed:
             self.refresh(student)
-        if self.config.bank > 0:
+        # A bank is drawn from the current weights: refilled at every refresh, and every `bank_epochs` epochs.
+        if self.config.bank > 0 and (
+            refreshed or epoch % self.config.bank_epochs == 0 or (self.user_bank is None and self.item_bank is None)
+        ):
             self.user_bank = self._fill_bank(self.user_sampler)
             self.item_bank = self._fill_bank(self.item_sampler)
 

@@ -273,6 +273,22 @@ def test_correction_m_limits_ucd_and_icd_to_the_list_prefix(data: SimpleNamespac
         d.prepare(teacher, data, "cpu")  # ... but the item lists to N_USERS - 1 = 29 < p
 
 
+def test_bank_epochs_keeps_a_bank_until_the_next_refresh_or_its_epoch_count(data: SimpleNamespace) -> None:
+    d, _, student = dcd(data, bank=2, bank_epochs=3, period=2)
+    first = d.user_bank.clone(), d.item_bank.clone()
+    d.on_epoch_start(student, 1)  # no refresh (1 % 2), not a bank epoch (1 % 3): the same bank
+    assert torch.equal(d.user_bank, first[0]) and torch.equal(d.item_bank, first[1])
+    d.on_epoch_start(student, 2)  # a refresh: the weights changed, so the bank is drawn again
+    second = d.user_bank.clone()
+    assert not torch.equal(second, first[0])
+    d.on_epoch_start(student, 3)  # 3 % 3 == 0: drawn again although no refresh
+    assert not torch.equal(d.user_bank, second)
+    every, _, _ = dcd(data, bank=2, period=2)  # bank_epochs 1 (default): a new bank every epoch
+    b0 = every.user_bank.clone()
+    every.on_epoch_start(student, 1)
+    assert not torch.equal(every.user_bank, b0)
+
+
 def test_group_sums_the_row_terms_of_its_batches(data: SimpleNamespace) -> None:
     # RKD only, every row: its samples are fixed per epoch, so with a fixed student the grouped step must equal
     # the sum of the per-batch terms.
