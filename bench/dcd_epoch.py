@@ -41,13 +41,14 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "rrd-rows1/8": ("rrd", {"row_fraction": 0.125}),
     "dcd-rows1/8": ("dcd", {"row_fraction": 0.125}),
     # ... plus a per-epoch bank of 8 exact samples per row (same per-batch distribution, drawn in bulk).
-    "dcd-rows1/8-bank8": ("dcd", {"row_fraction": 0.125, "bank": 8}),
+    "dcd-rows1/8-bank8": ("dcd", {"row_fraction": 0.125, "bank": 8, "bank_epochs": 1}),
     # The fast configuration (quality checked against dcd-rows1/8 in bench/results/quality-ml-1m-ucd-study.json).
-    "dcd-rows1/16-bank8": ("dcd", {"row_fraction": 0.0625, "bank": 8}),
-    # ... with the terms of 8 consecutive batches computed in one step (one fixed cost per 8 batches): DCDConfig's
-    # defaults.
-    "dcd-rows1/16-bank8-group8": ("dcd", {"row_fraction": 0.0625, "bank": 8, "group": 8}),
-    # DCDConfig() as it is: a plain "method": "dcd" job (the setting above, unless the defaults change again).
+    "dcd-rows1/16-bank8": ("dcd", {"row_fraction": 0.0625, "bank": 8, "bank_epochs": 1}),
+    # ... with the terms of 8 consecutive batches computed in one step (one fixed cost per 8 batches).
+    "dcd-rows1/16-bank8-group8": ("dcd", {"row_fraction": 0.0625, "bank": 8, "group": 8, "bank_epochs": 1}),
+    # ... with one bank per refresh period (bank_epochs 3) instead of one per epoch: DCDConfig's defaults.
+    "dcd-rows1/16-bank8-group8-bankepochs3": ("dcd", {"row_fraction": 0.0625, "bank": 8, "group": 8, "bank_epochs": 3}),
+    # DCDConfig() as it is: a plain "method": "dcd" job.
     "dcd-default": ("dcd", {}),
 }
 

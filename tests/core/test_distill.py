@@ -283,10 +283,16 @@ def test_bank_epochs_keeps_a_bank_until_the_next_refresh_or_its_epoch_count(data
     assert not torch.equal(second, first[0])
     d.on_epoch_start(student, 3)  # 3 % 3 == 0: drawn again although no refresh
     assert not torch.equal(d.user_bank, second)
-    every, _, _ = dcd(data, bank=2, period=2)  # bank_epochs 1 (default): a new bank every epoch
+    every, _, _ = dcd(data, bank=2, bank_epochs=1, period=2)  # a new bank every epoch
     b0 = every.user_bank.clone()
     every.on_epoch_start(student, 1)
     assert not torch.equal(every.user_bank, b0)
+    per_refresh, _, _ = dcd(data, bank=2, period=2)  # the default: one bank per refresh period
+    b0 = per_refresh.user_bank.clone()
+    per_refresh.on_epoch_start(student, 1)
+    assert torch.equal(per_refresh.user_bank, b0)
+    per_refresh.on_epoch_start(student, 2)
+    assert not torch.equal(per_refresh.user_bank, b0)
 
 
 def test_group_sums_the_row_terms_of_its_batches(data: SimpleNamespace) -> None:
