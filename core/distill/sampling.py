@@ -92,6 +92,7 @@ def _distinct_rounds(
     # Ascending columns per row (what reading the chosen-bitmap row by row gives), without scanning it.
     return out[:, :k].sort(dim=1).values
 
+
 class WeightedRowSampler:
     """Exact sampling of k positions per row without replacement ∝ (weights + floor), for fixed weights.
 
