@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.names import dcd_list_problem
 
@@ -69,6 +69,13 @@ class DCDParams(DistillParams):
         None, description="released: under-estimated above over-estimated; teacher: all in teacher order."
     )
 
+    @model_validator(mode="after")
+    def _list_lengths(self) -> DCDParams:
+        problem = dcd_list_problem(self.m, self.p, self.correction_m)  # the rule DCDConfig applies
+        if problem:
+            raise ValueError(problem)
+        return self
+
 
 class RRDParams(DistillParams):
     """``core.distill.rrd.RRDConfig`` keys (torch-free mirror; a test keeps them equal)."""
@@ -108,9 +115,7 @@ def check_hyperparameters(method: str, hp: dict[str, Any]) -> dict[str, Any]:
             model.model_validate(group)
         except ValidationError as exc:
             err = exc.errors()[0]
+            if not err["loc"]:  # a rule across keys: its message names them
+                raise ValueError(f"{prefix}{err['ctx']['error']}") from None
             raise ValueError(f"{prefix}{err['loc'][0]}: {err['msg']} (got {err.get('input')!r})") from None
-    if method == "dcd":
-        problem = dcd_list_problem(hp.get("m"), hp.get("p"), hp.get("correction_m"))
-        if problem:
-            raise ValueError(problem)
     return {**train, **{TEACHER_PREFIX + k: v for k, v in teacher.items()}, **hp}
