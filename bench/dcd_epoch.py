@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.data import SplitData, load_interactions, split  # noqa: E402
-from core.distill import build_distiller  # noqa: E402
+from core.distill import RELEASED_PROCEDURE, build_distiller  # noqa: E402
 from core.models.bpr import BPRMF  # noqa: E402
 from core.train import TrainConfig, fit  # noqa: E402
 
@@ -35,7 +35,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "none": ("none", {}),
     "rrd": ("rrd", {}),
     # The released code's procedure: every row, fresh samples every mini-batch, one step per batch.
-    "dcd": ("dcd", {"row_fraction": 1.0, "bank": 0, "group": 1}),
+    "dcd": ("dcd", RELEASED_PROCEDURE),
     # row_fraction: the distillation terms on a random 1/8 of each batch's distinct users/items, weights x8
     # (same expected gradient, see core/distill/base.py).
     "rrd-rows1/8": ("rrd", {"row_fraction": 0.125}),

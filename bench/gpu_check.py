@@ -62,7 +62,7 @@ def main() -> int:
 
     from core.data import load_interactions, split
     from core.datasets import resolve
-    from core.distill import build_distiller
+    from core.distill import RELEASED_PROCEDURE, build_distiller
     from core.eval import evaluate
     from core.models import build_model
     from core.train import TrainConfig, fit
@@ -104,8 +104,7 @@ def main() -> int:
         student = build_model("bpr", data.n_users, data.n_items, 20, train=data.train)
         # DCD as the released code computes it (every row, fresh samples per batch): the committed
         # gpu-check-h200.json was measured so, before DCDConfig's defaults became the fast setting.
-        spec = {"row_fraction": 1.0, "bank": 0, "group": 1} if method == "dcd" else {}
-        distiller = build_distiller(method, **spec)
+        distiller = build_distiller(method, **(RELEASED_PROCEDURE if method == "dcd" else {}))
         t = time.perf_counter()
         distiller.prepare(teacher, data, dev)
         sync()

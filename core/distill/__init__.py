@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from core.distill.base import DistillConfig, Distiller, NoneDistiller
-from core.distill.dcd import DCDConfig, DCDDistiller
+from core.distill.dcd import RELEASED_PROCEDURE, DCDConfig, DCDDistiller
 from core.distill.losses import relaxed_ranking_loss
 from core.distill.rrd import RRDConfig, RRDDistiller
 from core.distill.topm import teacher_topm
@@ -35,6 +35,7 @@ __all__ = [
     "DistillConfig",
     "Distiller",
     "NoneDistiller",
+    "RELEASED_PROCEDURE",
     "RRDConfig",
     "RRDDistiller",
     "build_distiller",

@@ -22,6 +22,10 @@ from core.names import DCD_DEFAULT_M, DCD_DEFAULT_P, dcd_list_problem
 
 logger = logging.getLogger(__name__)
 
+#: DCDConfig keys that make DCD compute its terms exactly as the released code does (every row of every batch,
+#: fresh samples per batch, one step per batch), in place of the fast defaults.
+RELEASED_PROCEDURE: dict[str, float | int] = {"row_fraction": 1.0, "bank": 0, "group": 1}
+
 
 class DCDConfig(DistillConfig):
     """DCD's options. The method's hyper-parameters (m, p, eps, period, lambdas, RKD's K/L/T) are the spec's.

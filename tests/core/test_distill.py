@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from core.distill import DISTILLERS, build_distiller, teacher_topm
+from core.distill import DISTILLERS, RELEASED_PROCEDURE, build_distiller, teacher_topm
 from core.distill.dcd import DCDDistiller, correction_weights
 from core.distill.losses import (
     RankingTerm,
@@ -167,8 +167,7 @@ def test_sampler_rejects_bad_inputs() -> None:
 def dcd(data: SimpleNamespace, **cfg) -> tuple[DCDDistiller, BPRMF, BPRMF]:
     teacher, student = models()
     # The released code's exact procedure unless a test asks otherwise (every row, fresh samples, no groups).
-    spec = {"row_fraction": 1.0, "bank": 0, "group": 1}
-    d = build_distiller("dcd", m=10, p=3, rkd_k=4, rkd_l=5, chunk=7, **{**spec, **cfg})
+    d = build_distiller("dcd", m=10, p=3, rkd_k=4, rkd_l=5, chunk=7, **{**RELEASED_PROCEDURE, **cfg})
     assert isinstance(d, DCDDistiller)
     d.prepare(teacher, data, "cpu")
     d.on_epoch_start(student, 0)
