@@ -23,7 +23,11 @@ def build_distiller(name: str, **cfg: Any) -> Distiller:
     try:
         config = cls.config_cls(**cfg)
     except ValidationError as exc:
-        fields = ", ".join(".".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in exc.errors())
+        # A rule across keys has no location; its message names the keys.
+        fields = ", ".join(
+            (".".join(str(p) for p in e["loc"]) + f": {e['msg']}") if e["loc"] else str(e["ctx"]["error"])
+            for e in exc.errors()
+        )
         raise ValueError(f"invalid {name} distiller config ({fields})") from exc
     return cls(config)
 
