@@ -155,7 +155,7 @@ def merge(work: Path, grid: dict[str, Any], seeds: list[str], args: argparse.Nam
         "selection": "per method, the candidate with the best mean validation NDCG@10 over its finished seeds",
         "seeds_requested": seeds,
         "selected": {k: v[1] for k, v in best.items()},
-        **({"how_it_was_run": args.how} if getattr(args, "how", None) else {}),
+        **({"how_it_was_run": args.how} if args.how else {}),
         # Library versions and CPU capability of the runs (the first run file that records them).
         "versions": next(
             (v for f in sorted((work / "runs").glob("*.json")) if (v := json.loads(f.read_text()).get("versions"))),
