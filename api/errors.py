@@ -45,9 +45,24 @@ class Conflict(APIError):
     code = "conflict"
 
 
-class PayloadTooLarge(APIError):
+class BodyReadError(APIError, StarletteHTTPException):
+    """Raised while a request body is read. FastAPI turns any exception from its body read into a bare 400
+    except HTTPException, which it re-raises; the APIError handler still formats it (first in the MRO)."""
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        Exception.__init__(self, detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class PayloadTooLarge(BodyReadError):
     status_code = 413
     code = "payload_too_large"
+
+
+class RequestTimeout(BodyReadError):
+    status_code = 408
+    code = "request_timeout"
 
 
 class Unauthorized(APIError):

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from api.auth import warn_if_open
 from api.errors import install_error_handlers
 from api.holder import IndexHolder
+from api.limits import BodyLimitMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.routers import datasets, health, items, jobs, models, recommend
 from core.db.session import session_factory
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 1.0
     app.router.routes[:0] = recommend.router.routes
     for module in (items, health, datasets, jobs, models):
         app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 

@@ -199,6 +199,9 @@ class ServingBundle:
         self.item_ids = np.asarray(item_ids, dtype=object)
         self.user_index = {u: i for i, u in enumerate(self.user_ids)}
         self.item_index = {it: i for i, it in enumerate(item_ids)}
+        # The most commas any item id holds: a comma-separated exclude list never needs to glue more
+        # than this many + 1 pieces back together to find an id (keeps parsing linear; see api recommend).
+        self.item_max_commas = max((str(it).count(",") for it in item_ids), default=0)
         self.model_id = model_id
         self.kind: IndexKind = kind
         self.ef_search = ef_search

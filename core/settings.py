@@ -63,6 +63,40 @@ class Settings(BaseSettings):
         validation_alias="RECDISTILL_MAX_K",
         description="Largest k (and k + offset) a recommendation request may ask for.",
     )
+    # Request limits: what one request may cost the server (each is refused with a 4xx naming it).
+    max_exclude: int = Field(
+        1000,
+        gt=0,
+        validation_alias="RECDISTILL_MAX_EXCLUDE",
+        description="Most item ids one recommendation request may exclude (comma-separated parts of "
+        "`exclude` count one each).",
+    )
+    max_batch_users: int = Field(
+        10_000,
+        gt=0,
+        validation_alias="RECDISTILL_MAX_BATCH_USERS",
+        description="Most users in one POST /recommend/batch.",
+    )
+    max_batch_items: int = Field(
+        100_000,
+        gt=0,
+        validation_alias="RECDISTILL_MAX_BATCH_ITEMS",
+        description="Most items one POST /recommend/batch may return: users x (k + offset) is refused above "
+        "it, which bounds the response (~40 bytes an item) and the work behind it.",
+    )
+    max_body_kb: int = Field(
+        1024,
+        gt=0,
+        validation_alias="RECDISTILL_MAX_BODY_KB",
+        description="Largest request body in KiB, uploads excepted (they have RECDISTILL_MAX_UPLOAD_MB).",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        validation_alias="RECDISTILL_BODY_TIMEOUT",
+        description="Seconds a request body may stall (no bytes arriving) before the request is answered "
+        "408 and its connection closed.",
+    )
     index: Literal["flat", "hnsw"] = Field(
         "flat",
         validation_alias="RECDISTILL_INDEX",
