@@ -33,17 +33,16 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def parse_exclude(values: list[str], bundle: ServingBundle, limit: int) -> list[str]:
     """Split ``exclude=i1,i2`` on commas, keeping ids that contain commas ("Godfather, The (1972)") whole.
 
-    At most ``limit`` comma-separated parts in all (422 naming ``exclude`` above it). A run of pieces is
-    glued back together only up to the most commas any catalogue id holds (``bundle.item_max_commas``),
-    so the work is linear in the parts for the usual comma-free catalogue, however long the list.
+    At most ``limit`` comma-separated parts in all (422 naming ``exclude`` above it). At each piece only the
+    runs that could spell a catalogue id starting there are glued back (``bundle.comma_id_widths``), so the
+    work is linear in the parts (one lookup each for a comma-free catalogue), however long the list.
     """
     n_parts = sum(value.count(",") + 1 for value in values)
     if n_parts > limit:
         raise InvalidInput(f"exclude: at most {limit} item ids (RECDISTILL_MAX_EXCLUDE), got {n_parts}",
                            code="too_many_excluded")
     out: list[str] = []
-    known = bundle.item_index
-    widest = bundle.item_max_commas + 1
+    known, widths = bundle.item_index, bundle.comma_id_widths
     for value in values:
         if value in known:
             out.append(value)
@@ -51,11 +50,13 @@ def parse_exclude(values: list[str], bundle: ServingBundle, limit: int) -> list[
         parts = value.split(",")
         i = 0
         while i < len(parts):
-            for j in range(min(len(parts), i + widest), i, -1):  # longest run of pieces naming a known item
-                candidate = ",".join(parts[i:j])
+            for n in (*widths.get(parts[i].lstrip(), ()), 1):  # longest run of pieces naming a known item
+                if i + n > len(parts):
+                    continue
+                candidate = ",".join(parts[i : i + n])
                 if candidate in known or candidate.strip() in known:
                     out.append(candidate if candidate in known else candidate.strip())
-                    i = j
+                    i += n
                     break
             else:
                 out.append(parts[i].strip())  # unknown ids are simply not in the catalogue

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.routers.recommend import parse_exclude
 from core.db.models import Base
 from core.db.session import dispose_engines, get_engine
-from core.index import ServingBundle
+from core.index import ServingBundle, _comma_id_widths
 from core.settings import Settings
 
 
@@ -39,17 +39,22 @@ class CountingIndex(dict[str, int]):
 class FakeBundle:
     def __init__(self, ids: list[str]) -> None:
         self.item_index = CountingIndex({i: n for n, i in enumerate(ids)})
-        self.item_max_commas = max(i.count(",") for i in ids)
+        self.comma_id_widths = _comma_id_widths(self.item_index)
 
 
 def test_exclude_parsing_is_linear_in_the_parts() -> None:
     # 2,600 unknown ids froze the server for 40 s: each start position tried every longer run of pieces.
-    bundle = FakeBundle(["a", "b", "Godfather, The (1972)"])
+    # Even a catalogue with an id of 999 commas only glues runs that start with that id's first piece.
+    bundle = FakeBundle(["a", "b", "Godfather, The (1972)", ",".join(["y"] * 1000)])
     CountingIndex.lookups = 0
     parts = [f"x{i}" for i in range(1000)]
     assert parse_exclude([",".join(parts)], bundle, 1000) == parts  # type: ignore[arg-type]
-    # per part: at most (item_max_commas + 1) runs tried, two membership tests each, plus the whole value
-    assert CountingIndex.lookups <= 1 + 1000 * 2 * 2
+    # per part: one run tried (no id starts with "x..."), two membership tests, plus the whole value
+    assert CountingIndex.lookups <= 1 + 1000 * 2
+    CountingIndex.lookups = 0
+    long_id = ",".join(["y"] * 1000)
+    assert parse_exclude([f"{long_id},z"], bundle, 2000) == [long_id, "z"]  # type: ignore[arg-type]
+    assert CountingIndex.lookups <= 6
 
 
 def test_exclude_keeps_ids_with_commas_and_spaces() -> None:
