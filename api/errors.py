@@ -143,7 +143,11 @@ async def _bundle_error(_: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
-    return JSONResponse(_body(exc.detail, code), status_code=exc.status_code, headers=exc.headers)
+    detail = exc.detail
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+        # FastAPI's body read turns the JSON parser's recursion limit into a bare "error parsing the body".
+        detail, code = "malformed JSON body: nested too deeply", "malformed_json"
+    return JSONResponse(_body(detail, code), status_code=exc.status_code, headers=exc.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

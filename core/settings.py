@@ -72,7 +72,7 @@ class Settings(BaseSettings):
         "`exclude` count one each).",
     )
     max_batch_users: int = Field(
-        10_000,
+        1000,
         gt=0,
         validation_alias="RECDISTILL_MAX_BATCH_USERS",
         description="Most users in one POST /recommend/batch.",
