@@ -10,8 +10,10 @@ import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,21 @@ logger = logging.getLogger(__name__)
 
 # The folder that holds the ``core`` package: the child imports the same code as this process.
 _CODE_ROOT = str(Path(core.__file__).resolve().parents[1])
-# One thread per library pool is plenty for a parse, and each pool's reserved stacks count against RLIMIT_AS.
+# One thread per library pool is plenty for a parse.
 _CHILD_THREADS = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+_POLL_S = 0.1
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` in MiB from /proc (0 where there is no /proc: no memory limit there)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 class IngestRunner:
@@ -44,23 +59,40 @@ class IngestRunner:
         return env
 
     def _run_child(self, req: IngestRequest) -> dict[str, Any]:
-        """Blocking: run one child (in a worker thread) and return its JSON answer."""
+        """Blocking: run one child (in a worker thread), watch its time and memory, return its JSON answer."""
         s = self.settings
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "core.ingest"], input=json.dumps(dataclasses.asdict(req)).encode(),
-                capture_output=True, timeout=s.ingest_timeout_s, env=self._child_env(), cwd=_CODE_ROOT, check=False,
-            )
-        except subprocess.TimeoutExpired:  # subprocess.run has killed the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "core.ingest"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=self._child_env(), cwd=_CODE_ROOT,
+        )
+        data: bytes | None = json.dumps(dataclasses.asdict(req)).encode()
+        deadline = time.monotonic() + s.ingest_timeout_s
+        stopped = ""
+        while True:
+            try:
+                out, err = proc.communicate(input=data, timeout=_POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                data = None  # already sent; communicate() keeps what was read so far
+            # RSS rather than RLIMIT_AS: an address-space limit makes pandas fail with misleading parse errors.
+            if _rss_mb(proc.pid) > s.ingest_memory_mb:
+                stopped = "memory"
+            elif time.monotonic() > deadline:
+                stopped = "time"
+            if stopped:
+                proc.kill()
+                proc.communicate()
+                break
+        if stopped == "time":
             return {"ok": False, "status": 413, "code": "ingest_timeout",
                     "detail": f"file: parsing took longer than the limit of {s.ingest_timeout_s:g} s "
                               "(RECDISTILL_INGEST_TIMEOUT)"}
-        lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+        if stopped == "memory" or proc.returncode == -signal.SIGKILL:  # ours, or the kernel's OOM killer
+            return {"ok": False, "status": 413, "code": "ingest_memory",
+                    "detail": "file: parsing it needs more memory than allowed"}
+        lines = out.decode("utf-8", "replace").strip().splitlines()
         if proc.returncode != 0 or not lines:
-            logger.error("ingest child exited with %s: %s", proc.returncode, proc.stderr.decode("utf-8", "replace")[-4000:])
-            if proc.returncode < 0:  # killed by a signal: the kernel's OOM killer, most likely
-                return {"ok": False, "status": 413, "code": "ingest_memory",
-                        "detail": f"file: parsing was stopped (signal {-proc.returncode}), most likely out of memory"}
+            logger.error("ingest child exited with %s: %s", proc.returncode, err.decode("utf-8", "replace")[-4000:])
             return {"ok": False, "status": 422, "code": "ingest_failed",
                     "detail": f"file: could not be parsed (parser exited with status {proc.returncode})"}
         answer: dict[str, Any] = json.loads(lines[-1])

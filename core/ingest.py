@@ -1,7 +1,7 @@
 """Upload ingestion: ``python -m core.ingest`` parses and validates one stored upload in a child process.
 
 The parent sends a JSON :class:`IngestRequest` on stdin and reads one JSON line back, so a large file or a
-decompression bomb costs the child's (capped) memory, never the API's. Also the sweep of crash leftovers.
+decompression bomb costs the child's memory (watched by the parent, api.ingest), never the API's. Also the sweep of crash leftovers.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ class IngestRequest:
     sep: str | None
     rating_threshold: float | None
     max_decompressed_bytes: int
-    memory_mb: int
 
 
 def decompressed_size(path: Path, fmt: str, limit: int) -> int:
@@ -114,16 +113,13 @@ def run(req: IngestRequest) -> dict[str, Any]:
     except DataError as exc:
         return _refusal(422, "invalid_data", str(exc))
     except MemoryError:
-        return _refusal(413, "ingest_memory", f"parsing the file needs more than {req.memory_mb} MiB of memory")
+        return _refusal(413, "ingest_memory", "parsing the file needs more memory than allowed")
     except ValueError as exc:  # pandas' own complaints about a file it cannot read
         return _refusal(422, "invalid_data", f"{Path(req.path).name}: unparsable file: {exc}")
 
 
 def main() -> int:
     req = IngestRequest(**json.loads(sys.stdin.read()))
-    # Address space, not RSS: the only limit the kernel enforces per process without cgroups.
-    limit = req.memory_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     out = run(req)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     sys.stdout.write(json.dumps(out) + "\n")

@@ -86,8 +86,8 @@ class Settings(BaseSettings):
         8192,
         gt=0,
         validation_alias="RECDISTILL_INGEST_MEMORY_MB",
-        description="Address-space limit of the child process that parses an upload, in MiB (about 8x the "
-        "text size of a CSV is needed to parse it).",
+        description="Resident memory the child process that parses an upload may use, in MiB (checked every "
+        "0.1 s; past it the child is killed and the upload refused with 413).",
     )
     upload_leftover_age_s: float = Field(
         3600.0,
