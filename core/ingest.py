@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import lzma
+import math
 import re
 import resource
 import shutil
+import signal
 import sys
 import time
 import zlib
@@ -50,6 +52,7 @@ class IngestRequest:
     sep: str | None
     rating_threshold: float | None
     max_decompressed_bytes: int
+    timeout_s: float
 
 
 def decompressed_size(path: Path, fmt: str, limit: int) -> int:
@@ -120,6 +123,9 @@ def run(req: IngestRequest) -> dict[str, Any]:
 
 def main() -> int:
     req = IngestRequest(**json.loads(sys.stdin.read()))
+    # The parent kills a child past the limit; this alarm (default action: exit) also ends one whose parent
+    # was killed first and can no longer watch it.
+    signal.alarm(math.ceil(req.timeout_s) + 5)
     out = run(req)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     sys.stdout.write(json.dumps(out) + "\n")
@@ -160,8 +166,11 @@ def sweep_upload_leftovers(
             continue
     if not old:
         return []
+    known: set[str] = set()
     with sessions() as session:
-        known = set(session.scalars(select(Dataset.id).where(Dataset.id.in_([f.name for f in old]))))
+        for i in range(0, len(old), 500):  # SQLite caps the parameters of one statement
+            batch = [f.name for f in old[i : i + 500]]
+            known.update(session.scalars(select(Dataset.id).where(Dataset.id.in_(batch))))
     removed = []
     for folder in old:
         if folder.name not in known:

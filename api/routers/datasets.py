@@ -130,6 +130,7 @@ async def create_dataset(request: Request, settings: SettingsDep) -> DatasetPubl
                 path=str(data), fmt=fmt, user_col=form.user_col, item_col=form.item_col, rating_col=form.rating_col,
                 timestamp_col=form.timestamp_col, sep=form.sep, rating_threshold=form.rating_threshold,
                 max_decompressed_bytes=settings.max_upload_decompressed_mb * 1024 * 1024,
+                timeout_s=settings.ingest_timeout_s,
             ),
             filename,
         )
