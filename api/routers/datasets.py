@@ -19,6 +19,7 @@ from api.errors import InvalidInput, describe_validation
 from api.ingest import IngestRunner
 from api.schemas import (
     ID_PATTERN,
+    SEPARATORS,
     DatasetCreate,
     DatasetPublic,
     DatasetsPublic,
@@ -38,16 +39,32 @@ DatasetId = Annotated[str, PathParam(pattern=ID_PATTERN, description="32-charact
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".inter": "inter", ".parquet": "parquet", ".pq": "parquet"}
 COMPRESSIONS = (".gz", ".bz2", ".xz")
 
+_FORM_FIELDS: dict[str, dict[str, Any]] = {
+    name: {"type": "string", "description": field.description or ""} for name, field in DatasetCreate.model_fields.items()
+}
+_FORM_FIELDS["format"]["enum"] = sorted(set(EXTENSIONS.values()))
+_FORM_FIELDS["sep"]["enum"] = [*sorted(SEPARATORS), "\\t"]
 _FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["file"],
     "properties": {
-        "file": {"type": "string", "format": "binary", "description": "CSV, TSV, Parquet or RecBole .inter"},
-        **{
-            name: {"type": "string", "description": field.description or ""}
-            for name, field in DatasetCreate.model_fields.items()
+        "file": {
+            "type": "string", "format": "binary",
+            "description": f"CSV, TSV, Parquet or RecBole .inter ({', '.join(sorted(EXTENSIONS))}), optionally "
+            f"compressed ({', '.join(COMPRESSIONS)}). At most RECDISTILL_MAX_UPLOAD_MB as sent and "
+            "RECDISTILL_MAX_UPLOAD_DECOMPRESSED_MB once decompressed; it must hold at least 2 users and 2 items "
+            "and a user with 2 or more items (one to hold out).",
         },
+        **_FORM_FIELDS,
     },
+}
+_CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"description": "The file is larger than RECDISTILL_MAX_UPLOAD_MB, or than "
+          "RECDISTILL_MAX_UPLOAD_DECOMPRESSED_MB once decompressed, or parsing it passed "
+          "RECDISTILL_INGEST_TIMEOUT / RECDISTILL_INGEST_MEMORY_MB."},
+    422: {"description": "Malformed multipart body, bad form field, unreadable or untrainable data."},
+    503: {"description": "All RECDISTILL_INGEST_CONCURRENCY parse slots stayed busy for RECDISTILL_INGEST_WAIT "
+          "seconds; see Retry-After."},
 }
 
 
@@ -102,7 +119,7 @@ def _insert(sessions: sessionmaker[Session], settings: Settings, dataset_id: str
 
 @router.post(
     "", status_code=201, response_model=DatasetPublic, dependencies=[WriteAuth],
-    summary="Upload an interaction file (multipart, streamed to disk)",
+    summary="Upload an interaction file (multipart, streamed to disk)", responses=_CREATE_RESPONSES,
     openapi_extra={"requestBody": {"required": True,
                                    "content": {"multipart/form-data": {"schema": _FORM_SCHEMA}}}},
 )
