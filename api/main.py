@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from api.auth import warn_if_open
 from api.errors import install_error_handlers
 from api.holder import IndexHolder
+from api.ingest import IngestRunner, cleanup_upload_leftovers
 from api.limits import BodyLimitMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.routers import datasets, health, items, jobs, models, recommend
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 1.0
         # core; an API scales by uvicorn workers instead.
         faiss.omp_set_num_threads(1)
         settings.ensure_dirs()
+        await asyncio.to_thread(cleanup_upload_leftovers, settings, sessions)
         try:
             await asyncio.to_thread(holder.refresh)
         except Exception:  # no database yet, or it is down: start unready, the poller retries
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 1.0
     app.state.sessions = sessions
     app.state.holder = holder
     app.state.enqueue = _default_enqueue(settings)
+    app.state.ingest = IngestRunner(settings)
     app.state.metrics = Metrics(holder)
     install_error_handlers(app)
     # Serving routes first: the router matches in order, and they are the hot path. The recommend routes

@@ -57,6 +57,45 @@ class Settings(BaseSettings):
         validation_alias="RECDISTILL_MAX_UPLOAD_MB",
         description="Largest accepted dataset upload, in MiB.",
     )
+    max_upload_decompressed_mb: int = Field(
+        1024,
+        gt=0,
+        validation_alias="RECDISTILL_MAX_UPLOAD_DECOMPRESSED_MB",
+        description="Largest size of an upload's data once decompressed (.gz/.bz2/.xz, or Parquet's own "
+        "codecs), in MiB; larger ones are refused with 413 before they are parsed.",
+    )
+    ingest_concurrency: int = Field(
+        2,
+        gt=0,
+        validation_alias="RECDISTILL_INGEST_CONCURRENCY",
+        description="Uploads parsed at once per API process (each in its own child process).",
+    )
+    ingest_wait_s: float = Field(
+        30.0,
+        gt=0,
+        validation_alias="RECDISTILL_INGEST_WAIT",
+        description="Seconds an upload waits for a free parse slot before it is answered 503 with Retry-After.",
+    )
+    ingest_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        validation_alias="RECDISTILL_INGEST_TIMEOUT",
+        description="Wall-clock seconds a child process may spend parsing and validating one upload.",
+    )
+    ingest_memory_mb: int = Field(
+        8192,
+        gt=0,
+        validation_alias="RECDISTILL_INGEST_MEMORY_MB",
+        description="Resident memory the child process that parses an upload may use, in MiB (checked every "
+        "0.1 s; past it the child is killed and the upload refused with 413).",
+    )
+    upload_leftover_age_s: float = Field(
+        3600.0,
+        gt=0,
+        validation_alias="RECDISTILL_UPLOAD_LEFTOVER_AGE",
+        description="At start-up, dataset folders without a database row (a crash mid-upload) untouched for "
+        "this many seconds are removed; keep it above the longest upload plus its parse.",
+    )
     max_k: int = Field(
         1000,
         gt=0,
