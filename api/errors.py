@@ -49,9 +49,11 @@ class BodyReadError(APIError, StarletteHTTPException):
     """Raised while a request body is read. FastAPI turns any exception from its body read into a bare 400
     except HTTPException, which it re-raises; the APIError handler still formats it (first in the MRO)."""
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
-        Exception.__init__(self, detail)
+    def __init__(self, detail: str, *, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        Exception.__init__(self, detail)  # not HTTPException's __init__: status and code are class attributes
         self.detail = detail
+        if code is not None:
+            self.code = code
         self.headers = headers
 
 

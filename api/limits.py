@@ -28,15 +28,12 @@ from core.settings import Settings
 UPLOAD_ENVELOPE_BYTES = 4 * 1024 * 1024
 
 
-def body_limit(settings: Settings, method: str, path: str) -> int:
-    """The most body bytes a request to ``method path`` may send."""
+def body_limit(settings: Settings, method: str, path: str) -> tuple[int, str]:
+    """The most body bytes a request to ``method path`` may send, and how to say it in an error."""
     if method == "POST" and path.rstrip("/") == "/datasets":
-        return settings.max_upload_mb * 1024 * 1024 + UPLOAD_ENVELOPE_BYTES
-    return settings.max_body_kb * 1024
-
-
-def _describe(limit: int) -> str:
-    return f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit // 1024} KiB"
+        return (settings.max_upload_mb * 1024 * 1024 + UPLOAD_ENVELOPE_BYTES,
+                f"{settings.max_upload_mb} MiB (RECDISTILL_MAX_UPLOAD_MB) and its multipart envelope")
+    return settings.max_body_kb * 1024, f"{settings.max_body_kb} KiB (RECDISTILL_MAX_BODY_KB)"
 
 
 class BodyLimitMiddleware:
@@ -50,11 +47,10 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = body_limit(self.settings, scope["method"], scope["path"])
+        limit, described = body_limit(self.settings, scope["method"], scope["path"])
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _refuse(send, 413, f"request body is larger than the limit of {_describe(limit)}",
-                          "payload_too_large")
+            await _refuse(send, 413, f"request body is larger than the limit of {described}", "payload_too_large")
             return
         timeout = self.settings.body_timeout_s
         received = 0
@@ -74,7 +70,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise PayloadTooLarge(f"request body is larger than the limit of {_describe(limit)}",
+                    raise PayloadTooLarge(f"request body is larger than the limit of {described}",
                                           headers={"Connection": "close"})
                 done = not message.get("more_body", False)
             else:

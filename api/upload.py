@@ -102,9 +102,7 @@ async def receive_upload(request: Request, dest: Path, max_bytes: int) -> Upload
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise InvalidInput("expected a multipart/form-data body with a 'file' part", code="malformed_multipart")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes + 1024 * 1024:
-        raise PayloadTooLarge(f"request is larger than the limit of {max_bytes // (1024 * 1024)} MiB")
+    # A declared Content-Length past the limit was already refused by api.limits.BodyLimitMiddleware.
     collector = _Collector(max_bytes)
     parser = MultipartParser(
         params[b"boundary"],

@@ -100,6 +100,9 @@ def test_body_over_the_limit_is_413(client: TestClient, settings: Settings) -> N
     big = {"dataset_id": "0" * 32, "pad": "x" * (settings.max_body_kb * 1024)}
     res = client.post("/jobs", json=big)
     assert res.status_code == 413 and res.json()["code"] == "payload_too_large"
+    res = client.post("/datasets", content=b"x", headers={"Content-Length": str(10 << 20),
+                                                          "Content-Type": "multipart/form-data; boundary=b"})
+    assert res.status_code == 413 and "1 MiB (RECDISTILL_MAX_UPLOAD_MB)" in res.json()["detail"]
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is enforced while reading
         yield b'{"dataset_id": "'
@@ -108,7 +111,7 @@ def test_body_over_the_limit_is_413(client: TestClient, settings: Settings) -> N
         yield b'"}'
 
     res = client.post("/jobs", content=chunks(), headers={"Content-Type": "application/json"})
-    assert res.status_code == 413 and "limit of 1 MiB" in res.json()["detail"]
+    assert res.status_code == 413 and "limit of 1024 KiB (RECDISTILL_MAX_BODY_KB)" in res.json()["detail"]
 
 
 def test_deeply_nested_json_is_a_clear_400(client: TestClient) -> None:
