@@ -97,7 +97,7 @@ def run_worker(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from worker.embedded import LocalWorker
+    from worker.embedded import LocalWorker, LocalWorkerBusy
 
     settings = get_settings()
     _prepare(settings, args.migrate)
@@ -107,7 +107,11 @@ def run_serve(args: argparse.Namespace) -> int:
     # kill this process before the local worker is stopped. A no-op handler lets the finally clause run.
     signal.signal(signal.SIGTERM, lambda signum, frame: log.info("SIGTERM: shutting down"))
     if local is not None:
-        local.start()
+        try:
+            local.start()  # one local worker per RECDISTILL_HOME: waits for a previous server's to exit
+        except LocalWorkerBusy as exc:
+            log.error("%s", exc)
+            return 1
     try:
         uvicorn.run(
             "api.main:app",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.db.models import FINAL_STATUSES, JOB_STATUSES, Activation, Dataset, Job, Model, utcnow
@@ -180,36 +181,109 @@ def update_owned_job(session: Session, job_id: str, worker_id: str, **values: An
     return res.rowcount == 1  # type: ignore[attr-defined]
 
 
-def requeue_stale_jobs(session: Session, lease_s: float, include_queued: bool = False) -> list[str]:
-    """Put running jobs whose heartbeat is older than the lease back to queued; return their ids.
-
-    Each job is moved by one conditional UPDATE, so concurrent sweepers re-enqueue it once.
-    With ``include_queued`` the ids of jobs already queued are returned too (server start-up).
-    """
+def _stale(lease_s: float) -> ColumnElement[bool]:
+    """A running job's lease has lapsed: no heartbeat for ``lease_s`` seconds."""
     cutoff = utcnow() - timedelta(seconds=lease_s)
-    stale_ids = session.scalars(
-        select(Job.id).where(
-            Job.status == "running", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
+    return or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
+
+
+def cancel_abandoned(session: Session, job_id: str, lease_s: float) -> bool:
+    """Honour a cancel nobody is left to act on: a job with ``cancel_requested`` that is queued (its worker
+    handed it back, or a cancel raced with a release) or running on a lapsed lease ends ``cancelled``.
+
+    Without this such a job stays queued for ever: claims refuse it because of the flag. The caller commits
+    and removes the job's training state.
+    """
+    res = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.cancel_requested.is_(True),
+            or_(Job.status == "queued", (Job.status == "running") & _stale(lease_s)),
         )
-    ).all()
-    moved: list[str] = []
-    for job_id in stale_ids:
-        res = session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.status == "running",
-                or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff),
+        .values(status="cancelled", worker_id=None, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+@dataclass
+class Recovery:
+    """What ``recover_jobs`` did: jobs put back in the queue, cancels honoured, and jobs already queued."""
+
+    requeued: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
+
+    @property
+    def to_enqueue(self) -> list[str]:
+        """Jobs that need a (new) queue message: the requeued ones, then those already queued."""
+        return self.requeued + [j for j in self.queued if j not in self.requeued]
+
+
+def recover_jobs(
+    session: Session,
+    *,
+    lease_s: float | None = None,
+    worker_ids: Sequence[str] = (),
+    include_queued: bool = False,
+) -> Recovery:
+    """Take running jobs away from workers that are gone and resolve them; the one recovery state machine.
+
+    A running job counts as abandoned when its heartbeat is older than ``lease_s`` (the sweeper) or its
+    worker is one of ``worker_ids`` (known dead: the server saw its local worker exit). An abandoned job goes
+    back to ``queued``, unless a cancel was requested: then it ends ``cancelled`` (the caller drops its
+    training state). Queued jobs with a pending cancel are resolved the same way. Each job moves by one
+    conditional UPDATE, so concurrent sweepers never handle it twice. With ``include_queued`` the ids of jobs
+    already queued are returned too (a worker's start-up: their message may have been lost).
+    """
+    abandoned: list[ColumnElement[bool]] = []
+    if lease_s is not None:
+        abandoned.append(_stale(lease_s))
+    if worker_ids:
+        abandoned.append(Job.worker_id.in_(list(worker_ids)))
+    rec = Recovery()
+    if abandoned:
+        running = (Job.status == "running") & or_(*abandoned)
+        for job_id in session.scalars(select(Job.id).where(running).order_by(Job.created_at)).all():
+            res = session.execute(
+                update(Job)
+                .where(Job.id == job_id, running)
+                .values(
+                    status=case((Job.cancel_requested.is_(True), "cancelled"), else_="queued"),
+                    worker_id=None,
+                    finished_at=case((Job.cancel_requested.is_(True), utcnow()), else_=Job.finished_at),
+                )
+                .execution_options(synchronize_session=False)
             )
-            .values(status="queued", worker_id=None)
-            .execution_options(synchronize_session=False)
+            if res.rowcount == 1:  # type: ignore[attr-defined]
+                rec.requeued.append(job_id)
+    limbo = session.scalars(select(Job.id).where(Job.status == "queued", Job.cancel_requested.is_(True))).all()
+    for job_id in limbo:
+        if cancel_abandoned(session, job_id, lease_s or 0.0):
+            rec.cancelled.append(job_id)
+    # Which of the moved jobs were cancelled: read back once (the UPDATE decided it atomically).
+    if rec.requeued:
+        done = set(
+            session.scalars(select(Job.id).where(Job.id.in_(rec.requeued), Job.status == "cancelled")).all()
         )
-        if res.rowcount == 1:  # type: ignore[attr-defined]
-            moved.append(job_id)
+        rec.cancelled = [j for j in rec.requeued if j in done] + rec.cancelled
+        rec.requeued = [j for j in rec.requeued if j not in done]
     if include_queued:
-        queued = session.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.created_at)).all()
-        moved.extend(j for j in queued if j not in moved)
-    return moved
+        rec.queued = list(
+            session.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.created_at)).all()
+        )
+    return rec
+
+
+def final_job_ids(session: Session, job_ids: Sequence[str]) -> set[str]:
+    """Which of ``job_ids`` are finished or have no row: their training state will never be used again."""
+    live = set(
+        session.scalars(
+            select(Job.id).where(Job.id.in_(list(job_ids)), Job.status.not_in(FINAL_STATUSES))
+        ).all()
+    )
+    return {j for j in job_ids if j not in live}
 
 
 # ---------------------------------------------------------------- models and activations

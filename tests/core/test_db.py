@@ -228,11 +228,11 @@ def test_requeue_moves_only_stale_running_jobs_once(db_url: str) -> None:
         repo.claim_job(s, stale, "w2", 60)
         s.execute(update(Job).where(Job.id == stale).values(heartbeat_at=utcnow() - timedelta(seconds=300)))
     with session_scope(db_url) as s:
-        assert repo.requeue_stale_jobs(s, lease_s=60) == [stale]
+        assert repo.recover_jobs(s, lease_s=60).to_enqueue == [stale]
     with session_scope(db_url) as s:
-        assert repo.requeue_stale_jobs(s, lease_s=60) == []
+        assert repo.recover_jobs(s, lease_s=60).to_enqueue == []
         assert repo.get_job(s, stale).status == "queued"
-        assert set(repo.requeue_stale_jobs(s, lease_s=60, include_queued=True)) == {stale, queued}
+        assert set(repo.recover_jobs(s, lease_s=60, include_queued=True).to_enqueue) == {stale, queued}
         assert repo.count_jobs_by_status(s) == {
             "queued": 2,
             "running": 1,
