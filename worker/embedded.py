@@ -219,8 +219,10 @@ class LocalWorker:
                     return
                 log.warning("local worker (pid %d) exited with %s; restarting it", proc.pid, proc.returncode)
                 self._recover(worker_id_for(proc.pid))
-                # A worker that dies right after starting (bad configuration) is restarted ever more slowly.
-                delay = self.restart_delay if time.monotonic() - started > 60 else min(2 * delay, 30.0)
+                # A worker that exits by itself soon after starting (bad configuration, broker unreachable) is
+                # restarted ever more slowly; one killed by a signal (kill -9, the OOM killer) comes back at once.
+                crash_loop = proc.returncode >= 0 and time.monotonic() - started < 30
+                delay = min(2 * delay, 30.0) if crash_loop else self.restart_delay
                 if self._stopping.wait(delay):
                     return
         finally:
