@@ -55,6 +55,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         ARTIFACT_DIR=str(settings.artifact_dir),
         RECDISTILL_JOB_LEASE=str(settings.job_lease_s),
         RECDISTILL_HEARTBEAT=str(settings.heartbeat_s),
+        RECDISTILL_SWEEP_INTERVAL=str(settings.sweep_interval_s),
         RECDISTILL_DEVICE=settings.device,
     )
     if settings.torch_threads is not None:

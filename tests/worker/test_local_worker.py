@@ -4,6 +4,7 @@ whatever the signal; one local worker per home; a dead worker's jobs are handed 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import signal
@@ -231,3 +232,55 @@ def test_dead_local_worker_hands_its_jobs_back_at_once(
         gone = repo.get_job(s, cancelling)
         assert (gone.status, gone.worker_id) == ("cancelled", None) and gone.finished_at is not None
     assert not store.job_dir(cancelling).exists()
+
+
+def test_a_new_server_releases_the_jobs_a_dead_servers_worker_left_running(
+    embedded: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An orphan that had to exit hard (or a worker killed with its server) left its job running; the lock
+    # being free proves it is gone, and its record names the job's owner.
+    sent: list[str] = []
+    monkeypatch.setattr(embedded_module, "enqueue_job", lambda job_id, settings: sent.append(job_id))
+    job_id = create_job(embedded)
+    dead = worker_id_for(2**22 + 1)
+    with session_scope(embedded.database_url) as s:
+        assert repo.claim_job(s, job_id, dead, 3600)
+    (embedded.home / embedded_module.LOCK_FILE).write_text(json.dumps({"serve_pid": 1, "worker_id": dead}))
+    worker = LocalWorker(embedded, command=[sys.executable, "-c", CHILD])
+    worker.start()
+    try:
+        with session_scope(embedded.database_url) as s:
+            assert (repo.get_job(s, job_id).status, sent) == ("queued", [job_id])
+    finally:
+        worker.stop()
+
+
+def test_a_worker_that_keeps_failing_at_start_is_restarted_ever_more_slowly(
+    embedded: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: list[float] = []
+    worker = LocalWorker(embedded, restart_delay=0.01)
+    spawned: list[FakeProc] = []
+
+    def failing_spawn() -> FakeProc:
+        proc = FakeProc(len(spawned) + 1, alive=False)
+        spawned.append(proc)
+        if len(spawned) == 4:
+            worker._stopping.set()
+        return proc
+
+    real_wait = worker._stopping.wait
+
+    def record_wait(timeout: float | None = None) -> bool:
+        if timeout is not None and timeout != 0.2:
+            waits.append(timeout)
+        return real_wait(0)
+
+    monkeypatch.setattr(worker, "_spawn", failing_spawn)
+    monkeypatch.setattr(FakeProc, "returncode", property(lambda self: None if self.alive else 1))
+    monkeypatch.setattr(worker._stopping, "wait", record_wait)
+    worker.start()
+    assert worker._watch is not None
+    worker._watch.join(5)
+    worker.stop()
+    assert waits == [0.02, 0.04, 0.08]
