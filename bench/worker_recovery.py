@@ -1,12 +1,15 @@
-"""Embedded-mode recovery time after ``kill -9`` of the local worker mid-job.
+"""Embedded-mode recovery time after ``kill -9`` of the local worker (or of ``recdistill serve``) mid-job.
 
-Usage: .venv/bin/python bench/worker_recovery.py [--rounds 3] [--out bench/results/worker-recovery-embedded.json]
+Usage: .venv/bin/python bench/worker_recovery.py [--kill worker|serve] [--rounds 3] [--out FILE]
+(default FILE: bench/results/recovery-embedded-kill-<worker|serve>.json)
 
 Starts a real ``recdistill serve`` (SQLite database and queue, local Celery worker) on a fresh home with the
 default 120 s lease, queues one DCD job on synthetic data, and each round, once a distill epoch is recorded,
-kills the worker that holds the job with SIGKILL. Measured per round, from the kill: ``queued_s`` (the job is
-back in the queue) and ``running_s`` (a restarted worker has claimed it again). At the end the job must
-succeed with no distill epoch run twice.
+sends SIGKILL to the worker that holds the job (``--kill worker``: serve restarts it) or to serve itself
+(``--kill serve``: its worker must follow it; a new serve is started at once, as a supervisor would).
+Measured per round, from the kill: ``queued_s`` (the job left the dead worker: back in the queue) and
+``running_s`` (a new worker has claimed it again). At the end the job must succeed with no distill epoch
+run twice.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -98,9 +102,12 @@ def wait(settings: Settings, job_id: str, done: Any, timeout: float, poll: float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kill", choices=("worker", "serve"), default="worker")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/worker-recovery-embedded.json")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary home (serve.log) for a look")
     args = parser.parse_args()
+    out = args.out or ROOT / f"bench/results/recovery-embedded-kill-{args.kill}.json"
 
     home = Path(tempfile.mkdtemp(prefix="recdistill-recovery-"))
     settings = Settings(RECDISTILL_HOME=str(home), RECDISTILL_DEVICE="cpu", RECDISTILL_TORCH_THREADS=1)
@@ -114,14 +121,18 @@ def main() -> None:
     env = settings_env(settings)
     env.update(RECDISTILL_PORT=str(port), PYTHONPATH=str(ROOT))
     log = home / "serve.log"
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "serve"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+
+    def start_serve() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    serve = start_serve()
     rounds: list[dict[str, Any]] = []
     try:
         for n in range(args.rounds):
@@ -130,8 +141,11 @@ def main() -> None:
             job = wait(settings, job_id, lambda j, e=epoch: j.status != "running" or j.epoch > e, 120, 0.05)
             assert job.status == "running" and job.worker_id, (job.status, job.error)
             pid = int(job.worker_id.rsplit(":", 1)[1])
-            os.kill(pid, signal.SIGKILL)
+            os.kill(serve.pid if args.kill == "serve" else pid, signal.SIGKILL)
             killed = time.monotonic()
+            if args.kill == "serve":
+                serve.wait(timeout=10)
+                serve = start_serve()
             old = job.worker_id
             queued = wait(settings, job_id, lambda j, w=old: j.worker_id != w, 60)
             queued_s = time.monotonic() - killed
@@ -156,9 +170,12 @@ def main() -> None:
                 serve.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(serve.pid, signal.SIGKILL)
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
     distill_epochs = [h["epoch"] for h in final.history if h["phase"] == "distill"]
     result = {
-        "command": f"python bench/worker_recovery.py --rounds {args.rounds}",
+        "command": f"python bench/worker_recovery.py --kill {args.kill} --rounds {args.rounds}",
+        "killed": args.kill,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.system()},
         "lease_s": settings.job_lease_s,
         "rounds": rounds,
@@ -167,10 +184,11 @@ def main() -> None:
         "final_status": final.status,
         "error": final.error,
         "distill_epochs_run_once": distill_epochs == list(range(1, HP["epochs"] + 1)),
-        "note": "running_s includes the restart delay (1 s) and a Celery worker start on a shared machine",
+        "note": "running_s includes the restart delay (1 s; --kill serve: a serve start) and a Celery worker "
+        "start on a shared 2-core machine",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
 
 
