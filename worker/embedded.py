@@ -63,6 +63,19 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _pid_alive(pid: object) -> bool:
+    """Whether a process ``pid`` exists (False for a missing or malformed pid)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 class LocalWorkerBusy(RuntimeError):
     """Another server's local worker still runs on this RECDISTILL_HOME: a second one is refused."""
 
@@ -183,7 +196,9 @@ class LocalWorker:
         """Take the home's worker lock (or raise LocalWorkerBusy), release what a previous server's dead
         worker left running, and start the worker and its watchdog."""
         previous = self.file_lock.acquire(self.settings.local_worker_wait_s)
-        if previous.get("worker_id"):  # the lock was free: that worker has exited
+        # The lock was free, so that worker has exited; unless its pid now names another process (reused
+        # since), which may be a worker holding jobs of its own: then the lease decides, as for any worker.
+        if previous.get("worker_id") and not _pid_alive(previous.get("worker_pid")):
             self._recover(str(previous["worker_id"]))
         # The server holds the write end and never writes: the worker reads EOF once the server is gone.
         self._lifeline = os.pipe()
@@ -251,6 +266,7 @@ class LocalWorker:
         finally:
             if self._watch is not None:
                 self._watch.join(timeout=5)
+            self.file_lock.record()  # a clean stop leaves no job behind: nothing for the next server to do
             for fd in self._lifeline or ():
                 os.close(fd)
             self._lifeline = None

@@ -234,25 +234,31 @@ def test_dead_local_worker_hands_its_jobs_back_at_once(
     assert not store.job_dir(cancelling).exists()
 
 
+@pytest.mark.parametrize("pid_reused", [False, True])
 def test_a_new_server_releases_the_jobs_a_dead_servers_worker_left_running(
-    embedded: Settings, monkeypatch: pytest.MonkeyPatch
+    embedded: Settings, monkeypatch: pytest.MonkeyPatch, pid_reused: bool
 ) -> None:
     # An orphan that had to exit hard (or a worker killed with its server) left its job running; the lock
-    # being free proves it is gone, and its record names the job's owner.
+    # being free proves it is gone, and its record names the job's owner. If its pid names a live process
+    # again, that may be another worker with that id: the lease decides instead.
     sent: list[str] = []
     monkeypatch.setattr(embedded_module, "enqueue_job", lambda job_id, settings: sent.append(job_id))
     job_id = create_job(embedded)
-    dead = worker_id_for(2**22 + 1)
+    pid = os.getpid() if pid_reused else 2**22 + 1
+    dead = worker_id_for(pid)
     with session_scope(embedded.database_url) as s:
         assert repo.claim_job(s, job_id, dead, 3600)
-    (embedded.home / embedded_module.LOCK_FILE).write_text(json.dumps({"serve_pid": 1, "worker_id": dead}))
+    record = {"serve_pid": 1, "worker_pid": pid, "worker_id": dead}
+    (embedded.home / embedded_module.LOCK_FILE).write_text(json.dumps(record))
     worker = LocalWorker(embedded, command=[sys.executable, "-c", CHILD])
     worker.start()
     try:
         with session_scope(embedded.database_url) as s:
-            assert (repo.get_job(s, job_id).status, sent) == ("queued", [job_id])
+            status = repo.get_job(s, job_id).status
     finally:
         worker.stop()
+    assert (status, sent) == (("running", []) if pid_reused else ("queued", [job_id]))
+    assert json.loads((embedded.home / embedded_module.LOCK_FILE).read_text() or "{}") == {}  # clean stop
 
 
 def test_a_worker_that_keeps_failing_at_start_is_restarted_ever_more_slowly(
