@@ -225,3 +225,33 @@ def _is_local_worker(pid: int, home: Path) -> bool:
     except OSError:
         return False
     return _alive(pid) and "celery" in cmdline and f"RECDISTILL_HOME={home}\0".encode() in environ
+
+
+def test_serve_refuses_clearly_when_another_local_worker_holds_the_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uvicorn
+
+    from core.settings import clear_settings_cache
+    from worker import embedded
+
+    class Busy:
+        def __init__(self, settings: object) -> None:
+            pass
+
+        def start(self) -> None:
+            raise embedded.LocalWorkerBusy("a local worker of another `recdistill serve` still runs")
+
+    monkeypatch.setenv("RECDISTILL_HOME", str(tmp_path))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("ARTIFACT_DIR", raising=False)
+    clear_settings_cache()
+    monkeypatch.setattr(embedded, "LocalWorker", Busy)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("served beside another local worker"))
+    args = argparse.Namespace(local_worker=True, migrate=False, host=None, port=None)
+    try:
+        assert cli_service.run_serve(args) == 1
+    finally:
+        clear_settings_cache()
+    assert "another `recdistill serve` still runs" in caplog.text
