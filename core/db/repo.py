@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, case, func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.db.models import FINAL_STATUSES, JOB_STATUSES, Activation, Dataset, Job, Model, utcnow
@@ -187,24 +187,32 @@ def _stale(lease_s: float) -> ColumnElement[bool]:
     return or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
 
 
-def cancel_abandoned(session: Session, job_id: str, lease_s: float) -> bool:
-    """Honour a cancel nobody is left to act on: a job with ``cancel_requested`` that is queued (its worker
-    handed it back, or a cancel raced with a release) or running on a lapsed lease ends ``cancelled``.
-
-    Without this such a job stays queued for ever: claims refuse it because of the flag. The caller commits
-    and removes the job's training state.
-    """
+def _move(session: Session, job_id: str, condition: ColumnElement[bool], **values: Any) -> bool:
+    """One conditional UPDATE of one job: True when ``condition`` still held and the row changed."""
     res = session.execute(
         update(Job)
-        .where(
-            Job.id == job_id,
-            Job.cancel_requested.is_(True),
-            or_(Job.status == "queued", (Job.status == "running") & _stale(lease_s)),
-        )
-        .values(status="cancelled", worker_id=None, finished_at=utcnow())
+        .where(Job.id == job_id, condition)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def _cancelled_values() -> dict[str, Any]:
+    return {"status": "cancelled", "worker_id": None, "finished_at": utcnow()}
+
+
+# A queued job never carries the flag on purpose (request_cancel ends a queued job at once): it got there by
+# a cancel racing with a worker handing the job back. Claims refuse it, so only this resolves it.
+_PENDING_CANCEL_QUEUED = (Job.status == "queued") & Job.cancel_requested.is_(True)
+
+
+def cancel_abandoned(session: Session, job_id: str, lease_s: float) -> bool:
+    """Honour a cancel nobody is left to act on: a job with ``cancel_requested`` that is queued, or running on
+    a lapsed lease, ends ``cancelled``. Without this such a job stays queued for ever (claims refuse it because
+    of the flag). The caller commits and removes the job's training state."""
+    stale_running = (Job.status == "running") & _stale(lease_s) & Job.cancel_requested.is_(True)
+    return _move(session, job_id, or_(_PENDING_CANCEL_QUEUED, stale_running), **_cancelled_values())
 
 
 @dataclass
@@ -233,9 +241,9 @@ def recover_jobs(
     A running job counts as abandoned when its heartbeat is older than ``lease_s`` (the sweeper) or its
     worker is one of ``worker_ids`` (known dead: the server saw its local worker exit). An abandoned job goes
     back to ``queued``, unless a cancel was requested: then it ends ``cancelled`` (the caller drops its
-    training state). Queued jobs with a pending cancel are resolved the same way. Each job moves by one
-    conditional UPDATE, so concurrent sweepers never handle it twice. With ``include_queued`` the ids of jobs
-    already queued are returned too (a worker's start-up: their message may have been lost).
+    training state). Queued jobs with a pending cancel end ``cancelled`` too. Each job moves by conditional
+    UPDATEs, so concurrent sweepers never handle it twice. With ``include_queued`` the ids of jobs already
+    queued are returned too (a worker's start-up: their message may have been lost).
     """
     abandoned: list[ColumnElement[bool]] = []
     if lease_s is not None:
@@ -246,29 +254,14 @@ def recover_jobs(
     if abandoned:
         running = (Job.status == "running") & or_(*abandoned)
         for job_id in session.scalars(select(Job.id).where(running).order_by(Job.created_at)).all():
-            res = session.execute(
-                update(Job)
-                .where(Job.id == job_id, running)
-                .values(
-                    status=case((Job.cancel_requested.is_(True), "cancelled"), else_="queued"),
-                    worker_id=None,
-                    finished_at=case((Job.cancel_requested.is_(True), utcnow()), else_=Job.finished_at),
-                )
-                .execution_options(synchronize_session=False)
-            )
-            if res.rowcount == 1:  # type: ignore[attr-defined]
+            if _move(session, job_id, running & Job.cancel_requested.is_(True), **_cancelled_values()):
+                rec.cancelled.append(job_id)
+            elif _move(session, job_id, running & Job.cancel_requested.is_(False), status="queued", worker_id=None):
                 rec.requeued.append(job_id)
-    limbo = session.scalars(select(Job.id).where(Job.status == "queued", Job.cancel_requested.is_(True))).all()
-    for job_id in limbo:
-        if cancel_abandoned(session, job_id, lease_s or 0.0):
+            # else: another sweeper moved it, or a cancel landed in between (the next pass cancels it)
+    for job_id in session.scalars(select(Job.id).where(_PENDING_CANCEL_QUEUED)).all():
+        if _move(session, job_id, _PENDING_CANCEL_QUEUED, **_cancelled_values()):
             rec.cancelled.append(job_id)
-    # Which of the moved jobs were cancelled: read back once (the UPDATE decided it atomically).
-    if rec.requeued:
-        done = set(
-            session.scalars(select(Job.id).where(Job.id.in_(rec.requeued), Job.status == "cancelled")).all()
-        )
-        rec.cancelled = [j for j in rec.requeued if j in done] + rec.cancelled
-        rec.requeued = [j for j in rec.requeued if j not in done]
     if include_queued:
         rec.queued = list(
             session.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.created_at)).all()
