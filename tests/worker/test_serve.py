@@ -15,7 +15,7 @@ from core.settings import Settings
 from worker.celery_app import enqueue_job
 
 HP = {
-    "epochs": 6,
+    "epochs": 30,  # enough that the first server is stopped mid-distill even on a fast machine
     "teacher_epochs": 2,
     "batch_size": 64,
     "patience": 0,
