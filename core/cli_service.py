@@ -97,17 +97,22 @@ def run_worker(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from worker.embedded import LocalWorker
+    from worker.embedded import LocalWorker, LocalWorkerBusy
 
     settings = get_settings()
     _prepare(settings, args.migrate)
     start_worker = settings.embedded_broker if args.local_worker is None else args.local_worker
     local = LocalWorker(settings) if start_worker else None
+    if local is not None:
+        try:
+            local.start()  # one local worker per RECDISTILL_HOME: waits for a previous server's to exit
+        except LocalWorkerBusy as exc:
+            log.error("%s", exc)
+            return 1
     # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default action that would
     # kill this process before the local worker is stopped. A no-op handler lets the finally clause run.
+    # Installed after the wait above, so that a SIGTERM during it still ends the server at once.
     signal.signal(signal.SIGTERM, lambda signum, frame: log.info("SIGTERM: shutting down"))
-    if local is not None:
-        local.start()
     try:
         uvicorn.run(
             "api.main:app",

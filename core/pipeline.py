@@ -19,11 +19,10 @@ from typing import Any
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from core.db import repo
-from core.db.models import FINAL_STATUSES, Job, utcnow
+from core.db.models import FINAL_STATUSES, utcnow
 from core.db.session import session_scope
 from core.settings import Settings, get_settings
 from core.storage import ArtifactStore
@@ -60,8 +59,41 @@ def request_shutdown() -> None:
     _shutdown.set()
 
 
+def worker_id_for(pid: int) -> str:
+    """The id a worker process with ``pid`` on this machine writes into the rows of the jobs it holds."""
+    return f"{socket.gethostname()}:{pid}"
+
+
 def default_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return worker_id_for(os.getpid())
+
+
+def discard_train_state(settings: Settings, job_ids: list[str]) -> None:
+    """Remove the training state (checkpoints) of jobs that reached a final status: never resumed again."""
+    store = ArtifactStore(settings.artifact_dir)
+    for job_id in job_ids:
+        store.remove(store.job_dir(job_id))
+
+
+def recover(
+    settings: Settings,
+    *,
+    lease_s: float | None = None,
+    worker_ids: list[str] | None = None,
+    include_queued: bool = False,
+) -> repo.Recovery:
+    """``repo.recover_jobs`` in its own transaction, then drop the training state of the jobs it cancelled.
+
+    The caller enqueues ``to_enqueue`` (this module knows no broker). Database errors propagate.
+    """
+    with session_scope(settings.database_url) as s:
+        rec = repo.recover_jobs(
+            s, lease_s=lease_s, worker_ids=worker_ids or [], include_queued=include_queued
+        )
+    if rec.requeued or rec.cancelled:
+        log.info("recovered jobs: requeued %s, cancelled %s", rec.requeued, rec.cancelled)
+    discard_train_state(settings, rec.cancelled)
+    return rec
 
 
 def derived_model_id(job_id: str, role: str) -> str:
@@ -155,8 +187,14 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
         if _shutdown.is_set():  # a message taken during a warm shutdown: leave the job to the next worker
             return "interrupted"
         claimed = repo.claim_job(s, job_id, worker_id, settings.job_lease_s)
+        # A cancel that its worker never acted on (it crashed, or handed the job back) is honoured here.
+        cancelled = not claimed and repo.cancel_abandoned(s, job_id, settings.job_lease_s)
+    if cancelled:
+        log.info("job %s: cancel requested while no worker ran it; cancelled", job_id)
+        discard_train_state(settings, [job_id])
+        return "cancelled"
     if not claimed:
-        log.info("job %s is held by another worker (or cancelled); not running it twice", job_id)
+        log.info("job %s is held by another worker; not running it twice", job_id)
         return "busy"
     ctx = JobContext(job_id, worker_id, settings, ArtifactStore(settings.artifact_dir))
     beat = _Heartbeat(ctx)
@@ -171,8 +209,7 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
         return "lost"
     except JobInterrupted:
         log.info("job %s interrupted by a worker shutdown; handing it back to the queue", job_id)
-        _release(ctx)
-        return "interrupted"
+        return "cancelled" if _release(ctx) == "cancelled" else "interrupted"
     except TRANSIENT_ERRORS:
         _release(ctx)
         raise
@@ -213,14 +250,15 @@ def _message(exc: Exception) -> str:
     return text if _expected(exc) else f"internal error ({type(exc).__name__}): {text}"
 
 
-def _release(ctx: JobContext) -> None:
-    """Hand a job back to the queue after a transient error so the retry can claim it at once."""
+def _release(ctx: JobContext) -> str | None:
+    """Hand a job back to the queue (a transient error, or the worker is shutting down) so the next delivery
+    can claim it at once; a job with a pending cancel ends ``cancelled`` instead. Returns the new status, or
+    None when the job was no longer ours (or the database is still down: the lease lapses, the sweeper acts)."""
     try:
-        with session_scope(ctx.settings.database_url) as s:
-            s.execute(
-                update(Job)
-                .where(Job.id == ctx.job_id, Job.worker_id == ctx.worker_id, Job.status == "running")
-                .values(status="queued", worker_id=None)
-            )
-    except (DBAPIError, *TRANSIENT_ERRORS) as exc:  # still down: the lease expires and the sweeper requeues
-        log.warning("could not release job %s after a transient error: %s", ctx.job_id, exc)
+        rec = recover(ctx.settings, worker_ids=[ctx.worker_id])
+    except (DBAPIError, *TRANSIENT_ERRORS) as exc:
+        log.warning("could not release job %s: %s", ctx.job_id, exc)
+        return None
+    if ctx.job_id in rec.cancelled:
+        return "cancelled"
+    return "queued" if ctx.job_id in rec.requeued else None

@@ -157,8 +157,12 @@ class Settings(BaseSettings):
         43200,
         gt=0,
         validation_alias="RECDISTILL_VISIBILITY_TIMEOUT",
-        description="Seconds before an unacknowledged queue message is delivered again; keep it above the "
-        "longest job (late acks: a job is acknowledged only when it ends).",
+        description="Redis broker only: seconds before a taken but unacknowledged job message is delivered "
+        "again. Messages are acknowledged when the job ends (late acks), so keep it above the longest job "
+        "(default 12 h; a retry's countdown, at most 300 s, must fit too): a shorter one only re-sends running "
+        "jobs, whose claims are then refused as busy. It plays no part in recovery: a dead worker's job is "
+        "re-queued by the sweeper once its lease lapses (RECDISTILL_JOB_LEASE + RECDISTILL_SWEEP_INTERVAL), "
+        "and by the server at once when its own local worker dies. Must exceed the lease.",
     )
     job_lease_s: int = Field(
         120,
@@ -172,6 +176,22 @@ class Settings(BaseSettings):
         gt=0,
         validation_alias="RECDISTILL_HEARTBEAT",
         description="Seconds between heartbeats a worker writes to its running job (kept below the lease).",
+    )
+    sweep_interval_s: float = Field(
+        15.0,
+        gt=0,
+        validation_alias="RECDISTILL_SWEEP_INTERVAL",
+        description="Seconds between a worker's recovery sweeps: jobs whose lease lapsed are re-queued (or "
+        "end cancelled when a cancel is pending) and leftovers of crashed writes are removed. A dead worker's "
+        "job is back in the queue within one lease plus one interval.",
+    )
+    local_worker_wait_s: float = Field(
+        30.0,
+        ge=0,
+        validation_alias="RECDISTILL_LOCAL_WORKER_WAIT",
+        description="How long `recdistill serve` waits for the local worker of a previous serve on the same "
+        "RECDISTILL_HOME to exit (an orphan exits within ~10 s of its serve's death) before it refuses to "
+        "start a second one.",
     )
     task_max_retries: int = Field(
         5,
@@ -206,6 +226,11 @@ class Settings(BaseSettings):
         if str(self.artifact_dir) in ("", "."):
             self.artifact_dir = self.home / "artifacts"
         self.artifact_dir = self.artifact_dir.expanduser().resolve()
+        if self.visibility_timeout_s <= self.job_lease_s:
+            raise ValueError(
+                f"RECDISTILL_VISIBILITY_TIMEOUT ({self.visibility_timeout_s}) must exceed RECDISTILL_JOB_LEASE "
+                f"({self.job_lease_s}): a running job's message would be re-sent while it still runs"
+            )
         if self.heartbeat_s >= self.job_lease_s:
             raise ValueError(
                 f"RECDISTILL_HEARTBEAT ({self.heartbeat_s}) must be below RECDISTILL_JOB_LEASE ({self.job_lease_s})"

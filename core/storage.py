@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,11 @@ from typing import IO, Any
 log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
+# What an interrupted write leaves behind (atomic_open / checkpoint .tmp files, export_bundle's .tmp- and
+# .old- folders, staging_dir / publish_dir): always a hidden name, which safe_name never lets a user pick.
+_LEFTOVER = re.compile(r"^\..+(\.tmp|\.tmp-[0-9a-f]+|\.old-[0-9a-f]+|\.staging)$")
+# Folders whose content only jobs write (uploads under datasets/ are the API's business).
+_JOB_OUTPUTS = ("models", "jobs")
 _PHASES = ("teacher", "distill")
 MAX_NAME = 255
 
@@ -109,6 +115,17 @@ def publish_dir(staging: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _newest_mtime(path: Path) -> float:
+    """The latest modification time of ``path`` or anything under it (0 when it vanished meanwhile)."""
+    try:
+        times = [path.lstat().st_mtime]
+        if path.is_dir():
+            times.extend(p.lstat().st_mtime for p in path.rglob("*"))
+    except FileNotFoundError:
+        return 0.0
+    return max(times)
+
+
 def size_of(path: Path) -> int:
     """Bytes of a file, or of every file under a folder."""
     if path.is_file():
@@ -163,6 +180,32 @@ class ArtifactStore:
         final = self._inside(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
+
+    def job_state_ids(self) -> list[str]:
+        """Ids of the jobs that have training state (a ``jobs/<id>`` folder) on disk."""
+        folder = self.root / "jobs"
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and _ID.match(p.name))
+
+    def remove_leftovers(self, older_than_s: float) -> list[Path]:
+        """Remove temporary files and staging/swapped-out folders of interrupted writes under ``models/`` and
+        ``jobs/`` that nothing touched for ``older_than_s`` seconds (a live writer keeps touching its own).
+        Returns what was removed."""
+        cutoff = time.time() - older_than_s
+        removed: list[Path] = []
+        for top in _JOB_OUTPUTS:
+            base = self.root / top
+            if not base.is_dir():
+                continue
+            for path in sorted(base.rglob(".*")):
+                if not _LEFTOVER.match(path.name) or not path.exists() or _newest_mtime(path) > cutoff:
+                    continue
+                self.remove(path)
+                removed.append(path)
+        if removed:
+            log.info("removed %d leftover(s) of interrupted writes: %s", len(removed), removed)
+        return removed
 
     def remove(self, path: Path) -> None:
         """Delete a file or folder inside the store (missing is fine)."""

@@ -9,6 +9,7 @@ import logging
 import threading
 
 from celery import Celery
+from celery.signals import worker_init
 
 from core.settings import Settings, get_settings, sqlite_path
 
@@ -81,6 +82,14 @@ def enqueue_job(job_id: str, settings: Settings | None = None) -> str:
     )
     log.info("enqueued job %s as task %s", job_id, result.id)
     return str(result.id)
+
+
+@worker_init.connect
+def _tie_to_parent(**_: object) -> None:
+    """A local worker started by ``recdistill serve`` exits when the server dies (``worker.lifeline``)."""
+    from worker.lifeline import watch_parent
+
+    watch_parent()
 
 
 # The module-level app that `celery -A worker.celery_app worker` and `recdistill worker` start.

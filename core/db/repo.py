@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.db.models import FINAL_STATUSES, JOB_STATUSES, Activation, Dataset, Job, Model, utcnow
@@ -180,36 +181,102 @@ def update_owned_job(session: Session, job_id: str, worker_id: str, **values: An
     return res.rowcount == 1  # type: ignore[attr-defined]
 
 
-def requeue_stale_jobs(session: Session, lease_s: float, include_queued: bool = False) -> list[str]:
-    """Put running jobs whose heartbeat is older than the lease back to queued; return their ids.
-
-    Each job is moved by one conditional UPDATE, so concurrent sweepers re-enqueue it once.
-    With ``include_queued`` the ids of jobs already queued are returned too (server start-up).
-    """
+def _stale(lease_s: float) -> ColumnElement[bool]:
+    """A running job's lease has lapsed: no heartbeat for ``lease_s`` seconds."""
     cutoff = utcnow() - timedelta(seconds=lease_s)
-    stale_ids = session.scalars(
-        select(Job.id).where(
-            Job.status == "running", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
-        )
-    ).all()
-    moved: list[str] = []
-    for job_id in stale_ids:
-        res = session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.status == "running",
-                or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff),
-            )
-            .values(status="queued", worker_id=None)
-            .execution_options(synchronize_session=False)
-        )
-        if res.rowcount == 1:  # type: ignore[attr-defined]
-            moved.append(job_id)
+    return or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
+
+
+def _move(session: Session, job_id: str, condition: ColumnElement[bool], **values: Any) -> bool:
+    """One conditional UPDATE of one job: True when ``condition`` still held and the row changed."""
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, condition)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def _cancelled_values() -> dict[str, Any]:
+    return {"status": "cancelled", "worker_id": None, "finished_at": utcnow()}
+
+
+# A queued job never carries the flag on purpose (request_cancel ends a queued job at once): it got there by
+# a cancel racing with a worker handing the job back. Claims refuse it, so only this resolves it.
+_PENDING_CANCEL_QUEUED = (Job.status == "queued") & Job.cancel_requested.is_(True)
+
+
+def cancel_abandoned(session: Session, job_id: str, lease_s: float) -> bool:
+    """Honour a cancel nobody is left to act on: a job with ``cancel_requested`` that is queued, or running on
+    a lapsed lease, ends ``cancelled``. Without this such a job stays queued for ever (claims refuse it because
+    of the flag). The caller commits and removes the job's training state."""
+    stale_running = (Job.status == "running") & _stale(lease_s) & Job.cancel_requested.is_(True)
+    return _move(session, job_id, or_(_PENDING_CANCEL_QUEUED, stale_running), **_cancelled_values())
+
+
+@dataclass
+class Recovery:
+    """What ``recover_jobs`` did: jobs put back in the queue, cancels honoured, and jobs already queued."""
+
+    requeued: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
+
+    @property
+    def to_enqueue(self) -> list[str]:
+        """Jobs that need a (new) queue message: the requeued ones, then those already queued."""
+        return self.requeued + [j for j in self.queued if j not in self.requeued]
+
+
+def recover_jobs(
+    session: Session,
+    *,
+    lease_s: float | None = None,
+    worker_ids: Sequence[str] = (),
+    include_queued: bool = False,
+) -> Recovery:
+    """Take running jobs away from workers that are gone and resolve them; the one recovery state machine.
+
+    A running job counts as abandoned when its heartbeat is older than ``lease_s`` (the sweeper) or its
+    worker is one of ``worker_ids`` (known dead: the server saw its local worker exit). An abandoned job goes
+    back to ``queued``, unless a cancel was requested: then it ends ``cancelled`` (the caller drops its
+    training state). Queued jobs with a pending cancel end ``cancelled`` too. Each job moves by conditional
+    UPDATEs, so concurrent sweepers never handle it twice. With ``include_queued`` the ids of jobs already
+    queued are returned too (a worker's start-up: their message may have been lost).
+    """
+    abandoned: list[ColumnElement[bool]] = []
+    if lease_s is not None:
+        abandoned.append(_stale(lease_s))
+    if worker_ids:
+        abandoned.append(Job.worker_id.in_(list(worker_ids)))
+    rec = Recovery()
+    if abandoned:
+        running = (Job.status == "running") & or_(*abandoned)
+        for job_id in session.scalars(select(Job.id).where(running).order_by(Job.created_at)).all():
+            if _move(session, job_id, running & Job.cancel_requested.is_(True), **_cancelled_values()):
+                rec.cancelled.append(job_id)
+            elif _move(session, job_id, running & Job.cancel_requested.is_(False), status="queued", worker_id=None):
+                rec.requeued.append(job_id)
+            # else: another sweeper moved it, or a cancel landed in between (the next pass cancels it)
+    for job_id in session.scalars(select(Job.id).where(_PENDING_CANCEL_QUEUED)).all():
+        if _move(session, job_id, _PENDING_CANCEL_QUEUED, **_cancelled_values()):
+            rec.cancelled.append(job_id)
     if include_queued:
-        queued = session.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.created_at)).all()
-        moved.extend(j for j in queued if j not in moved)
-    return moved
+        rec.queued = list(
+            session.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.created_at)).all()
+        )
+    return rec
+
+
+def final_job_ids(session: Session, job_ids: Sequence[str]) -> set[str]:
+    """Which of ``job_ids`` are finished or have no row: their training state will never be used again."""
+    live = set(
+        session.scalars(
+            select(Job.id).where(Job.id.in_(list(job_ids)), Job.status.not_in(FINAL_STATUSES))
+        ).all()
+    )
+    return {j for j in job_ids if j not in live}
 
 
 # ---------------------------------------------------------------- models and activations

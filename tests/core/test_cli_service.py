@@ -159,3 +159,99 @@ def _group_has_members(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _start_serve(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+    """``recdistill serve`` in a session of its own; returns it, its port and its local worker's pid."""
+    port = _free_port()
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "ARTIFACT_DIR")
+    }
+    env.update(RECDISTILL_HOME=str(home), RECDISTILL_HOST="127.0.0.1", RECDISTILL_PORT=str(port))
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        workers = [p for p, c in _children(proc.pid).items() if "celery" in c]
+        try:
+            if workers and httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc, port, workers[0]
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"serve not ready with a worker in 90 s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to find the worker")
+def test_kill_9_of_serve_takes_its_worker_down_and_a_restart_runs_one_worker(tmp_path: Path) -> None:
+    # Issue 10 #6: the orphaned worker kept consuming the queue and the restarted serve started a second one.
+    log = tmp_path / "serve.log"
+    first, _, worker = _start_serve(tmp_path / "home", log)
+    second = None
+    try:
+        time.sleep(1.0)  # the worker installs its lifeline at worker_init, before it consumes anything
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker), f"worker {worker} outlived serve's kill -9:\n{log.read_text()[-3000:]}"
+        second, _, new_worker = _start_serve(tmp_path / "home", log)
+        home = tmp_path / "home"
+        workers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_local_worker(int(p.name), home)]
+        assert [int(p.name) for p in workers] == [new_worker], log.read_text()[-3000:]
+    finally:
+        for proc in (first, second):
+            if proc is not None and _group_has_members(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            if proc is not None:
+                proc.wait(timeout=10)
+
+
+def _is_local_worker(pid: int, home: Path) -> bool:
+    """A live Celery worker started by a server on ``home``."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return _alive(pid) and "celery" in cmdline and f"RECDISTILL_HOME={home}\0".encode() in environ
+
+
+def test_serve_refuses_clearly_when_another_local_worker_holds_the_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uvicorn
+
+    from core.settings import clear_settings_cache
+    from worker import embedded
+
+    class Busy:
+        def __init__(self, settings: object) -> None:
+            pass
+
+        def start(self) -> None:
+            raise embedded.LocalWorkerBusy("a local worker of another `recdistill serve` still runs")
+
+    monkeypatch.setenv("RECDISTILL_HOME", str(tmp_path))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("ARTIFACT_DIR", raising=False)
+    clear_settings_cache()
+    monkeypatch.setattr(embedded, "LocalWorker", Busy)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("served beside another local worker"))
+    args = argparse.Namespace(local_worker=True, migrate=False, host=None, port=None)
+    try:
+        assert cli_service.run_serve(args) == 1
+    finally:
+        clear_settings_cache()
+    assert "another `recdistill serve` still runs" in caplog.text

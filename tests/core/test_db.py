@@ -228,11 +228,11 @@ def test_requeue_moves_only_stale_running_jobs_once(db_url: str) -> None:
         repo.claim_job(s, stale, "w2", 60)
         s.execute(update(Job).where(Job.id == stale).values(heartbeat_at=utcnow() - timedelta(seconds=300)))
     with session_scope(db_url) as s:
-        assert repo.requeue_stale_jobs(s, lease_s=60) == [stale]
+        assert repo.recover_jobs(s, lease_s=60).to_enqueue == [stale]
     with session_scope(db_url) as s:
-        assert repo.requeue_stale_jobs(s, lease_s=60) == []
+        assert repo.recover_jobs(s, lease_s=60).to_enqueue == []
         assert repo.get_job(s, stale).status == "queued"
-        assert set(repo.requeue_stale_jobs(s, lease_s=60, include_queued=True)) == {stale, queued}
+        assert set(repo.recover_jobs(s, lease_s=60, include_queued=True).to_enqueue) == {stale, queued}
         assert repo.count_jobs_by_status(s) == {
             "queued": 2,
             "running": 1,
@@ -243,6 +243,34 @@ def test_requeue_moves_only_stale_running_jobs_once(db_url: str) -> None:
         assert [j.id for j in repo.list_jobs(s, status="running")] == [fresh]
         with pytest.raises(ValueError, match="status"):
             repo.list_jobs(s, status="bogus")
+
+
+def test_recovery_requeues_a_dead_workers_job_and_cancels_one_with_a_pending_cancel(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        ds = _dataset(s)
+        plain, cancelling, limbo, other = _job(s, ds), _job(s, ds), _job(s, ds), _job(s, ds)
+        for job in (plain, cancelling):
+            assert repo.claim_job(s, job, "dead", 60)
+        assert repo.claim_job(s, other, "alive", 60)
+        # A cancel that raced with a hand-back: queued with the flag, refused by every claim.
+        s.execute(update(Job).where(Job.id == limbo).values(cancel_requested=True))
+    with session_scope(db_url) as s:
+        repo.request_cancel(s, cancelling)
+    with session_scope(db_url) as s:
+        assert not repo.claim_job(s, limbo, "w", 60)
+        rec = repo.recover_jobs(s, worker_ids=["dead"])  # fresh heartbeats: only the known-dead worker
+    assert (rec.requeued, sorted(rec.cancelled), rec.queued) == ([plain], sorted([cancelling, limbo]), [])
+    with session_scope(db_url) as s:
+        rows = {j: repo.get_job(s, j) for j in (plain, cancelling, limbo, other)}
+        assert [(rows[j].status, rows[j].worker_id) for j in (plain, cancelling, limbo, other)] == [
+            ("queued", None),
+            ("cancelled", None),
+            ("cancelled", None),
+            ("running", "alive"),
+        ]
+        assert rows[cancelling].finished_at is not None and rows[plain].finished_at is None
+        assert repo.recover_jobs(s, worker_ids=["dead"]) == repo.Recovery()  # nothing twice
+        assert repo.final_job_ids(s, [plain, cancelling, "f" * 32]) == {cancelling, "f" * 32}
 
 
 def test_activation_keeps_the_previous_model_for_rollback(db_url: str) -> None:

@@ -289,3 +289,97 @@ def test_transient_errors_are_raised_and_the_job_handed_back(
         run_job(job_id, settings, worker_id="w1")
     job = get(settings, job_id)
     assert (job.status, job.worker_id, job.error) == ("queued", None, None)
+
+
+def _crash_mid_distill(settings: Settings, monkeypatch: pytest.MonkeyPatch, job_id: str) -> None:
+    """Run ``job_id`` as worker w1 until it dies (as by kill -9) after distill epoch 1, its state on disk."""
+    original = job_runner.ProgressWriter.on_epoch_end
+
+    def crash(self: job_runner.ProgressWriter, report: Any) -> None:
+        original(self, report)
+        if self.phase == "distill" and report.epoch == 1:
+            raise _Crash()
+
+    monkeypatch.setattr(job_runner.ProgressWriter, "on_epoch_end", crash)
+    with pytest.raises(_Crash):
+        run_job(job_id, settings, worker_id="w1")
+    monkeypatch.setattr(job_runner.ProgressWriter, "on_epoch_end", original)
+    assert ArtifactStore(settings.artifact_dir).job_dir(job_id).is_dir()
+
+
+def _lapse_lease(settings: Settings, job_id: str) -> None:
+    with session_scope(settings.database_url) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(seconds=60)))
+
+
+def test_cancel_then_a_worker_crash_ends_cancelled(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 10 #7: the job used to stay "queued" for ever (every claim refused as busy), its data set could
+    # not be deleted and its training state stayed on disk.
+    job_id = make_job(settings, hyperparameters=dict(DCD_HP, epochs=4))
+    _crash_mid_distill(settings, monkeypatch, job_id)
+    with session_scope(settings.database_url) as s:
+        assert repo.request_cancel(s, job_id).status == "running"  # the dead worker will never see it
+    assert run_job(job_id, settings, worker_id="w2") == "busy"  # the lease has not lapsed yet
+    _lapse_lease(settings, job_id)
+    assert run_job(job_id, settings, worker_id="w2") == "cancelled"
+    job = get(settings, job_id)
+    assert (job.status, job.worker_id, job.attempts, job.student_model_id) == ("cancelled", None, 1, None)
+    assert job.finished_at is not None
+    assert not ArtifactStore(settings.artifact_dir).job_dir(job_id).exists()
+    with session_scope(settings.database_url) as s:
+        repo.delete_dataset(s, job.dataset_id or "")  # no longer refused as in use
+
+
+def test_sweep_honours_the_cancel_of_a_dead_workers_job(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.pipeline import recover
+
+    job_id = make_job(settings, hyperparameters=dict(DCD_HP, epochs=4))
+    _crash_mid_distill(settings, monkeypatch, job_id)
+    with session_scope(settings.database_url) as s:
+        repo.request_cancel(s, job_id)
+    assert recover(settings, lease_s=settings.job_lease_s).cancelled == []  # its lease still runs
+    _lapse_lease(settings, job_id)
+    rec = recover(settings, lease_s=settings.job_lease_s)
+    assert (rec.cancelled, rec.to_enqueue) == ([job_id], [])
+    assert get(settings, job_id).status == "cancelled"
+    assert not ArtifactStore(settings.artifact_dir).job_dir(job_id).exists()
+
+
+def test_a_cancel_that_lands_on_a_handed_back_job_is_honoured(settings: Settings) -> None:
+    # The API flags a running job while its worker hands it back (queued): no claim would ever take it.
+    job_id = make_job(settings)
+    with session_scope(settings.database_url) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+    assert run_job(job_id, settings) == "cancelled"
+    job = get(settings, job_id)
+    assert (job.status, job.attempts) == ("cancelled", 0) and job.finished_at is not None
+
+
+def test_a_shutdown_with_a_pending_cancel_ends_the_job_cancelled(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core import pipeline
+
+    job_id = make_job(settings, hyperparameters=dict(DCD_HP, epochs=50))
+    original = job_runner.ProgressWriter.on_epoch_end
+
+    def cancel_then_shutdown(self: job_runner.ProgressWriter, report: Any) -> None:
+        if self.phase == "distill" and report.epoch == 1:
+            with session_scope(settings.database_url) as s:
+                repo.request_cancel(s, job_id)
+            monkeypatch.setattr(pipeline, "_shutdown", _Set())  # SIGTERM before the cancel is seen
+        original(self, report)
+
+    monkeypatch.setattr(job_runner.ProgressWriter, "on_epoch_end", cancel_then_shutdown)
+    assert run_job(job_id, settings) == "cancelled"  # not "interrupted": nothing left to re-queue
+    assert get(settings, job_id).status == "cancelled"
+    assert not ArtifactStore(settings.artifact_dir).job_dir(job_id).exists()
+
+
+class _Set:
+    """A threading.Event that is always set."""
+
+    def is_set(self) -> bool:
+        return True

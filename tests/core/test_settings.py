@@ -73,6 +73,12 @@ def test_heartbeat_must_be_below_the_lease() -> None:
         Settings(RECDISTILL_JOB_LEASE=5, RECDISTILL_HEARTBEAT=10)
 
 
+def test_visibility_timeout_must_exceed_the_lease() -> None:
+    # Redis would re-send a running job's message while it still runs, over and over.
+    with pytest.raises(ValidationError, match="RECDISTILL_VISIBILITY_TIMEOUT"):
+        Settings(RECDISTILL_JOB_LEASE=600, RECDISTILL_VISIBILITY_TIMEOUT=300)
+
+
 def test_unknown_keyword_is_rejected() -> None:
     with pytest.raises(ValidationError, match="home"):
         Settings(home="/tmp/x")

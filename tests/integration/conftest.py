@@ -72,6 +72,7 @@ def distributed(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Setting
         RECDISTILL_DEVICE="cpu",
         RECDISTILL_JOB_LEASE=3,
         RECDISTILL_HEARTBEAT=0.5,
+        RECDISTILL_SWEEP_INTERVAL=1,
         RECDISTILL_TORCH_THREADS=1,
     )
     settings.ensure_dirs()

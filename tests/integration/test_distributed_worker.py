@@ -87,3 +87,26 @@ def test_worker_runs_jobs_and_a_killed_job_resumes_from_its_last_epoch(
         range(1, SLOW_HP["epochs"] + 1)
     )
     assert [h["epoch"] for h in row.history if h["phase"] == "teacher"] == [1, 2]
+
+
+def test_a_cancel_its_crashed_worker_never_saw_ends_the_job_cancelled(
+    distributed: Settings, workers: Workers
+) -> None:
+    # Issue 10 #7: the sweeper used to put such a job back to queued, where every claim refused it for ever.
+    first = workers.start("w1")
+    job_id = create_job(distributed, n_users=200, n_items=100, per_user=10, hyperparameters=SLOW_HP)
+    enqueue_job(job_id, distributed)
+    wait_for(distributed, job_id, lambda j: (j.phase == "distill" and j.epoch >= 1) or j.status in FINAL, 150)
+    os.kill(first.pid, signal.SIGKILL)  # dies before it can see the cancel below
+    first.wait(timeout=10)
+    with session_scope(distributed.database_url) as s:
+        assert repo.request_cancel(s, job_id).status == "running"
+    state = distributed.artifact_dir / "jobs" / job_id
+    assert state.is_dir()
+    workers.start("w2")  # its sweeper finds the lapsed lease (3 s here) and honours the cancel
+    job = wait_for(distributed, job_id, lambda j: j.status in FINAL, timeout=60)
+    assert (job.status, job.student_model_id) == ("cancelled", None), workers.logs()
+    assert job.attempts == 1  # never run again
+    assert not state.exists()
+    with session_scope(distributed.database_url) as s:
+        repo.delete_dataset(s, job.dataset_id or "")

@@ -52,3 +52,37 @@ def test_sweep_requeues_stale_running_jobs_and_queued_ones_at_start(
         assert repo.get_job(s, stale).status == "queued"
         assert repo.get_job(s, fresh).status == "running"
     assert set(sweeper.sweep(embedded, include_queued=True)) == {stale, queued}
+
+
+def test_sweep_removes_leftovers_of_crashed_jobs(embedded: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import time
+
+    from core.storage import ArtifactStore
+
+    monkeypatch.setattr(sweeper, "enqueue_job", lambda job_id, settings: None)
+    store = ArtifactStore(embedded.artifact_dir)
+    live, done = create_job(embedded), create_job(embedded)
+    with session_scope(embedded.database_url) as s:
+        assert repo.claim_job(s, live, "w", 3600)
+        s.execute(update(Job).where(Job.id == done).values(status="cancelled"))
+    gone = "e" * 32  # training state of a job with no row
+    for job_id in (live, done, gone):
+        store.checkpoint_dir(job_id, "distill").mkdir(parents=True)
+    model = store.model_dir("a" * 32)
+    old_staging = model.parent / f".{model.name}.x1y2.staging"
+    old_tmp = store.checkpoint_dir(live, "distill") / ".train_state.safetensors.abc.tmp"
+    old_bundle = model / f".serving.tmp-{'b' * 32}"
+    fresh_staging = model.parent / f".{'c' * 32}.z9.staging"
+    for path in (old_staging, old_bundle, fresh_staging):
+        path.mkdir(parents=True)
+    old_tmp.write_bytes(b"half a checkpoint")
+    (model / "model.safetensors").write_bytes(b"kept")
+    past = time.time() - 2 * embedded.job_lease_s
+    for path in (old_staging, old_tmp, old_bundle):
+        os.utime(path, (past, past))
+    sweeper.sweep(embedded)
+    assert store.job_state_ids() == [live]
+    assert not old_staging.exists() and not old_tmp.exists() and not old_bundle.exists()
+    assert fresh_staging.exists(), "a leftover still being written (fresh) must stay"
+    assert (model / "model.safetensors").read_bytes() == b"kept"
