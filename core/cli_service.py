@@ -95,8 +95,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from api.server import run as run_api
     from worker.embedded import LocalWorker, LocalWorkerBusy
 
     settings = get_settings()
@@ -114,12 +113,7 @@ def run_serve(args: argparse.Namespace) -> int:
     # Installed after the wait above, so that a SIGTERM during it still ends the server at once.
     signal.signal(signal.SIGTERM, lambda signum, frame: log.info("SIGTERM: shutting down"))
     try:
-        uvicorn.run(
-            "api.main:app",
-            host=args.host or settings.host,
-            port=args.port or settings.port,
-            log_level=settings.log_level.lower(),
-        )
+        run_api(args.host or settings.host, args.port or settings.port, log_level=settings.log_level.lower())
     finally:
         if local is not None:
             local.stop()
