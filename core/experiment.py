@@ -204,9 +204,8 @@ def run_experiment(
             t_spe = manifest.get("seconds_per_epoch", 0.0)
             logger.info("seed %d: reusing cached teacher %s", seed, teacher_dir)
         else:
-            teacher = build_model(
-                cfg.teacher.name, data.n_users, data.n_items, cfg.teacher.dim, train=data.train, **cfg.teacher_model_opts
-            )
+            teacher = build_model(cfg.teacher.name, data.n_users, data.n_items, cfg.teacher.dim, train=data.train,
+                                  seed=seed, **cfg.teacher_model_opts)
             tconf = TrainConfig(seed=seed, device=cfg.device, **cfg.teacher_train)
             fr = fit(teacher, data, tconf, callbacks=cb)
             t_epochs, t_spe = fr.epochs_run, fr.seconds_per_epoch
@@ -238,10 +237,8 @@ def run_experiment(
         for method in cfg.methods:
             dname, base_overrides = METHODS[method]
             dcfg = {**base_overrides, **cfg.method_overrides.get(dname, {}), **cfg.method_overrides.get(method, {})}
-            torch.manual_seed(seed)
-            student = build_model(
-                cfg.student.name, data.n_users, data.n_items, cfg.student.dim, train=data.train, **cfg.student_model_opts
-            )
+            student = build_model(cfg.student.name, data.n_users, data.n_items, cfg.student.dim, train=data.train,
+                                  seed=seed, **cfg.student_model_opts)
             distiller = build_distiller(dname, **dcfg)
             distiller.prepare(teacher, data, device, lists_cache)
             sconf = TrainConfig(seed=seed, device=cfg.device, **cfg.student_train)

@@ -95,7 +95,7 @@ def train_model(
     distiller: Any | None = None,
 ) -> tuple[Recommender, FitResult]:
     """Build ``spec`` ({model, dim}) and fit it, resuming from ``checkpoint_dir`` when a state is there."""
-    model = build_model(spec["model"], data.n_users, data.n_items, int(spec["dim"]), train=data.train)
+    model = build_model(spec["model"], data.n_users, data.n_items, int(spec["dim"]), train=data.train, seed=config.seed)
     result = fit(
         model,
         data,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import scipy.sparse as sp
+import torch
 
 from core.models.base import Recommender
 from core.models.bpr import BPRMF
@@ -15,12 +16,21 @@ MODELS: dict[str, type[Recommender]] = {"bpr": BPRMF, "neumf": NeuMF, "lightgcn"
 
 
 def build_model(
-    name: str, n_users: int, n_items: int, dim: int, train: sp.spmatrix | None = None, **opts: Any
+    name: str, n_users: int, n_items: int, dim: int, train: sp.spmatrix | None = None, *,
+    seed: int | None = None, **opts: Any
 ) -> Recommender:
-    """Construct a registered model; ``train`` is required by graph models (LightGCN) and ignored otherwise."""
+    """Construct a registered model; ``train`` is required by graph models (LightGCN) and ignored otherwise.
+
+    With ``seed``, the initial weights are drawn from a generator seeded with it and nothing else: the same
+    seed gives the same model whatever ran before in the process (the global generator is left as it was).
+    """
     cls = MODELS.get(name)
     if cls is None:
         raise ValueError(f"model name {name!r} is unknown; choose one of {sorted(MODELS)}")
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_model(name, n_users, n_items, dim, train, **opts)
     try:
         if cls.needs_train:
             if train is None:

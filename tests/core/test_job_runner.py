@@ -160,3 +160,25 @@ def test_each_phase_is_recorded_as_it_begins(settings: Settings, monkeypatch: py
         ("test_metrics", "evaluate", 2, 2),
         ("export_bundle", "index", 2, 2),
     ]
+
+
+def test_the_same_job_twice_gives_the_same_metrics_and_recommendations(settings: Settings) -> None:
+    """Models are built from the job's seed, not from whatever the process drew before (issue 11)."""
+    import torch
+
+    from core.index import ServingBundle
+
+    results = []
+    for _ in range(2):
+        job_id = make_job(settings, semicolon_file(), SEMI)
+        torch.rand(100)  # the process's generator moves on between the two jobs
+        assert run_job(job_id, settings, worker_id="w1") == "succeeded"
+        with session_scope(settings.database_url) as s:
+            job = repo.get_job(s, job_id)
+            student = repo.get_model(s, job.student_model_id or "")
+            teacher = repo.get_model(s, job.result_teacher_model_id or "")
+            folder = settings.artifact_dir / student.artifact_path / "serving"
+            results.append((student.metrics, teacher.metrics))
+        bundle = ServingBundle.load(folder)
+        results.append([bundle.recommend(u, 5) for u in ("u0", "u7", "u13")])
+    assert results[0] == results[2] and results[1] == results[3]

@@ -227,3 +227,19 @@ def test_models_on_cuda(name: str) -> None:
     torch.testing.assert_close(
         model.full_scores(users).cpu(), cpu.full_scores(users.cpu()), rtol=1e-4, atol=1e-5
     )
+
+
+def test_build_model_with_a_seed_ignores_and_keeps_the_global_generator() -> None:
+    torch.manual_seed(123)
+    first = build_model("bpr", 5, 4, 3, seed=7)
+    state = torch.random.get_rng_state()
+    torch.rand(10)  # whatever ran before the second build
+    second = build_model("bpr", 5, 4, 3, seed=7)
+    for a, b in zip(first.parameters(), second.parameters(), strict=True):
+        assert torch.equal(a, b)
+    torch.random.set_rng_state(state)
+    expected = torch.rand(3)
+    torch.random.set_rng_state(state)
+    build_model("bpr", 5, 4, 3, seed=7)
+    assert torch.equal(torch.rand(3), expected)  # the global generator was left as it was
+    assert not torch.equal(build_model("bpr", 5, 4, 3, seed=8).user_emb.weight, first.user_emb.weight)
