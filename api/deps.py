@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
 from api.auth import require_read, require_write
@@ -52,6 +52,13 @@ def check_k(settings: Settings, k: int, offset: int = 0) -> None:
         raise InvalidInput(f"offset: must be >= 0 with k + offset at most {settings.max_k}, got {offset}",
                            code="invalid_offset")
 
+
+# Paging of the list endpoints. The offset bound keeps a client's number inside a 64-bit SQL integer
+# (2**63 was an OverflowError, a 500, in the SQLite driver); no listing has a billion rows.
+MAX_PAGE = 1000
+MAX_OFFSET = 1_000_000_000
+PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Rows per page (1-{MAX_PAGE}).")]
+PageOffset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"Rows to skip (0-{MAX_OFFSET}).")]
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]

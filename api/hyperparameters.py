@@ -8,15 +8,41 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.names import dcd_list_problem
 
 
-class Strict(BaseModel):
-    """Unknown keys are refused by name."""
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_has_nul(v) for v in value)
+    return False  # numbers, bools, None; nested models check their own fields
 
-    model_config = ConfigDict(extra="forbid")
+
+class Checked(BaseModel):
+    """Base of every request schema: unknown keys are refused by name, floats must be finite (NaN and
+    ±Infinity, which Python's JSON reader accepts, would reach the loss or the database) and no string,
+    at any depth, may hold a NUL character (PostgreSQL text refuses it)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if _has_nul(value):
+            raise ValueError("must not contain NUL characters")
+        return value
+
+
+class Strict(Checked):
+    """A JSON body: types are strict as well (``0`` is not a boolean, ``false`` not an integer). Form and
+    query fields, which arrive as text, use ``Checked``."""
+
+    model_config = ConfigDict(strict=True)
 
 
 class TrainParams(Strict):

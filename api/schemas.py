@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from api.hyperparameters import Strict, check_hyperparameters
+from api.hyperparameters import Checked, Strict, check_hyperparameters
 from core.names import SERVABLE_MODEL_NAMES, MethodName, ModelName
 
 ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -44,7 +44,7 @@ def check_filename(value: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- datasets
-class DatasetCreate(Strict):
+class DatasetCreate(Checked):
     """Form fields of ``POST /datasets`` (beside the ``file`` part)."""
 
     name: str | None = Field(None, description="Display name; default: the uploaded file's stem.")
@@ -111,11 +111,13 @@ class ModelSpec(Strict):
 
 class SplitSpec(Strict):
     mode: Literal["random", "loo"] = Field("random", description="random ratios, or leave-one-out by time.")
-    ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/valid/test fractions.")
+    # A list, not a tuple: strict validation takes a tuple only from Python, and FastAPI validates bodies so.
+    ratios: list[float] = Field(default_factory=lambda: [0.8, 0.1, 0.1], min_length=3, max_length=3,
+                                description="train/valid/test fractions.")
 
     @field_validator("ratios")
     @classmethod
-    def _ratios(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+    def _ratios(cls, v: list[float]) -> list[float]:
         if any(r < 0 for r in v) or v[0] <= 0 or abs(sum(v) - 1.0) > 1e-6:
             raise ValueError(f"ratios must be non-negative, train > 0, and sum to 1 (got {list(v)})")
         return v

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
-from api.deps import ReadAuth, SessionDep, WriteAuth
+from api.deps import PageLimit, PageOffset, ReadAuth, SessionDep, WriteAuth
 from api.errors import Conflict, InvalidInput
 from api.schemas import ID_PATTERN, JobCreate, JobPublic, JobsPublic
 from core.db import repo
@@ -72,8 +72,8 @@ def create_job(body: JobCreate, session: SessionDep, request: Request) -> JobPub
 def list_jobs(
     session: SessionDep,
     status: Annotated[Status | None, Query(description="Only jobs with this status.")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: PageLimit = 100,
+    offset: PageOffset = 0,
 ) -> JobsPublic:
     rows = repo.list_jobs(session, status=status, limit=limit, offset=offset)
     return JobsPublic(data=[JobPublic.model_validate(r) for r in rows], count=len(rows))

@@ -14,7 +14,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import HolderDep, ReadAuth, SessionDep, SettingsDep, WriteAuth
+from api.deps import HolderDep, PageLimit, PageOffset, ReadAuth, SessionDep, SettingsDep, WriteAuth
 from api.errors import Conflict, NotFound
 from api.holder import bundle_dir
 from api.schemas import ID_PATTERN, ActivationPublic, ModelPublic, ModelsPublic
@@ -44,8 +44,8 @@ def list_models(
     session: SessionDep,
     role: Annotated[Literal["teacher", "student"] | None, Query(description="Only this role.")] = None,
     job_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: PageLimit = 100,
+    offset: PageOffset = 0,
 ) -> ModelsPublic:
     rows = repo.list_models(session, role=role, job_id=job_id, limit=limit, offset=offset)
     active = _active_id(session)
