@@ -134,3 +134,20 @@ def test_list_offset_at_the_bound_is_fine(client: TestClient) -> None:
     for path in ("/datasets", "/jobs", "/models"):
         res = client.get(path, params={"offset": 10**9})
         assert res.status_code == 200 and res.json()["count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/recommend/batch", "GET, POST"),
+        ("DELETE", "/recommend/u1", "GET"),
+        ("PUT", "/datasets", "GET, POST"),
+        ("PUT", "/datasets/" + "a" * 32, "GET, DELETE"),
+        ("GET", "/jobs/" + "a" * 32 + "/cancel", "POST"),
+        ("POST", "/healthz", "GET"),
+    ],
+)
+def test_405_allow_lists_every_method_of_the_path(client: TestClient, method: str, path: str, allow: str) -> None:
+    res = client.request(method, path)
+    assert res.status_code == 405 and res.headers["allow"] == allow
+    assert res.json()["code"] == "method_not_allowed" and allow in res.json()["detail"]
