@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
-from api.auth import require_read, require_write
+from api.auth import require_access
 from api.errors import InvalidInput, ServiceUnavailable
 from api.holder import IndexHolder
 from core.index import ServingBundle
@@ -63,5 +63,7 @@ PageOffset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"Rows to ski
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 HolderDep = Annotated[IndexHolder, Depends(get_holder)]
-ReadAuth = Depends(require_read)
-WriteAuth = Depends(require_write)
+# The app applies the access policy to every included route (api.main); these only restate it on a route
+# (FastAPI runs a dependency once per request however often it is listed).
+Auth = Depends(require_access)
+ReadAuth = WriteAuth = Auth

@@ -11,9 +11,9 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import faiss
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from api.auth import warn_if_open
+from api.auth import require_access, warn_if_open
 from api.errors import install_error_handlers
 from api.holder import IndexHolder
 from api.metrics import Metrics, MetricsMiddleware
@@ -64,7 +64,9 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 1.0
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app = FastAPI(title="recdistill", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # The access policy guards every included route; the recommend routes, spliced in below, call it inline.
+    app = FastAPI(title="recdistill", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  dependencies=[Depends(require_access)])
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.holder = holder

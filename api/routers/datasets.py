@@ -124,7 +124,7 @@ async def create_dataset(request: Request, settings: SettingsDep) -> DatasetPubl
         raise
 
 
-@router.get("", response_model=DatasetsPublic, dependencies=[ReadAuth])
+@router.get("", response_model=DatasetsPublic)
 def list_datasets(
     session: SessionDep,
     limit: PageLimit = 100,
