@@ -6,9 +6,18 @@ The distiller configs live in ``core.distill`` (torch); these mirrors keep the A
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import types
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from core.names import dcd_list_problem
 
@@ -38,11 +47,31 @@ class Checked(BaseModel):
         return value
 
 
+def _wants_int(annotation: Any) -> bool:
+    """``int`` or an optional ``int`` (not ``bool``, not a union with ``float``)."""
+    if annotation is int:
+        return True
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = get_args(annotation)
+        return int in members and float not in members
+    return False
+
+
 class Strict(Checked):
     """A JSON body: types are strict as well (``0`` is not a boolean, ``false`` not an integer). Form and
     query fields, which arrive as text, use ``Checked``."""
 
     model_config = ConfigDict(strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # JSON Schema's "integer" is any number without a fraction, so 450.0 is one; strict mode alone
+        # would refuse it.
+        if (isinstance(value, float) and value.is_integer() and info.field_name is not None
+                and _wants_int(cls.model_fields[info.field_name].annotation)):
+            return int(value)
+        return value
 
 
 class TrainParams(Strict):
@@ -136,12 +165,14 @@ def check_hyperparameters(method: str, hp: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         accepted = sorted([*TRAIN_KEYS, *(TEACHER_PREFIX + k for k in TRAIN_KEYS), *params.model_fields])
         raise ValueError(f"unknown key(s) {unknown} for method {method!r}; accepted: {accepted}")
+    checked: list[dict[str, Any]] = []
     for prefix, group, model in (("", train, TrainParams), (TEACHER_PREFIX, teacher, TrainParams), ("", hp, params)):
         try:
-            model.model_validate(group)
+            checked.append(model.model_validate(group).model_dump(exclude_unset=True))  # 2.0 -> 2 for ints
         except ValidationError as exc:
             err = exc.errors()[0]
             if not err["loc"]:  # a rule across keys: its message names them
                 raise ValueError(f"{prefix}{err['ctx']['error']}") from None
             raise ValueError(f"{prefix}{err['loc'][0]}: {err['msg']} (got {err.get('input')!r})") from None
+    train, teacher, hp = checked
     return {**train, **{TEACHER_PREFIX + k: v for k, v in teacher.items()}, **hp}

@@ -21,6 +21,7 @@ from core.names import SERVABLE_MODEL_NAMES, MethodName, ModelName
 ID_PATTERN = r"^[0-9a-f]{32}$"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-()]{0,199}$")
 MAX_BATCH_USERS = 10_000
+SEP_PATTERN = r"^[\t -~]$"  # pandas' C parser: one byte, not a line break
 
 
 def check_safe_name(value: str, field: str) -> str:
@@ -43,15 +44,35 @@ def check_filename(value: str) -> str:
     return value
 
 
+# ----------------------------------------------------------------------------------------------- errors
+class ErrorItem(BaseModel):
+    field: str = Field(description="Dotted path of the bad field (body for the body as a whole).")
+    message: str
+    type: str | None = Field(None, description="Pydantic's error type, e.g. missing, int_type, finite_number.")
+
+
+class ErrorPublic(BaseModel):
+    """Every error answer (api.errors): a sentence naming the field, a stable code, and for validation
+    errors the structured list. Some carry more keys (``job`` on a 503 of POST /jobs, the readiness checks
+    on a 503 of /readyz)."""
+
+    detail: str = Field(description="What is wrong, naming the field.")
+    code: str = Field(description="Stable machine-readable code, e.g. validation_error, not_found, missing_api_key.")
+    errors: list[ErrorItem] | None = Field(None, description="Validation errors only: one entry per bad field.")
+
+
 # ----------------------------------------------------------------------------------------------- datasets
 class DatasetCreate(Checked):
     """Form fields of ``POST /datasets`` (beside the ``file`` part)."""
 
-    name: str | None = Field(None, description="Display name; default: the uploaded file's stem.")
+    name: str | None = Field(None, description="Display name (no '..'); default: the uploaded file's stem.",
+                             json_schema_extra={"pattern": _NAME_RE.pattern})
     format: Literal["csv", "tsv", "parquet", "inter"] | None = Field(
         None, description="File format; default: from the file name's extension."
     )
-    sep: str | None = Field(None, min_length=1, max_length=4, description="Column delimiter (csv/tsv/inter).")
+    sep: str | None = Field(None, min_length=1, max_length=1, json_schema_extra={"pattern": SEP_PATTERN},
+                            description="Column delimiter (csv/tsv/inter): one ASCII character, a tab or a "
+                            "printable one (the parser reads single-byte delimiters).")
     user_col: str = Field("user_id", min_length=1, max_length=200, description="Column holding user ids.")
     item_col: str = Field("item_id", min_length=1, max_length=200, description="Column holding item ids.")
     rating_col: str | None = Field(None, max_length=200, description="Optional rating column.")
@@ -64,6 +85,13 @@ class DatasetCreate(Checked):
     @classmethod
     def _safe_name(cls, v: str | None) -> str | None:
         return None if v is None else check_safe_name(v, "name")
+
+    @field_validator("sep")
+    @classmethod
+    def _single_byte_sep(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(SEP_PATTERN, v):
+            raise ValueError(f"must be one ASCII character, a tab or a printable one, got {v!r}")
+        return v
 
     @field_validator("rating_col", "timestamp_col")
     @classmethod
@@ -109,6 +137,11 @@ class ModelSpec(Strict):
     dim: int = Field(gt=0, le=4096, description="Embedding dimension.")
 
 
+class StudentSpec(ModelSpec):
+    model: ModelName = Field(description="Architecture name; a student must be dot-product servable.",
+                             json_schema_extra={"enum": list(SERVABLE_MODEL_NAMES)})
+
+
 class SplitSpec(Strict):
     mode: Literal["random", "loo"] = Field("random", description="random ratios, or leave-one-out by time.")
     # A list, not a tuple: strict validation takes a tuple only from Python, and FastAPI validates bodies so.
@@ -124,10 +157,17 @@ class SplitSpec(Strict):
 
 
 class JobCreate(Strict):
+    # "Exactly one of teacher / teacher_model_id", as JSON Schema (the model validator enforces it).
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["teacher"], "properties": {"teacher": {"type": "object"}}},
+        {"required": ["teacher_model_id"], "properties": {"teacher_model_id": {"type": "string"}}},
+    ]})
+
     dataset_id: str = Field(pattern=ID_PATTERN, description="Dataset to train on.")
     teacher: ModelSpec | None = Field(None, description="Train a new teacher; or give teacher_model_id.")
     teacher_model_id: str | None = Field(None, pattern=ID_PATTERN, description="Reuse a trained teacher.")
-    student: ModelSpec = Field(description="Student architecture (dot-product: bpr or lightgcn).")
+    student: StudentSpec = Field(description="Student architecture (dot-product servable: "
+                                             f"{', '.join(SERVABLE_MODEL_NAMES)}); its dim below the teacher's.")
     method: MethodName = Field("dcd", description="Distillation method.")
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict,
@@ -140,7 +180,7 @@ class JobCreate(Strict):
 
     @field_validator("student")
     @classmethod
-    def _servable(cls, v: ModelSpec) -> ModelSpec:
+    def _servable(cls, v: StudentSpec) -> StudentSpec:
         if v.model not in SERVABLE_MODEL_NAMES:
             raise ValueError(f"student.model {v.model!r} is not dot-product servable; use one of {SERVABLE_MODEL_NAMES}")
         return v

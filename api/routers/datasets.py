@@ -30,16 +30,20 @@ DatasetId = Annotated[str, PathParam(pattern=ID_PATTERN, description="32-charact
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".inter": "inter", ".parquet": "parquet", ".pq": "parquet"}
 COMPRESSIONS = (".gz", ".bz2", ".xz")
 
+def _form_property(schema: dict[str, Any]) -> dict[str, Any]:
+    # A form field is text or absent, never null: document the non-null branch of an optional field.
+    branch = next(b for b in schema.get("anyOf", [schema]) if b.get("type") != "null")
+    return {**branch, "description": schema.get("description", "")}
+
+
 _FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["file"],
     "properties": {
         "file": {"type": "string", "format": "binary", "description": "CSV, TSV, Parquet or RecBole .inter"},
-        **{
-            name: {"type": "string", "description": field.description or ""}
-            for name, field in DatasetCreate.model_fields.items()
-        },
+        **{name: _form_property(prop) for name, prop in DatasetCreate.model_json_schema()["properties"].items()},
     },
+    "additionalProperties": False,
 }
 
 

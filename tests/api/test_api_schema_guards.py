@@ -59,7 +59,7 @@ def test_non_finite_split_ratio_is_422(client: TestClient, sessions: sessionmake
     ("over", "field"),
     [
         ({"seed": False}, "seed"),
-        ({"seed": 1.0}, "seed"),
+        ({"seed": 1.5}, "seed"),
         ({"student": {"model": "bpr", "dim": True}}, "student.dim"),
         ({"hyperparameters": {"epochs": True}}, "epochs"),
         ({"hyperparameters": {"use_rkd": 0}}, "use_rkd"),
@@ -108,6 +108,9 @@ def test_batch_bodies_are_strict(client: TestClient, body: dict[str, Any], field
         ({"rating_col": "rating", "rating_threshold": "-inf"}, "rating_threshold"),
         ({"rating_col": "rating", "rating_threshold": "NaN"}, "rating_threshold"),
         ({"sep": "\x00"}, "sep"),
+        ({"sep": "::"}, "sep"),  # multi-byte separators were a pandas ValueError, a 500
+        ({"sep": "\u00b9"}, "sep"),
+        ({"sep": "\n"}, "sep"),
         ({"user_col": "user\x00id"}, "user_col"),
         ({"rating_col": "ra\x00ting"}, "rating_col"),
     ],
@@ -151,3 +154,15 @@ def test_405_allow_lists_every_method_of_the_path(client: TestClient, method: st
     res = client.request(method, path)
     assert res.status_code == 405 and res.headers["allow"] == allow
     assert res.json()["code"] == "method_not_allowed" and allow in res.json()["detail"]
+
+
+def test_integral_json_numbers_are_integers(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    # JSON Schema's "integer" includes 8.0; a fraction is still refused.
+    ds = add_dataset(sessions)
+    body = job_body(ds, seed=3.0, student={"model": "bpr", "dim": 8.0}, hyperparameters={"epochs": 2.0})
+    res = post_json(client, "/jobs", body)
+    assert res.status_code == 201, res.text
+    assert res.json()["seed"] == 3 and res.json()["student"]["dim"] == 8
+    assert res.json()["hyperparameters"] == {"epochs": 2} and isinstance(res.json()["hyperparameters"]["epochs"], int)
+    res = post_json(client, "/jobs", job_body(ds, seed=3.5))
+    assert res.status_code == 422 and "seed" in res.json()["detail"]
