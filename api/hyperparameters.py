@@ -28,7 +28,10 @@ def _has_nul(value: Any) -> bool:
     if isinstance(value, dict):
         return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
     if isinstance(value, list | tuple | set | frozenset):
-        return any(_has_nul(v) for v in value)
+        try:
+            return "\x00" in "".join(value)  # a list of strings (10,000 batch users) in one C pass
+        except TypeError:  # not all strings
+            return any(_has_nul(v) for v in value)
     return False  # numbers, bools, None; nested models check their own fields
 
 
