@@ -100,3 +100,13 @@ def test_policy_levels() -> None:
     assert access_level("/models/{model_id}/checkpoint") is Access.SECRET
     for path in ("/metrics", "/datasets", "/jobs/{job_id}", "/models", "/anything-new"):
         assert access_level(path) is Access.PRIVATE
+
+
+def test_the_retired_open_reads_setting_is_named_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from api.auth import warn_if_open
+
+    monkeypatch.setenv("RECDISTILL_OPEN_READS", "true")
+    warn_if_open(make_settings(tmp_path / "home"))
+    assert "RECDISTILL_OPEN_READS is no longer read" in caplog.text and "RECDISTILL_OPEN_SERVING" in caplog.text
