@@ -59,9 +59,9 @@ compose-up:
 compose-cpu:
 	docker compose --profile cpu up -d --build postgres redis migrate api worker-cpu
 
-# Regenerate .env.example and the README's configuration table from core/settings.py.
+# Regenerate .env.example and the configuration table in docs/deploy.md from core/settings.py.
 config-docs: install
-	$(PY) scripts/config_table.py --format env --output .env.example && $(PY) scripts/config_table.py --inject README.md
+	$(PY) scripts/config_table.py --format env --output .env.example && $(PY) scripts/config_table.py --inject docs/deploy.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -53,6 +53,22 @@ def check_k(settings: Settings, k: int, offset: int = 0) -> None:
                            code="invalid_offset")
 
 
+def check_batch(settings: Settings, n_users: int, depth: int, n_exclude: int) -> None:
+    """A batch may name at most RECDISTILL_MAX_BATCH_USERS users and return at most
+    RECDISTILL_MAX_BATCH_ITEMS items (users x (k + offset)); ``exclude`` at most RECDISTILL_MAX_EXCLUDE ids."""
+    if n_users > settings.max_batch_users:
+        raise InvalidInput(f"users: at most {settings.max_batch_users} users per batch, got {n_users}",
+                           code="batch_too_large")
+    if n_users * depth > settings.max_batch_items:
+        raise InvalidInput(
+            f"users: {n_users} users x (k + offset) {depth} = {n_users * depth} items is above the limit of "
+            f"{settings.max_batch_items} (RECDISTILL_MAX_BATCH_ITEMS); ask for fewer users or a smaller k",
+            code="batch_too_large")
+    if n_exclude > settings.max_exclude:
+        raise InvalidInput(f"exclude: at most {settings.max_exclude} item ids, got {n_exclude}",
+                           code="too_many_excluded")
+
+
 # Paging of the list endpoints. The offset bound keeps a client's number inside a 64-bit SQL integer
 # (2**63 was an OverflowError, a 500, in the SQLite driver); no listing has a billion rows.
 MAX_PAGE = 1000

@@ -5,7 +5,8 @@ even when the endpoint takes only the ``Request``, and wraps it in two exit stac
 exception catcher; on the recommend hot path that was about a quarter of the request's cost. The route
 keeps everything else (OpenAPI from ``response_model``/``responses``, matching, the app's exception
 handlers, which catch what the endpoint raises one layer up); any endpoint with parameters or
-dependencies gets FastAPI's normal handler.
+dependencies gets FastAPI's normal handler. Only public APIs: the route's own ``dependant`` decides, and a
+router included with extra dependencies gets new route objects whose dependant holds them (tested).
 """
 
 from __future__ import annotations
@@ -15,24 +16,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi import routing as fastapi_routing
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
-
-# FastAPI >= 0.16x keeps an included router's extra dependencies in an "effective route context" set while
-# the handler is built; older versions copy the route with the merged dependant instead.
-_EFFECTIVE_CONTEXT = getattr(fastapi_routing, "_effective_route_context_var", None)
-
-
-def _effective_dependant(route: APIRoute) -> Dependant:
-    context = _EFFECTIVE_CONTEXT.get() if _EFFECTIVE_CONTEXT is not None else None
-    if context is not None and getattr(context, "original_route", None) is route:
-        return context.dependant  # type: ignore[no-any-return]
-    return route.dependant
-
 
 def takes_only_request(dependant: Dependant) -> bool:
     """True when solving ``dependant`` would only hand the endpoint its ``Request``."""
@@ -66,9 +54,3 @@ class DirectRoute(APIRoute):
         # A GET endpoint reads no body, so the body-size limit FastAPI wraps around routes has nothing to do.
         if self.methods == {"GET"} and takes_only_request(self.dependant):
             self.app = direct_app(endpoint)
-
-    def get_route_handler(self) -> Endpoint:
-        dependant = _effective_dependant(self)
-        if takes_only_request(dependant):
-            return dependant.call  # type: ignore[return-value]
-        return super().get_route_handler()

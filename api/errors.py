@@ -46,9 +46,26 @@ class Conflict(APIError):
     code = "conflict"
 
 
-class PayloadTooLarge(APIError):
+class BodyReadError(APIError, StarletteHTTPException):
+    """Raised while a request body is read. FastAPI turns any exception from its body read into a bare 400
+    except HTTPException, which it re-raises; the APIError handler still formats it (first in the MRO)."""
+
+    def __init__(self, detail: str, *, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        Exception.__init__(self, detail)
+        self.detail = detail
+        if code is not None:  # api.ingest names which limit was passed
+            self.code = code
+        self.headers = headers
+
+
+class PayloadTooLarge(BodyReadError):
     status_code = 413
     code = "payload_too_large"
+
+
+class RequestTimeout(BodyReadError):
+    status_code = 408
+    code = "request_timeout"
 
 
 class Unauthorized(APIError):
@@ -146,6 +163,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
     headers = dict(exc.headers or {})
     detail = exc.detail
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+        # FastAPI's body read turns the JSON parser's recursion limit into a bare "error parsing the body".
+        detail, code = "malformed JSON body: nested too deeply", "malformed_json"
     if exc.status_code == 405:
         allowed = allowed_methods(request)
         headers["Allow"] = ", ".join(allowed)

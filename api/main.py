@@ -16,6 +16,8 @@ from fastapi import Depends, FastAPI
 from api.auth import require_access, warn_if_open
 from api.errors import install_error_handlers
 from api.holder import IndexHolder
+from api.ingest import IngestRunner, cleanup_upload_leftovers
+from api.limits import BodyLimitMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.openapi import install_openapi
 from api.routers import datasets, health, items, jobs, models, recommend
@@ -54,6 +56,7 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 1.0
         # core; an API scales by uvicorn workers instead.
         faiss.omp_set_num_threads(1)
         settings.ensure_dirs()
+        await asyncio.to_thread(cleanup_upload_leftovers, settings, sessions)
         try:
             await asyncio.to_thread(holder.refresh)
         except Exception:  # no database yet, or it is down: start unready, the poller retries
@@ -73,6 +76,7 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 1.0
     app.state.sessions = sessions
     app.state.holder = holder
     app.state.enqueue = _default_enqueue(settings)
+    app.state.ingest = IngestRunner(settings)
     app.state.metrics = Metrics(holder)
     install_error_handlers(app)
     install_openapi(app, settings)
@@ -83,6 +87,7 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 1.0
     app.router.routes[:0] = recommend.router.routes
     for module in (items, health, datasets, jobs, models):
         app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 

@@ -5,7 +5,8 @@ the error handlers or the limits read from the settings. ``install_openapi`` rep
 (FastAPI's documented extension point) with a generator that post-processes FastAPI's schema once:
 
 * every error answer is ``ErrorPublic`` (``{detail, code, errors?}``, as api.errors sends it);
-* every status an operation returns is listed: 422 where it takes input, 400 for a malformed JSON body,
+* every status an operation returns is listed: 422 where it takes input, 408/413 where it reads a body
+  (api.limits), 400 for a malformed JSON body,
   401/403 and the ``ApiKey`` security requirement where the access policy (api.auth) needs the key under
   these settings, 404 where a path names something, and the route-specific ones in ``EXTRA_STATUSES``;
 * the limits read from the settings (``k`` and ``k + offset`` at most ``RECDISTILL_MAX_K``, the upload
@@ -32,13 +33,14 @@ DESCRIPTIONS = {
     403: f"Wrong {HEADER}, or (checkpoint download) no API key configured on the server.",
     404: "Unknown id, user (with fallback=false) or item.",
     409: "Conflicts with the resource's state.",
-    413: "Upload larger than RECDISTILL_MAX_UPLOAD_MB.",
+    408: "The request body stalled longer than RECDISTILL_BODY_TIMEOUT.",
+    413: "Body larger than RECDISTILL_MAX_BODY_KB (uploads: RECDISTILL_MAX_UPLOAD_MB).",
     422: "Invalid input; `errors` names each bad field.",
     503: "Unavailable (no active model, queue or database unreachable).",
 }
 # Statuses beside the generic ones, by (method, path): what the routes raise themselves.
 EXTRA_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
-    ("post", "/datasets"): (413,),
+    ("post", "/datasets"): (503,),
     ("delete", "/datasets/{dataset_id}"): (409,),
     ("post", "/jobs"): (404, 503),
     ("post", "/jobs/{job_id}/cancel"): (409,),
@@ -62,6 +64,8 @@ def _statuses(method: str, path: str, op: dict[str, Any], settings: Settings) ->
     body = op.get("requestBody", {}).get("content", {})
     if params or body:
         statuses.add(422)
+    if body:  # api.limits: a body past RECDISTILL_MAX_BODY_KB (uploads: their own limit), or one that stalls
+        statuses |= {408, 413}
     if "application/json" in body:
         statuses.add(400)
     if any(p.get("in") == "path" for p in params):
@@ -85,9 +89,20 @@ def _document_limits(schema: dict[str, Any], settings: Settings) -> None:
     paths["/recommend/{user}"]["get"]["description"] = (
         paths["/recommend/{user}"]["get"].get("description", "") + f"\n\nLimits: {k_rule}.")
     batch = schema["components"]["schemas"]["RecommendBatchCreate"]
-    batch["properties"]["k"]["maximum"] = max_k
-    batch["properties"]["offset"]["maximum"] = max_k - 1
-    batch["description"] = f"Limits: {k_rule}; at most {batch['properties']['users']['maxItems']} users."
+    props = batch["properties"]
+    props["k"]["maximum"] = max_k
+    props["offset"]["maximum"] = max_k - 1
+    props["users"]["maxItems"] = min(props["users"].get("maxItems", settings.max_batch_users),
+                                     settings.max_batch_users)
+    props["exclude"]["maxItems"] = min(props["exclude"].get("maxItems", settings.max_exclude), settings.max_exclude)
+    batch["description"] = (
+        f"Limits: {k_rule}; at most {props['users']['maxItems']} users (RECDISTILL_MAX_BATCH_USERS) and "
+        f"users x (k + offset) at most {settings.max_batch_items} (RECDISTILL_MAX_BATCH_ITEMS); at most "
+        f"{props['exclude']['maxItems']} excluded ids (RECDISTILL_MAX_EXCLUDE).")
+    for param in paths["/recommend/{user}"]["get"].get("parameters", []):
+        if param["name"] == "exclude":
+            param["description"] = (param.get("description", "") + f" At most {settings.max_exclude} ids "
+                                    "(RECDISTILL_MAX_EXCLUDE; each comma-separated part counts).")
     upload = paths["/datasets"]["post"]
     upload["description"] = (f"Streamed to disk; at most {settings.max_upload_mb} MiB "
                              f"(RECDISTILL_MAX_UPLOAD_MB). Formats: {UPLOAD_FORMATS}.")

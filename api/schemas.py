@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,7 +22,6 @@ from core.names import SERVABLE_MODEL_NAMES, MethodName, ModelName
 ID_PATTERN = r"^[0-9a-f]{32}$"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-()]{0,199}$")
 MAX_BATCH_USERS = 10_000
-SEP_PATTERN = r"^[\t -~]$"  # pandas' C parser: one byte, not a line break
 
 
 def check_safe_name(value: str, field: str) -> str:
@@ -41,6 +41,26 @@ def check_filename(value: str) -> str:
         raise ValueError(f"filename must be a plain file name, not a path: {value!r}")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError(f"filename contains control characters: {value!r}")
+    # Bidi overrides (U+202E) and other format characters make a name display as something else; U+FFFD
+    # is what bytes that were not UTF-8 decoded to.
+    if any(c == "\ufffd" or unicodedata.category(c) in ("Cf", "Cs", "Co") for c in value):
+        raise ValueError(f"filename contains invisible, private-use or invalid (U+FFFD) characters: {value!r}")
+    return value
+
+
+#: Column delimiters a data set may declare: one printable ASCII character that is not a letter, digit or
+#: quote, or a tab ("\\t" as two characters is read as a tab, as a shell user would type it). Longer ones
+#: would make pandas switch to its regex engine.
+SEPARATORS = frozenset(c for c in map(chr, range(32, 127)) if not c.isalnum() and c not in "\"'") | {"\t"}
+
+
+def check_sep(value: str) -> str:
+    """A delimiter from :data:`SEPARATORS` (``"\\t"`` normalised to a tab)."""
+    value = "\t" if value == "\\t" else value
+    if value not in SEPARATORS:
+        raise ValueError(
+            f"must be one printable ASCII character that is not a letter, digit or quote, or a tab; got {value!r}"
+        )
     return value
 
 
@@ -70,9 +90,11 @@ class DatasetCreate(Checked):
     format: Literal["csv", "tsv", "parquet", "inter"] | None = Field(
         None, description="File format; default: from the file name's extension."
     )
-    sep: str | None = Field(None, min_length=1, max_length=1, json_schema_extra={"pattern": SEP_PATTERN},
-                            description="Column delimiter (csv/tsv/inter): one ASCII character, a tab or a "
-                            "printable one (the parser reads single-byte delimiters).")
+    sep: str | None = Field(
+        None, min_length=1, max_length=2,
+        description="Column delimiter (csv/tsv/inter): one printable ASCII character other than a letter, digit "
+        "or quote, or a tab (also written \\t).",
+    )
     user_col: str = Field("user_id", min_length=1, max_length=200, description="Column holding user ids.")
     item_col: str = Field("item_id", min_length=1, max_length=200, description="Column holding item ids.")
     rating_col: str | None = Field(None, max_length=200, description="Optional rating column.")
@@ -88,10 +110,8 @@ class DatasetCreate(Checked):
 
     @field_validator("sep")
     @classmethod
-    def _single_byte_sep(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(SEP_PATTERN, v):
-            raise ValueError(f"must be one ASCII character, a tab or a printable one, got {v!r}")
-        return v
+    def _sep(cls, v: str | None) -> str | None:
+        return None if v is None else check_sep(v)
 
     @field_validator("rating_col", "timestamp_col")
     @classmethod

@@ -15,11 +15,16 @@ import scipy.sparse as sp
 
 from core.data_read import DataError, read_columns
 
-__all__ = ["DataError", "Interactions", "SplitData", "NegativeSampler", "load_interactions", "split"]
+__all__ = [
+    "DataError", "UntrainableData", "Interactions", "SplitData", "NegativeSampler", "load_interactions", "split",
+    "check_trainable",
+]
 
 logger = logging.getLogger(__name__)
 
 
+class UntrainableData(DataError):
+    """The file parses, but no job could train and evaluate on it (too few users/items, nothing to hold out)."""
 
 
 
@@ -179,6 +184,26 @@ def load_interactions(
         "loaded %s: %d users, %d items, %d interactions", path.name, inter.n_users, inter.n_items, len(inter)
     )
     return inter
+
+
+def check_trainable(inter: Interactions) -> None:
+    """Raise :class:`UntrainableData` for data no split could train and evaluate on.
+
+    The weakest condition any job's split can meet: a model needs two users and two items to rank anything,
+    and :func:`split` keeps at least one training item per user, so a held-out (valid/test) interaction
+    needs a user with two or more distinct items (``ratios=(0.5, 0, 0.5)``; the default 0.8/0.1/0.1 needs
+    five, ``loo`` three).
+    """
+    if inter.n_users < 2 or inter.n_items < 2:
+        raise UntrainableData(
+            f"{inter.source}: {inter.n_users} user(s) x {inter.n_items} item(s) after de-duplication; "
+            "training needs at least 2 users and 2 items"
+        )
+    if len(inter) == 0 or np.bincount(inter.users, minlength=inter.n_users).max() < 2:
+        raise UntrainableData(
+            f"{inter.source}: no user has 2 or more distinct items, so no interaction can be held out "
+            "for validation or test (every user keeps one for training)"
+        )
 
 
 # --- splits -------------------------------------------------------------------------------------------

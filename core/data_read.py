@@ -12,6 +12,7 @@ import lzma
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -114,6 +115,12 @@ def _resolve_column(path: Path, header: list[str], name: str, role: str, delimit
         hint = f"; the header looks {seen[0]!r}-separated, pass sep={seen[0]!r}" if seen else ""
         msg += f"; line 1 has a single field: expected delimiter {delimiter!r}{hint}"
     raise DataError(msg)
+
+
+def open_decompressed(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed on the fly when its suffix is .gz/.bz2/.xz."""
+    opener = _COMPRESSION.get(path.suffix.lower())
+    return opener(path, "rb") if opener else open(path, "rb")  # noqa: SIM115
 
 
 def _decode_error(path: Path) -> DataError:

@@ -151,6 +151,18 @@ def _clear_bits(bits: np.ndarray, codes: np.ndarray) -> None:
     bits[byte[starts]] &= ~np.bitwise_or.reduceat(mask, starts)
 
 
+def _comma_id_widths(item_index: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """For item ids that contain commas: their first piece (left-stripped) -> their piece counts, longest
+    first. A comma-separated exclude list is split back into ids by trying only these runs of pieces, so
+    parsing stays linear in the list whatever the catalogue (see ``api.routers.recommend.parse_exclude``)."""
+    widths: dict[str, set[int]] = {}
+    for item in item_index:
+        if "," in item:
+            pieces = item.split(",")
+            widths.setdefault(pieces[0].lstrip(), set()).add(len(pieces))
+    return {first: tuple(sorted(ns, reverse=True)) for first, ns in widths.items()}
+
+
 def _seen_byte_masks(seen: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per user, the bitmap bytes holding seen items and their OR-ed bit masks, CSR-like: O(seen) memory,
     so a request clears its user's seen items with one fancy-indexed AND."""
@@ -199,6 +211,7 @@ class ServingBundle:
         self.item_ids = np.asarray(item_ids, dtype=object)
         self.user_index = {u: i for i, u in enumerate(self.user_ids)}
         self.item_index = {it: i for i, it in enumerate(item_ids)}
+        self.comma_id_widths = _comma_id_widths(self.item_index)
         self.model_id = model_id
         self.kind: IndexKind = kind
         self.ef_search = ef_search

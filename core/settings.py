@@ -60,11 +60,84 @@ class Settings(BaseSettings):
         validation_alias="RECDISTILL_MAX_UPLOAD_MB",
         description="Largest accepted dataset upload, in MiB.",
     )
+    max_upload_decompressed_mb: int = Field(
+        1024,
+        gt=0,
+        validation_alias="RECDISTILL_MAX_UPLOAD_DECOMPRESSED_MB",
+        description="Largest size of an upload's data once decompressed (.gz/.bz2/.xz, or Parquet's own "
+        "codecs), in MiB; larger ones are refused with 413 before they are parsed.",
+    )
+    ingest_concurrency: int = Field(
+        2,
+        gt=0,
+        validation_alias="RECDISTILL_INGEST_CONCURRENCY",
+        description="Uploads parsed at once per API process (each in its own child process).",
+    )
+    ingest_wait_s: float = Field(
+        30.0,
+        gt=0,
+        validation_alias="RECDISTILL_INGEST_WAIT",
+        description="Seconds an upload waits for a free parse slot before it is answered 503 with Retry-After.",
+    )
+    ingest_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        validation_alias="RECDISTILL_INGEST_TIMEOUT",
+        description="Wall-clock seconds a child process may spend parsing and validating one upload.",
+    )
+    ingest_memory_mb: int = Field(
+        8192,
+        gt=0,
+        validation_alias="RECDISTILL_INGEST_MEMORY_MB",
+        description="Resident memory the child process that parses an upload may use, in MiB (checked every "
+        "0.1 s; past it the child is killed and the upload refused with 413).",
+    )
+    upload_leftover_age_s: float = Field(
+        3600.0,
+        gt=0,
+        validation_alias="RECDISTILL_UPLOAD_LEFTOVER_AGE",
+        description="At start-up, dataset folders without a database row (a crash mid-upload) untouched for "
+        "this many seconds are removed; keep it above the longest upload plus its parse.",
+    )
     max_k: int = Field(
         1000,
         gt=0,
         validation_alias="RECDISTILL_MAX_K",
         description="Largest k (and k + offset) a recommendation request may ask for.",
+    )
+    # Request limits: what one request may cost the server (each is refused with a 4xx naming it).
+    max_exclude: int = Field(
+        1000,
+        gt=0,
+        validation_alias="RECDISTILL_MAX_EXCLUDE",
+        description="Most item ids one recommendation request may exclude (comma-separated parts of "
+        "`exclude` count one each).",
+    )
+    max_batch_users: int = Field(
+        1000,
+        gt=0,
+        validation_alias="RECDISTILL_MAX_BATCH_USERS",
+        description="Most users in one POST /recommend/batch.",
+    )
+    max_batch_items: int = Field(
+        100_000,
+        gt=0,
+        validation_alias="RECDISTILL_MAX_BATCH_ITEMS",
+        description="Most items one POST /recommend/batch may return: users x (k + offset) is refused above "
+        "it, which bounds the response (~40 bytes an item) and the work behind it.",
+    )
+    max_body_kb: int = Field(
+        1024,
+        gt=0,
+        validation_alias="RECDISTILL_MAX_BODY_KB",
+        description="Largest request body in KiB, uploads excepted (they have RECDISTILL_MAX_UPLOAD_MB).",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        validation_alias="RECDISTILL_BODY_TIMEOUT",
+        description="Seconds a request body may stall (no bytes arriving) before the request is answered "
+        "408 and its connection closed.",
     )
     index: Literal["flat", "hnsw"] = Field(
         "flat",

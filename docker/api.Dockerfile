@@ -32,5 +32,6 @@ USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"]
-# WEB_CONCURRENCY (read by uvicorn) sets the number of API processes; each loads the active bundle.
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+# api.server runs uvicorn with the request-head bound (api/server.py); WEB_CONCURRENCY sets the number of
+# API processes, each loading the active bundle.
+CMD ["python", "-m", "api.server", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]

@@ -61,7 +61,7 @@ def _default_text(value: Any) -> str:
 
 
 def markdown_table() -> str:
-    """The configuration table of the README / docs/deploy.md."""
+    """The configuration table of docs/deploy.md."""
     lines = ["| Variable | Default | Description |", "|---|---|---|"]
     for row in setting_rows():
         default = f"`{row['default']}`" if row["default"] else "(see description)"

@@ -1,4 +1,4 @@
-"""``/datasets``: streamed upload + validation, listing, detail and deletion (files included)."""
+"""``/datasets``: streamed upload, validation in a child process (api.ingest), listing, detail and deletion."""
 
 from __future__ import annotations
 
@@ -16,11 +16,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import PageLimit, PageOffset, ReadAuth, SessionDep, SettingsDep, WriteAuth
 from api.errors import InvalidInput, describe_validation
-from api.schemas import ID_PATTERN, DatasetCreate, DatasetPublic, DatasetsPublic, check_filename
+from api.ingest import IngestRunner
+from api.schemas import (
+    ID_PATTERN,
+    SEPARATORS,
+    DatasetCreate,
+    DatasetPublic,
+    DatasetsPublic,
+    check_filename,
+    check_safe_name,
+)
 from api.upload import receive_upload
-from core.data import DataError, load_interactions
 from core.db import repo
 from core.db.models import new_id
+from core.ingest import IngestRequest
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -30,20 +39,33 @@ DatasetId = Annotated[str, PathParam(pattern=ID_PATTERN, description="32-charact
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".inter": "inter", ".parquet": "parquet", ".pq": "parquet"}
 COMPRESSIONS = (".gz", ".bz2", ".xz")
 
-def _form_property(schema: dict[str, Any]) -> dict[str, Any]:
-    # A form field is text or absent, never null: document the non-null branch of an optional field.
-    branch = next(b for b in schema.get("anyOf", [schema]) if b.get("type") != "null")
-    return {**branch, "description": schema.get("description", "")}
-
-
+_FORM_FIELDS: dict[str, dict[str, Any]] = {
+    name: {"type": "string", "description": field.description or ""} for name, field in DatasetCreate.model_fields.items()
+}
+_FORM_FIELDS["format"]["enum"] = sorted(set(EXTENSIONS.values()))
+_FORM_FIELDS["sep"]["enum"] = [*sorted(SEPARATORS), "\\t"]
 _FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["file"],
     "properties": {
-        "file": {"type": "string", "format": "binary", "description": "CSV, TSV, Parquet or RecBole .inter"},
-        **{name: _form_property(prop) for name, prop in DatasetCreate.model_json_schema()["properties"].items()},
+        "file": {
+            "type": "string", "format": "binary",
+            "description": f"CSV, TSV, Parquet or RecBole .inter ({', '.join(sorted(EXTENSIONS))}), optionally "
+            f"compressed ({', '.join(COMPRESSIONS)}). At most RECDISTILL_MAX_UPLOAD_MB as sent and "
+            "RECDISTILL_MAX_UPLOAD_DECOMPRESSED_MB once decompressed; it must hold at least 2 users and 2 items "
+            "and a user with 2 or more items (one to hold out).",
+        },
+        **_FORM_FIELDS,
     },
     "additionalProperties": False,
+}
+_CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"description": "The file is larger than RECDISTILL_MAX_UPLOAD_MB, or than "
+          "RECDISTILL_MAX_UPLOAD_DECOMPRESSED_MB once decompressed, or parsing it passed "
+          "RECDISTILL_INGEST_TIMEOUT / RECDISTILL_INGEST_MEMORY_MB."},
+    422: {"description": "Malformed multipart body, bad form field, unreadable or untrainable data."},
+    503: {"description": "All RECDISTILL_INGEST_CONCURRENCY parse slots stayed busy for RECDISTILL_INGEST_WAIT "
+          "seconds; see Retry-After."},
 }
 
 
@@ -71,26 +93,25 @@ def _parse_form(fields: dict[str, str]) -> DatasetCreate:
         raise InvalidInput(text, code="validation_error") from None
 
 
-def _store(sessions: sessionmaker[Session], settings: Settings, dataset_id: str, form: DatasetCreate, filename: str, data: Path, fmt: str,
-           size: int) -> DatasetPublic:
-    """Parse the stored file (validates it) and insert the row; runs in a worker thread."""
+def _default_name(filename: str, dataset_id: str) -> str:
+    """The file name's stem when it passes the same check as an explicit name, else ``dataset-<id prefix>``."""
     try:
-        inter = load_interactions(
-            data, user_col=form.user_col, item_col=form.item_col, rating_col=form.rating_col,
-            timestamp_col=form.timestamp_col, fmt=fmt, sep=form.sep, rating_threshold=form.rating_threshold,
-        )
-    except DataError as exc:
-        # Messages name our stored file; show the client's name instead.
-        raise InvalidInput(str(exc).replace(data.name, filename), code="invalid_data") from None
-    n = len(inter)
+        return check_safe_name(Path(filename).name.split(".")[0], "name")
+    except ValueError:
+        return f"dataset-{dataset_id[:8]}"
+
+
+def _insert(sessions: sessionmaker[Session], settings: Settings, dataset_id: str, form: DatasetCreate, filename: str,
+            data: Path, fmt: str, size: int, summary: dict[str, Any]) -> DatasetPublic:
+    """Insert the row of a validated upload; runs in a worker thread."""
     with sessions() as session:
         row = repo.create_dataset(
-            session, id=dataset_id, name=form.name or Path(filename).name.split(".")[0] or dataset_id,
+            session, id=dataset_id, name=form.name or _default_name(filename, dataset_id),
             original_filename=filename, path=str(data.relative_to(settings.artifact_dir)), format=fmt,
             sep=form.sep, user_col=form.user_col, item_col=form.item_col, rating_col=form.rating_col,
             timestamp_col=form.timestamp_col, rating_threshold=form.rating_threshold,
-            n_users=inter.n_users, n_items=inter.n_items, n_interactions=n,
-            density=n / float(inter.n_users * inter.n_items), size_bytes=size,
+            n_users=int(summary["n_users"]), n_items=int(summary["n_items"]),
+            n_interactions=int(summary["n_interactions"]), density=float(summary["density"]), size_bytes=size,
         )
         public = DatasetPublic.model_validate(row)
         session.commit()
@@ -99,7 +120,7 @@ def _store(sessions: sessionmaker[Session], settings: Settings, dataset_id: str,
 
 @router.post(
     "", status_code=201, response_model=DatasetPublic, dependencies=[WriteAuth],
-    summary="Upload an interaction file (multipart, streamed to disk)",
+    summary="Upload an interaction file (multipart, streamed to disk)", responses=_CREATE_RESPONSES,
     openapi_extra={"requestBody": {"required": True,
                                    "content": {"multipart/form-data": {"schema": _FORM_SCHEMA}}}},
 )
@@ -121,8 +142,18 @@ async def create_dataset(request: Request, settings: SettingsDep) -> DatasetPubl
             raise InvalidInput(f"file: {filename!r} is empty", code="empty_file")
         data = folder / f"data.{fmt}{compression}"
         os.replace(part, data)
+        runner: IngestRunner = request.app.state.ingest
+        summary = await runner.summarize(
+            IngestRequest(
+                path=str(data), fmt=fmt, user_col=form.user_col, item_col=form.item_col, rating_col=form.rating_col,
+                timestamp_col=form.timestamp_col, sep=form.sep, rating_threshold=form.rating_threshold,
+                max_decompressed_bytes=settings.max_upload_decompressed_mb * 1024 * 1024,
+                timeout_s=settings.ingest_timeout_s,
+            ),
+            filename,
+        )
         return await anyio.to_thread.run_sync(
-            _store, request.app.state.sessions, settings, dataset_id, form, filename, data, fmt, upload.size)
+            _insert, request.app.state.sessions, settings, dataset_id, form, filename, data, fmt, upload.size, summary)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

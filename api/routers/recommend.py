@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import orjson
 from fastapi import APIRouter, Request, Response
 from starlette.datastructures import QueryParams
 
 from api.auth import authorize_read
-from api.deps import check_k, current_bundle
+from api.deps import check_batch, check_k, current_bundle
 from api.direct_route import DirectRoute
 from api.errors import InvalidInput
 from api.schemas import RecommendationPublic, RecommendationsPublic, RecommendBatchCreate
@@ -22,7 +23,6 @@ from core.index import Recommendation, ServingBundle
 
 router = APIRouter(prefix="/recommend", tags=["recommend"], route_class=DirectRoute)
 
-MAX_EXCLUDE = 10_000
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing X-API-Key (reads closed)"}, 403: {"description": "wrong X-API-Key"},
     404: {"description": "unknown user with fallback=false"}, 422: {"description": "bad k/offset/body"},
@@ -30,22 +30,33 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def parse_exclude(values: list[str], bundle: ServingBundle) -> list[str]:
-    """Split ``exclude=i1,i2`` on commas, keeping ids that contain commas ("Godfather, The (1972)") whole."""
+def parse_exclude(values: list[str], bundle: ServingBundle, limit: int) -> list[str]:
+    """Split ``exclude=i1,i2`` on commas, keeping ids that contain commas ("Godfather, The (1972)") whole.
+
+    At most ``limit`` comma-separated parts in all (422 naming ``exclude`` above it). At each piece only the
+    runs that could spell a catalogue id starting there are glued back (``bundle.comma_id_widths``), so the
+    work is linear in the parts (one lookup each for a comma-free catalogue), however long the list.
+    """
+    n_parts = sum(value.count(",") + 1 for value in values)
+    if n_parts > limit:
+        raise InvalidInput(f"exclude: at most {limit} item ids (RECDISTILL_MAX_EXCLUDE), got {n_parts}",
+                           code="too_many_excluded")
     out: list[str] = []
-    known = bundle.item_index
+    known, widths = bundle.item_index, bundle.comma_id_widths
     for value in values:
         if value in known:
             out.append(value)
             continue
-        parts = value.split(",")[:MAX_EXCLUDE]
+        parts = value.split(",")
         i = 0
         while i < len(parts):
-            for j in range(len(parts), i, -1):  # longest run of pieces that names a known item
-                candidate = ",".join(parts[i:j])
+            for n in (*widths.get(parts[i].lstrip(), ()), 1):  # longest run of pieces naming a known item
+                if i + n > len(parts):
+                    continue
+                candidate = ",".join(parts[i : i + n])
                 if candidate in known or candidate.strip() in known:
                     out.append(candidate if candidate in known else candidate.strip())
-                    i = j
+                    i += n
                     break
             else:
                 out.append(parts[i].strip())  # unknown ids are simply not in the catalogue
@@ -136,17 +147,27 @@ async def recommend(request: Request) -> Response:
     check_k(request.app.state.settings, k, offset)
     exclude_seen, fallback = _bool(params, "exclude_seen", True), _bool(params, "fallback", True)
     bundle = current_bundle(request)  # one read: a concurrent swap cannot change it under us
-    drop = parse_exclude(exclude, bundle) if exclude else ()
+    drop = parse_exclude(exclude, bundle, request.app.state.settings.max_exclude) if exclude else ()
     rec = bundle.recommend(user, k, offset=offset, exclude_seen=exclude_seen, exclude=drop, fallback=fallback)
     return json_response(orjson.dumps(public(user, rec, bundle.model_id, k, offset)))
 
 
 @router.post("/batch", response_model=RecommendationsPublic, responses=ERRORS)
 async def recommend_batch(request: Request, body: RecommendBatchCreate) -> Response:
+    """Top-k items for each of ``users``; at most RECDISTILL_MAX_BATCH_USERS users and
+    users x (k + offset) <= RECDISTILL_MAX_BATCH_ITEMS."""
     authorize_read(request)
-    check_k(request.app.state.settings, body.k, body.offset)
+    settings = request.app.state.settings
+    check_k(settings, body.k, body.offset)
+    check_batch(settings, len(body.users), body.k + body.offset, len(body.exclude))
     bundle = current_bundle(request)
+    # Thousands of searches and a response of up to RECDISTILL_MAX_BATCH_ITEMS items: off the event loop,
+    # so other requests (and /healthz) keep being answered meanwhile.
+    return json_response(await anyio.to_thread.run_sync(_batch_body, bundle, body))
+
+
+def _batch_body(bundle: ServingBundle, body: RecommendBatchCreate) -> bytes:
     recs = bundle.recommend_batch(body.users, body.k, offset=body.offset, exclude_seen=body.exclude_seen,
                                   exclude=body.exclude, fallback=body.fallback)
     data = [public(u, r, bundle.model_id, body.k, body.offset) for u, r in zip(body.users, recs, strict=True)]
-    return json_response(orjson.dumps({"model_id": bundle.model_id, "data": data}))
+    return orjson.dumps({"model_id": bundle.model_id, "data": data})

@@ -45,7 +45,8 @@ def test_upload_tsv_inter_and_parquet(client: TestClient, tmp_path: Path) -> Non
     inter = b"user_id:token\titem_id:token\trating:float\n1\t10\t4\n2\t10\t5\n2\t11\t3\n"
     assert upload(client, inter, "ml.inter").json()["n_interactions"] == 3
     buf = io.BytesIO()
-    pd.DataFrame({"u": ["a", "b"], "i": ["x", "x"]}).to_parquet(buf)
+    # Trainable: two users, two items, user b can hold one out (a 2x1 set is now refused, issue 10).
+    pd.DataFrame({"u": ["a", "b", "b"], "i": ["x", "x", "y"]}).to_parquet(buf)
     res = upload(client, buf.getvalue(), "p.parquet", user_col="u", item_col="i", name="my data")
     assert res.status_code == 201, res.text
     assert res.json()["name"] == "my data" and res.json()["n_users"] == 2

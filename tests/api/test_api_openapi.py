@@ -64,17 +64,18 @@ def test_security_follows_the_access_policy(tmp_path: Path) -> None:
 
 
 def test_limits_are_published(tmp_path: Path) -> None:
-    schema = schema_for(tmp_path, max_k=50, max_upload_mb=7)
+    schema = schema_for(tmp_path, max_k=50, max_upload_mb=7, max_batch_users=30, max_exclude=20)
     params = {p["name"]: p["schema"] for p in schema["paths"]["/recommend/{user}"]["get"]["parameters"]}
     assert params["k"]["maximum"] == 50 and params["offset"]["maximum"] == 49
     similar = {p["name"]: p["schema"] for p in schema["paths"]["/items/{item}/similar"]["get"]["parameters"]}
     assert similar["k"]["maximum"] == 50
     batch = schema["components"]["schemas"]["RecommendBatchCreate"]
     assert batch["properties"]["k"]["maximum"] == 50 and "k + offset at most 50" in batch["description"]
+    assert batch["properties"]["users"]["maxItems"] == 30 and batch["properties"]["exclude"]["maxItems"] == 20
     assert "7 MiB" in schema["paths"]["/datasets"]["post"]["description"]
     form = schema["paths"]["/datasets"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert form["properties"]["format"]["enum"] == ["csv", "tsv", "parquet", "inter"]
-    assert form["properties"]["sep"]["maxLength"] == 1
+    assert set(form["properties"]["format"]["enum"]) == {"csv", "tsv", "parquet", "inter"}
+    assert "," in form["properties"]["sep"]["enum"] and "a" not in form["properties"]["sep"]["enum"]
     job = schema["components"]["schemas"]["JobCreate"]
     assert [branch["required"] for branch in job["oneOf"]] == [["teacher"], ["teacher_model_id"]]
     assert schema["components"]["schemas"]["StudentSpec"]["properties"]["model"]["enum"] == ["bpr", "lightgcn"]

@@ -277,8 +277,8 @@ def _api_problems(df: Dockerfile, installs: str, argv: list[str]) -> list[str]:
     exposed = [int(p.split("/")[0]) for ins in df.all("EXPOSE") for p in ins.args.split()]
     if len(exposed) != 1:
         problems.append(f"api Dockerfile: expected exactly one EXPOSE port, found {exposed}")
-    if argv[:2] != ["uvicorn", "api.main:app"]:
-        problems.append(f"api Dockerfile: CMD {argv} does not run `uvicorn api.main:app`")
+    if argv[:3] != ["python", "-m", "api.server"]:
+        problems.append(f"api Dockerfile: CMD {argv} does not run `python -m api.server`")
     health = df.last("HEALTHCHECK")
     if health is None:
         problems.append("api Dockerfile: no HEALTHCHECK")

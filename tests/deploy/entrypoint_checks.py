@@ -80,10 +80,18 @@ def console_script_problems(
 def command_problems(
     argv: list[str], where: str, *, subcommands: dict[str, set[str]], root: Path = ROOT
 ) -> list[str]:
-    """Problems of one container command line (uvicorn, recdistill, alembic or celery)."""
+    """Problems of one container command line (python -m, uvicorn, recdistill, alembic or celery)."""
     if not argv:
         return [f"{where}: empty command"]
     prog, args = argv[0], argv[1:]
+    if prog == "python" and args[:1] == ["-m"]:
+        if len(args) < 2:
+            return [f"{where}: python -m without a module"]
+        if module_file(args[1], root) is None:
+            return [f"{where}: module {args[1]} does not exist"]
+        if not module_defines(module_file(args[1], root), "main"):  # type: ignore[arg-type]
+            return [f"{where}: module {args[1]} has no main() to run"]
+        return []
     if prog == "uvicorn":
         targets = [a for a in args if ":" in a and not a.startswith("-")]
         if not targets:

@@ -90,7 +90,7 @@ BROKEN: list[tuple[str, Callable[[dict], None], str]] = [
     ("port mismatch", _set((S, "api", "ports"), ["8000:8080"]), "ports disagree"),
     (
         "command port mismatch",
-        _set((S, "api", "command"), ["uvicorn", "api.main:app", "--port", "9000"]),
+        _set((S, "api", "command"), ["python", "-m", "api.server", "--port", "9000"]),
         "ports disagree",
     ),
     ("unknown setting", _set((S, "api", "environment", "RECDISTILL_TYPO"), "1"), "RECDISTILL_TYPO is not"),
@@ -113,7 +113,7 @@ BROKEN: list[tuple[str, Callable[[dict], None], str]] = [
     ("undeclared volume", _drop(("volumes", "artifacts")), "artifacts is not declared"),
     (
         "bad app module",
-        _set((S, "api", "command"), ["uvicorn", "api.nope:app", "--port", "8000"]),
+        _set((S, "api", "command"), ["python", "-m", "api.nope", "--port", "8000"]),
         "module api.nope does not exist",
     ),
     (

@@ -69,6 +69,8 @@ def test_quickstart_is_wired_into_the_cli() -> None:
         (["gunicorn", "api.main:app"], "unknown program"),
         (["uvicorn", "--port", "8000"], "no module:app target"),
         (["uvicorn", "api.nothing:app"], "module api.nothing does not exist"),
+        (["python", "-m", "api.nothing"], "module api.nothing does not exist"),
+        (["python", "-m", "api.schemas"], "has no main() to run"),
         (["recdistill", "serv"], "`recdistill serv` is not a subcommand"),
         (["recdistill", "worker", "--gpus=2"], "`recdistill worker` has no option --gpus"),
         (["alembic", "upgrade", "base"], "expected `alembic upgrade head`"),
@@ -86,6 +88,7 @@ def test_good_commands_pass() -> None:
     subs = {"worker": {"--concurrency"}}
     assert command_problems(["alembic", "upgrade", "head"], "cmd", subcommands=subs) == []
     assert command_problems(["uvicorn", "api.main:app", "--port", "8000"], "cmd", subcommands=subs) == []
+    assert command_problems(["python", "-m", "api.server", "--port", "8000"], "cmd", subcommands=subs) == []
     assert command_problems(["celery", "-A", "worker.celery_app", "worker"], "cmd", subcommands=subs) == []
     assert command_problems(["recdistill", "worker", "--concurrency", "1"], "cmd", subcommands=subs) == []
 

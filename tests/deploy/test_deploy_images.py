@@ -90,7 +90,7 @@ BROKEN = [
     ("api", "RUN pip install .", "RUN pip install '.[train]'", "must stay slim"),
     ("api", "EXPOSE 8000", "EXPOSE 8080", "ports disagree"),
     ("api", "127.0.0.1:8000/healthz", "127.0.0.1:9000/healthz", "ports disagree"),
-    ("api", '"api.main:app"', '"api.app:app"', "does not run `uvicorn api.main:app`"),
+    ("api", '"api.server"', '"api.main"', "does not run `python -m api.server`"),
     ("api", "HEALTHCHECK", "# HEALTHCHECK", "no HEALTHCHECK"),
     ("api", "COPY worker ./worker", "COPY workers ./worker", "'workers' does not exist"),
     ("api", "COPY worker ./worker", "COPY tests ./tests", "'worker' is not copied"),

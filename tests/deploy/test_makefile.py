@@ -50,18 +50,18 @@ def test_compose_targets_name_real_services_and_profiles() -> None:
 
 def test_config_docs_flags_are_accepted_by_config_table(tmp_path: Path) -> None:
     body = recipe("config-docs")
-    assert "--format env --output .env.example" in body and "--inject README.md" in body
-    readme = tmp_path / "README.md"
-    shutil.copy(ROOT / "README.md", readme)
+    assert "--format env --output .env.example" in body and "--inject docs/deploy.md" in body
+    doc = tmp_path / "deploy.md"
+    shutil.copy(ROOT / "docs/deploy.md", doc)
     script = str(ROOT / "scripts/config_table.py")
     env = subprocess.run(
         [sys.executable, script, "--format", "env", "--output", str(tmp_path / "env")], capture_output=True
     )
-    inject = subprocess.run([sys.executable, script, "--inject", str(readme)], capture_output=True)
+    inject = subprocess.run([sys.executable, script, "--inject", str(doc)], capture_output=True)
     assert env.returncode == 0 and inject.returncode == 0, (env.stderr, inject.stderr)
     # Both generated files already agree with the committed ones (a stale copy would show up here).
     assert (tmp_path / "env").read_text() == (ROOT / ".env.example").read_text()
-    assert readme.read_text() == (ROOT / "README.md").read_text()
+    assert doc.read_text() == (ROOT / "docs/deploy.md").read_text()
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

@@ -1,0 +1,81 @@
+"""The README stays short and true: its quick-start facts come first, its links resolve, and its results
+table is what the committed result files say (the same numbers scripts/plot_results.py draws)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from dockerfile_checks import ROOT
+
+README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _plot_results() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("plot_results", ROOT / "scripts/plot_results.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", markdown, re.M):
+        anchors.add(re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_readme_is_short_and_starts_with_what_a_first_run_needs() -> None:
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 300
+    head = "\n".join(lines[:50])
+    for needed in (
+        "make demo",
+        "make test",
+        "RECDISTILL_PORT",
+        "minutes",
+        "GB",
+        "PyPI",
+        "~/.cache/recdistill",
+    ):
+        assert needed in head, needed
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_relative_links_resolve(doc: Path) -> None:
+    text = doc.read_text(encoding="utf-8")
+    broken = []
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (doc.parent / path).resolve() if path else doc
+        if not dest.exists():
+            broken.append(target)
+        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest.read_text(encoding="utf-8")):
+            broken.append(target)
+    assert broken == []
+
+
+def test_readme_results_table_matches_the_result_files() -> None:
+    text = README.read_text(encoding="utf-8")
+    block = text.split("<!-- results:summary -->", 1)[1].split("<!-- /results:summary -->", 1)[0]
+    rows = block.strip().splitlines()[2:]  # below the header and its rule
+    plot = _plot_results()
+    assert len(rows) == len(plot.PANELS)
+    for row, (title, path) in zip(rows, plot.PANELS, strict=True):
+        cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
+        stats = plot.summary(path)
+        assert cells == [title, *(str(stats[m]) for m in plot.METHODS)]
+        assert path.name in text  # the README names the file its numbers come from
+    assert (ROOT / "docs/results.png").stat().st_size > 10_000
+    assert "](docs/results.png)" in text
