@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
-from api.auth import require_read, require_write
+from api.auth import require_access
 from api.errors import InvalidInput, ServiceUnavailable
 from api.holder import IndexHolder
 from core.index import ServingBundle
@@ -69,8 +69,17 @@ def check_batch(settings: Settings, n_users: int, depth: int, n_exclude: int) ->
                            code="too_many_excluded")
 
 
+# Paging of the list endpoints. The offset bound keeps a client's number inside a 64-bit SQL integer
+# (2**63 was an OverflowError, a 500, in the SQLite driver); no listing has a billion rows.
+MAX_PAGE = 1000
+MAX_OFFSET = 1_000_000_000
+PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Rows per page (1-{MAX_PAGE}).")]
+PageOffset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"Rows to skip (0-{MAX_OFFSET}).")]
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 HolderDep = Annotated[IndexHolder, Depends(get_holder)]
-ReadAuth = Depends(require_read)
-WriteAuth = Depends(require_write)
+# The app applies the access policy to every included route (api.main); these only restate it on a route
+# (FastAPI runs a dependency once per request however often it is listed).
+Auth = Depends(require_access)
+ReadAuth = WriteAuth = Auth

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from core.db.repo import ConflictError, NotFoundError
 from core.index import BundleError, UnknownIdError
@@ -142,14 +143,34 @@ async def _bundle_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_body(str(exc), "bundle_error"), status_code=503)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app accepts on this request's path.
+
+    The router answers 405 from the first route whose path matched (``/recommend/{user:path}``, GET, also
+    matches ``/recommend/batch``), so its ``Allow`` names that one route's methods only. Each method is
+    tried against the app's routes (included routers match their own routes)."""
+    return [
+        method for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.routes)
+    ]
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
+    headers = dict(exc.headers or {})
     detail = exc.detail
     if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
         # FastAPI's body read turns the JSON parser's recursion limit into a bare "error parsing the body".
         detail, code = "malformed JSON body: nested too deeply", "malformed_json"
-    return JSONResponse(_body(detail, code), status_code=exc.status_code, headers=exc.headers)
+    if exc.status_code == 405:
+        allowed = allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        detail = f"method {request.method} not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
+    return JSONResponse(_body(detail, code), status_code=exc.status_code, headers=headers or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -6,17 +6,75 @@ The distiller configs live in ``core.distill`` (torch); these mirrors keep the A
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import types
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from core.names import dcd_list_problem
 
 
-class Strict(BaseModel):
-    """Unknown keys are refused by name."""
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        try:
+            return "\x00" in "".join(value)  # a list of strings (10,000 batch users) in one C pass
+        except TypeError:  # not all strings
+            return any(_has_nul(v) for v in value)
+    return False  # numbers, bools, None; nested models check their own fields
 
-    model_config = ConfigDict(extra="forbid")
+
+class Checked(BaseModel):
+    """Base of every request schema: unknown keys are refused by name, floats must be finite (NaN and
+    ±Infinity, which Python's JSON reader accepts, would reach the loss or the database) and no string,
+    at any depth, may hold a NUL character (PostgreSQL text refuses it)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if _has_nul(value):
+            raise ValueError("must not contain NUL characters")
+        return value
+
+
+def _wants_int(annotation: Any) -> bool:
+    """``int`` or an optional ``int`` (not ``bool``, not a union with ``float``)."""
+    if annotation is int:
+        return True
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = get_args(annotation)
+        return int in members and float not in members
+    return False
+
+
+class Strict(Checked):
+    """A JSON body: types are strict as well (``0`` is not a boolean, ``false`` not an integer). Form and
+    query fields, which arrive as text, use ``Checked``."""
+
+    model_config = ConfigDict(strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # JSON Schema's "integer" is any number without a fraction, so 450.0 is one; strict mode alone
+        # would refuse it.
+        if (isinstance(value, float) and value.is_integer() and info.field_name is not None
+                and _wants_int(cls.model_fields[info.field_name].annotation)):
+            return int(value)
+        return value
 
 
 class TrainParams(Strict):
@@ -110,12 +168,14 @@ def check_hyperparameters(method: str, hp: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         accepted = sorted([*TRAIN_KEYS, *(TEACHER_PREFIX + k for k in TRAIN_KEYS), *params.model_fields])
         raise ValueError(f"unknown key(s) {unknown} for method {method!r}; accepted: {accepted}")
+    checked: list[dict[str, Any]] = []
     for prefix, group, model in (("", train, TrainParams), (TEACHER_PREFIX, teacher, TrainParams), ("", hp, params)):
         try:
-            model.model_validate(group)
+            checked.append(model.model_validate(group).model_dump(exclude_unset=True))  # 2.0 -> 2 for ints
         except ValidationError as exc:
             err = exc.errors()[0]
             if not err["loc"]:  # a rule across keys: its message names them
                 raise ValueError(f"{prefix}{err['ctx']['error']}") from None
             raise ValueError(f"{prefix}{err['loc'][0]}: {err['msg']} (got {err.get('input')!r})") from None
+    train, teacher, hp = checked
     return {**train, **{TEACHER_PREFIX + k: v for k, v in teacher.items()}, **hp}

@@ -11,14 +11,15 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import faiss
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from api.auth import warn_if_open
+from api.auth import require_access, warn_if_open
 from api.errors import install_error_handlers
 from api.holder import IndexHolder
 from api.ingest import IngestRunner, cleanup_upload_leftovers
 from api.limits import BodyLimitMiddleware
 from api.metrics import Metrics, MetricsMiddleware
+from api.openapi import install_openapi
 from api.routers import datasets, health, items, jobs, models, recommend
 from core.db.session import session_factory
 from core.settings import Settings, get_settings
@@ -27,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 DESCRIPTION = (
     "Upload interaction data, run teacher -> student distillation jobs (DCD, RRD), register models and "
-    "serve top-K recommendations from a FAISS index. Errors are JSON `{detail, code}`. Write endpoints "
-    "need the `X-API-Key` header when `RECDISTILL_API_KEY` is set."
+    "serve top-K recommendations from a FAISS index. Errors are JSON `{detail, code, errors?}`. With "
+    "`RECDISTILL_API_KEY` set, every endpoint but /healthz and /readyz needs the `X-API-Key` header "
+    "(`RECDISTILL_OPEN_SERVING=true` opens /recommend and /items/{item}/similar)."
 )
 
 
@@ -67,7 +69,9 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 1.0
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app = FastAPI(title="recdistill", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # The access policy guards every included route; the recommend routes, spliced in below, call it inline.
+    app = FastAPI(title="recdistill", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  dependencies=[Depends(require_access)])
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.holder = holder
@@ -75,6 +79,7 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 1.0
     app.state.ingest = IngestRunner(settings)
     app.state.metrics = Metrics(holder)
     install_error_handlers(app)
+    install_openapi(app, settings)
     # Serving routes first: the router matches in order, and they are the hot path. The recommend routes
     # sit on the app itself, ahead of the docs routes, because an included router is matched twice per
     # request (once to pick the router, once to pick its route): about 30 µs of the ~200 µs a /recommend

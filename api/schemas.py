@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from api.hyperparameters import Strict, check_hyperparameters
+from api.hyperparameters import Checked, Strict, check_hyperparameters
 from core.names import SERVABLE_MODEL_NAMES, MethodName, ModelName
 
 ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -64,11 +64,29 @@ def check_sep(value: str) -> str:
     return value
 
 
+# ----------------------------------------------------------------------------------------------- errors
+class ErrorItem(BaseModel):
+    field: str = Field(description="Dotted path of the bad field (body for the body as a whole).")
+    message: str
+    type: str | None = Field(None, description="Pydantic's error type, e.g. missing, int_type, finite_number.")
+
+
+class ErrorPublic(BaseModel):
+    """Every error answer (api.errors): a sentence naming the field, a stable code, and for validation
+    errors the structured list. Some carry more keys (``job`` on a 503 of POST /jobs, the readiness checks
+    on a 503 of /readyz)."""
+
+    detail: str = Field(description="What is wrong, naming the field.")
+    code: str = Field(description="Stable machine-readable code, e.g. validation_error, not_found, missing_api_key.")
+    errors: list[ErrorItem] | None = Field(None, description="Validation errors only: one entry per bad field.")
+
+
 # ----------------------------------------------------------------------------------------------- datasets
-class DatasetCreate(Strict):
+class DatasetCreate(Checked):
     """Form fields of ``POST /datasets`` (beside the ``file`` part)."""
 
-    name: str | None = Field(None, description="Display name; default: the uploaded file's stem.")
+    name: str | None = Field(None, description="Display name (no '..'); default: the uploaded file's stem.",
+                             json_schema_extra={"pattern": _NAME_RE.pattern})
     format: Literal["csv", "tsv", "parquet", "inter"] | None = Field(
         None, description="File format; default: from the file name's extension."
     )
@@ -139,23 +157,37 @@ class ModelSpec(Strict):
     dim: int = Field(gt=0, le=4096, description="Embedding dimension.")
 
 
+class StudentSpec(ModelSpec):
+    model: ModelName = Field(description="Architecture name; a student must be dot-product servable.",
+                             json_schema_extra={"enum": list(SERVABLE_MODEL_NAMES)})
+
+
 class SplitSpec(Strict):
     mode: Literal["random", "loo"] = Field("random", description="random ratios, or leave-one-out by time.")
-    ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train/valid/test fractions.")
+    # A list, not a tuple: strict validation takes a tuple only from Python, and FastAPI validates bodies so.
+    ratios: list[float] = Field(default_factory=lambda: [0.8, 0.1, 0.1], min_length=3, max_length=3,
+                                description="train/valid/test fractions.")
 
     @field_validator("ratios")
     @classmethod
-    def _ratios(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+    def _ratios(cls, v: list[float]) -> list[float]:
         if any(r < 0 for r in v) or v[0] <= 0 or abs(sum(v) - 1.0) > 1e-6:
             raise ValueError(f"ratios must be non-negative, train > 0, and sum to 1 (got {list(v)})")
         return v
 
 
 class JobCreate(Strict):
+    # "Exactly one of teacher / teacher_model_id", as JSON Schema (the model validator enforces it).
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["teacher"], "properties": {"teacher": {"type": "object"}}},
+        {"required": ["teacher_model_id"], "properties": {"teacher_model_id": {"type": "string"}}},
+    ]})
+
     dataset_id: str = Field(pattern=ID_PATTERN, description="Dataset to train on.")
     teacher: ModelSpec | None = Field(None, description="Train a new teacher; or give teacher_model_id.")
     teacher_model_id: str | None = Field(None, pattern=ID_PATTERN, description="Reuse a trained teacher.")
-    student: ModelSpec = Field(description="Student architecture (dot-product: bpr or lightgcn).")
+    student: StudentSpec = Field(description="Student architecture (dot-product servable: "
+                                             f"{', '.join(SERVABLE_MODEL_NAMES)}); its dim below the teacher's.")
     method: MethodName = Field("dcd", description="Distillation method.")
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict,
@@ -168,7 +200,7 @@ class JobCreate(Strict):
 
     @field_validator("student")
     @classmethod
-    def _servable(cls, v: ModelSpec) -> ModelSpec:
+    def _servable(cls, v: StudentSpec) -> StudentSpec:
         if v.model not in SERVABLE_MODEL_NAMES:
             raise ValueError(f"student.model {v.model!r} is not dot-product servable; use one of {SERVABLE_MODEL_NAMES}")
         return v

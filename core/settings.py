@@ -44,12 +44,15 @@ class Settings(BaseSettings):
     api_key: str | None = Field(
         None,
         validation_alias="RECDISTILL_API_KEY",
-        description="API key required in the X-API-Key header of write endpoints. Unset: writes are open.",
+        description="API key required in the X-API-Key header of every endpoint except /healthz, /readyz and "
+        "the docs (see RECDISTILL_OPEN_SERVING). Unset: every endpoint is open except checkpoint download, "
+        "which is refused (it hands out the weights and every raw user id).",
     )
-    open_reads: bool = Field(
-        True,
-        validation_alias="RECDISTILL_OPEN_READS",
-        description="Whether read endpoints are served without an API key.",
+    open_serving: bool = Field(
+        False,
+        validation_alias="RECDISTILL_OPEN_SERVING",
+        description="Serve /recommend, /recommend/batch and /items/{item}/similar without the API key "
+        "(a public recommender); everything else still needs it.",
     )
     max_upload_mb: int = Field(
         500,

@@ -43,7 +43,7 @@ class NonFiniteLossError(FloatingPointError):
 class TrainConfig(BaseModel):
     """Optimisation and stopping settings of one ``fit`` run."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf/NaN would only fail later as a NaN loss
 
     epochs: int = Field(100, ge=1, description="maximum number of epochs")
     batch_size: int = Field(1024, ge=1, description="training pairs per mini-batch")

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import ReadAuth, SessionDep, SettingsDep, WriteAuth
+from api.deps import PageLimit, PageOffset, ReadAuth, SessionDep, SettingsDep, WriteAuth
 from api.errors import InvalidInput, describe_validation
 from api.ingest import IngestRunner
 from api.schemas import (
@@ -57,6 +57,7 @@ _FORM_SCHEMA: dict[str, Any] = {
         },
         **_FORM_FIELDS,
     },
+    "additionalProperties": False,
 }
 _CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"description": "The file is larger than RECDISTILL_MAX_UPLOAD_MB, or than "
@@ -158,11 +159,11 @@ async def create_dataset(request: Request, settings: SettingsDep) -> DatasetPubl
         raise
 
 
-@router.get("", response_model=DatasetsPublic, dependencies=[ReadAuth])
+@router.get("", response_model=DatasetsPublic)
 def list_datasets(
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: PageLimit = 100,
+    offset: PageOffset = 0,
 ) -> DatasetsPublic:
     rows = repo.list_datasets(session, limit=limit, offset=offset)
     return DatasetsPublic(data=[DatasetPublic.model_validate(r) for r in rows], count=len(rows))

@@ -49,7 +49,8 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready", **body})
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, responses={
+    200: {"description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def metrics(request: Request) -> Response:
     registry = request.app.state.metrics.registry
     payload = await anyio.to_thread.run_sync(generate_latest, registry)

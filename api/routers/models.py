@@ -14,7 +14,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from api.deps import HolderDep, ReadAuth, SessionDep, SettingsDep, WriteAuth
+from api.deps import HolderDep, PageLimit, PageOffset, SessionDep, SettingsDep
 from api.errors import Conflict, NotFound
 from api.holder import bundle_dir
 from api.schemas import ID_PATTERN, ActivationPublic, ModelPublic, ModelsPublic
@@ -39,25 +39,25 @@ def _active_id(session: SessionDep) -> str | None:
     return None if act is None else act.model_id
 
 
-@router.get("", response_model=ModelsPublic, dependencies=[ReadAuth])
+@router.get("", response_model=ModelsPublic)
 def list_models(
     session: SessionDep,
     role: Annotated[Literal["teacher", "student"] | None, Query(description="Only this role.")] = None,
     job_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: PageLimit = 100,
+    offset: PageOffset = 0,
 ) -> ModelsPublic:
     rows = repo.list_models(session, role=role, job_id=job_id, limit=limit, offset=offset)
     active = _active_id(session)
     return ModelsPublic(data=[_public(r, active) for r in rows], count=len(rows))
 
 
-@router.get("/{model_id}", response_model=ModelPublic, dependencies=[ReadAuth])
+@router.get("/{model_id}", response_model=ModelPublic)
 def get_model(model_id: ModelId, session: SessionDep) -> ModelPublic:
     return _public(repo.get_model(session, model_id), _active_id(session))
 
 
-@router.post("/{model_id}/activate", response_model=ActivationPublic, dependencies=[WriteAuth])
+@router.post("/{model_id}/activate", response_model=ActivationPublic)
 def activate_model(model_id: ModelId, session: SessionDep, holder: HolderDep) -> ActivationPublic:
     """Serve this student (loaded here before replying; other API processes pick it up within ~1 s).
 
@@ -88,7 +88,7 @@ def _zip_checkpoint(folder: Path) -> Path:
     return Path(name)
 
 
-@router.get("/{model_id}/checkpoint", dependencies=[ReadAuth], response_class=FileResponse,
+@router.get("/{model_id}/checkpoint", response_class=FileResponse,
             responses={200: {"content": {"application/zip": {}}, "description": "safetensors + manifest.json"}})
 def download_checkpoint(model_id: ModelId, session: SessionDep, settings: SettingsDep) -> FileResponse:
     row = repo.get_model(session, model_id)

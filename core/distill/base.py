@@ -25,7 +25,7 @@ ListsCache = dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
 class DistillConfig(BaseModel):
     """Common options; subclasses add their own. Unknown keys are rejected."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf/NaN would only fail later as a NaN loss
 
     seed: int = Field(0, description="Seed of the distiller's own random generator (samples, Gumbel noise).")
     row_fraction: float = Field(

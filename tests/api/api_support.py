@@ -41,7 +41,7 @@ def make_settings(home: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "home": home,
         "api_key": API_KEY,
-        "open_reads": True,
+        "open_serving": False,
         "max_upload_mb": 1,
         "max_k": 100,
         "database_url": "",

@@ -120,7 +120,8 @@ def test_writes_need_the_api_key(
     res = anon.post("/datasets", files={"file": ("r.csv", CSV)}, headers={"X-API-Key": "wrong"})
     assert res.status_code == 403 and res.json()["code"] == "invalid_api_key"
     assert_nothing_written(sessions, settings)
-    assert anon.get("/datasets").status_code == 200  # reads are open by default
+    # Issue 10: reads need the key too (they were open by default).
+    assert anon.get("/datasets").status_code == 401
 
 
 def test_unknown_and_path_like_ids(client: TestClient) -> None:

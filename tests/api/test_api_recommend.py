@@ -102,15 +102,20 @@ def test_similar_items(client: TestClient, served: ServingBundle) -> None:
     assert client.get("/items/i7/similar", params={"k": 500}).status_code == 422
 
 
-def test_closed_reads_need_the_key(settings: Settings, sessions: sessionmaker[Session]) -> None:
+def test_serving_needs_the_key_unless_opened(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    # Issue 10 changed the default: reads were open (RECDISTILL_OPEN_READS=true), now every route but the
+    # probes needs the key, and RECDISTILL_OPEN_SERVING opens the serving routes only.
     from api_support import API_KEY, RecordingQueue, build_app, make_settings
 
-    closed = make_settings(settings.home, open_reads=False)
-    with TestClient(build_app(closed, RecordingQueue())) as anon:
+    with TestClient(build_app(settings, RecordingQueue())) as anon:
         assert anon.get("/recommend/u1").status_code == 401
         assert anon.get("/datasets").status_code == 401
         assert anon.get("/healthz").status_code == 200
         assert anon.get("/datasets", headers={"X-API-Key": API_KEY}).status_code == 200
+    opened = make_settings(settings.home, open_serving=True)
+    with TestClient(build_app(opened, RecordingQueue())) as anon:
+        assert anon.get("/recommend/u1").status_code == 503  # open, but no active model
+        assert anon.get("/datasets").status_code == 401
 
 
 def test_bodies_validate_against_the_documented_models(client: TestClient, served: ServingBundle) -> None:

@@ -65,7 +65,8 @@ def test_poller_picks_up_activation_from_another_process(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:
     mid = add_model(sessions, settings)
-    with TestClient(build_app(settings, RecordingQueue(), poll_interval_s=0.05)) as c:
+    with TestClient(build_app(settings, RecordingQueue(), poll_interval_s=0.05),
+                    headers={"X-API-Key": settings.api_key or ""}) as c:
         assert c.get("/readyz").status_code == 503
         with sessions() as s:  # what another API process's POST /activate writes
             repo.activate_model(s, mid)

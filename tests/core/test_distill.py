@@ -525,3 +525,16 @@ def test_row_dot_matches_autograd_of_gather_and_dot() -> None:
     (row_dot(rt, frozen, rows, cols) * w).sum().backward()
     assert frozen.grad is None
     torch.testing.assert_close(row_dot(rt.detach(), frozen, rows, cols), expect.detach())
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_configs_refuse_non_finite_numbers(value: float) -> None:
+    from pydantic import ValidationError
+
+    from core.distill.dcd import DCDConfig
+    from core.distill.rrd import RRDConfig
+    from core.train import TrainConfig
+
+    for cls, key in [(DCDConfig, "lambda_ucd"), (DCDConfig, "eps"), (RRDConfig, "t"), (TrainConfig, "lr")]:
+        with pytest.raises(ValidationError, match="finite"):
+            cls(**{key: value})

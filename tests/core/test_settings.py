@@ -26,7 +26,7 @@ def test_defaults_describe_the_embedded_mode(tmp_path: Path, monkeypatch: pytest
     assert s.celery_broker_url == f"sqla+sqlite:///{tmp_path.resolve() / 'var' / 'queue.db'}"
     assert s.artifact_dir == tmp_path.resolve() / "var" / "artifacts"
     assert s.embedded_broker
-    assert s.api_key is None and s.open_reads is True
+    assert s.api_key is None and s.open_serving is False
     assert s.max_k == 1000 and s.port == 8000 and s.index == "flat"
 
 
@@ -36,7 +36,7 @@ def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:6379/3")
     monkeypatch.setenv("ARTIFACT_DIR", str(tmp_path / "shared"))
     monkeypatch.setenv("RECDISTILL_API_KEY", "s3cret")
-    monkeypatch.setenv("RECDISTILL_OPEN_READS", "false")
+    monkeypatch.setenv("RECDISTILL_OPEN_SERVING", "true")
     monkeypatch.setenv("RECDISTILL_INDEX", "hnsw")
     monkeypatch.setenv("RECDISTILL_PORT", "9001")
     s = Settings()
@@ -44,7 +44,7 @@ def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert s.database_url.startswith("postgresql+psycopg://")
     assert s.celery_broker_url == "redis://127.0.0.1:6379/3" and not s.embedded_broker
     assert s.artifact_dir == tmp_path / "shared"
-    assert s.api_key == "s3cret" and s.open_reads is False
+    assert s.api_key == "s3cret" and s.open_serving is True
     assert s.index == "hnsw" and s.port == 9001
 
 
