@@ -82,4 +82,3 @@ HolderDep = Annotated[IndexHolder, Depends(get_holder)]
 # The app applies the access policy to every included route (api.main); these only restate it on a route
 # (FastAPI runs a dependency once per request however often it is listed).
 Auth = Depends(require_access)
-ReadAuth = WriteAuth = Auth

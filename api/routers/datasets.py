@@ -14,7 +14,7 @@ from fastapi import Path as PathParam
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import PageLimit, PageOffset, ReadAuth, SessionDep, SettingsDep, WriteAuth
+from api.deps import PageLimit, PageOffset, SessionDep, SettingsDep
 from api.errors import InvalidInput, describe_validation
 from api.ingest import IngestRunner
 from api.schemas import (
@@ -119,7 +119,7 @@ def _insert(sessions: sessionmaker[Session], settings: Settings, dataset_id: str
 
 
 @router.post(
-    "", status_code=201, response_model=DatasetPublic, dependencies=[WriteAuth],
+    "", status_code=201, response_model=DatasetPublic,
     summary="Upload an interaction file (multipart, streamed to disk)", responses=_CREATE_RESPONSES,
     openapi_extra={"requestBody": {"required": True,
                                    "content": {"multipart/form-data": {"schema": _FORM_SCHEMA}}}},
@@ -169,12 +169,12 @@ def list_datasets(
     return DatasetsPublic(data=[DatasetPublic.model_validate(r) for r in rows], count=len(rows))
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic, dependencies=[ReadAuth])
+@router.get("/{dataset_id}", response_model=DatasetPublic)
 def get_dataset(dataset_id: DatasetId, session: SessionDep) -> DatasetPublic:
     return DatasetPublic.model_validate(repo.get_dataset(session, dataset_id))
 
 
-@router.delete("/{dataset_id}", status_code=204, dependencies=[WriteAuth])
+@router.delete("/{dataset_id}", status_code=204)
 def delete_dataset(dataset_id: DatasetId, session: SessionDep, settings: SettingsDep) -> None:
     row = repo.delete_dataset(session, dataset_id)  # ConflictError (409) while a job uses it
     folder = (settings.artifact_dir / row.path).parent

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.datastructures import QueryParams
 
 from api.auth import authorize_read
-from api.deps import check_batch, check_k, current_bundle
+from api.deps import Auth, check_batch, check_k, current_bundle
 from api.direct_route import DirectRoute
 from api.errors import InvalidInput
 from api.schemas import RecommendationPublic, RecommendationsPublic, RecommendBatchCreate
@@ -152,11 +152,11 @@ async def recommend(request: Request) -> Response:
     return json_response(orjson.dumps(public(user, rec, bundle.model_id, k, offset)))
 
 
-@router.post("/batch", response_model=RecommendationsPublic, responses=ERRORS)
+# The key is checked as a dependency so that an anonymous client is told 401 before anything about its body.
+@router.post("/batch", response_model=RecommendationsPublic, responses=ERRORS, dependencies=[Auth])
 async def recommend_batch(request: Request, body: RecommendBatchCreate) -> Response:
     """Top-k items for each of ``users``; at most RECDISTILL_MAX_BATCH_USERS users and
     users x (k + offset) <= RECDISTILL_MAX_BATCH_ITEMS."""
-    authorize_read(request)
     settings = request.app.state.settings
     check_k(settings, body.k, body.offset)
     check_batch(settings, len(body.users), body.k + body.offset, len(body.exclude))

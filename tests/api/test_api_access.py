@@ -110,3 +110,8 @@ def test_the_retired_open_reads_setting_is_named_at_start_up(
     monkeypatch.setenv("RECDISTILL_OPEN_READS", "true")
     warn_if_open(make_settings(tmp_path / "home"))
     assert "RECDISTILL_OPEN_READS is no longer read" in caplog.text and "RECDISTILL_OPEN_SERVING" in caplog.text
+
+
+def test_an_anonymous_bad_batch_body_is_told_401_first(anon: TestClient) -> None:
+    res = anon.post("/recommend/batch", json={"users": [], "k": "x"})
+    assert res.status_code == 401 and res.json()["code"] == "missing_api_key"
