@@ -6,9 +6,18 @@ Postgres database and a Redis db on 127.0.0.1, ``serve --no-worker`` and separat
 processes (a killed worker is replaced after ``--restart-delay`` s, as a supervisor would). Everything runs
 on loopback with an API key that every request sends; every process started here is stopped at the end.
 
-    .venv/bin/python bench/faults.py                        # embedded, 10-minute soak
-    .venv/bin/python bench/faults.py --mode distributed     # Postgres + Redis + Celery worker
-    .venv/bin/python bench/faults.py --soak-s 30 --out /tmp/faults.json   # a short run while developing
+What is measured (JSON result, default bench/results/faults-<mode>.json):
+- recovery_s: from a kill until the job runs again (claimed anew, a new epoch recorded, or ended);
+- epochs run twice: an epoch whose history entry (duration, losses) seen before a kill changes afterwards, or
+  a final history that is not exactly epochs 1..N per phase;
+- lost jobs: submitted jobs that are gone or never end (within --job-timeout);
+- kill -9 of serve: local workers still alive --orphan-grace s later, local workers after the restart; mid-upload:
+  the data set exists whole or not at all, and no partial upload or unowned folder is left after the restart;
+- swap and soak: requests, non-2xx by status + code, p50/p99 per endpoint, API and worker RSS over the soak.
+
+    PYTHONPATH=. .venv/bin/python bench/faults.py                     # embedded, 10-minute soak
+    PYTHONPATH=. .venv/bin/python bench/faults.py --mode distributed  # Postgres + Redis + Celery worker
+    PYTHONPATH=. .venv/bin/python bench/faults.py --soak-s 30 --out /tmp/faults.json   # a short run
 """
 
 from __future__ import annotations
@@ -116,7 +125,7 @@ class Stack:
             if self.serve.poll() is not None:
                 raise RuntimeError(f"serve exited with {self.serve.returncode}: {self.log_tail('serve')}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", headers={"X-API-Key": self.key}, timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -248,7 +257,7 @@ class Bench:
         return {"epochs": self.args.soak_job_epochs, "teacher_epochs": self.args.soak_job_epochs, "batch_size": 256,
                 "lr": 0.01, "m": 10, "p": 3, "rkd_k": 3, "rkd_l": 3}
 
-    def submit(self, scenario: str, hp: dict[str, Any], rec: Recorder | None = None) -> JobWatch | None:
+    def submit(self, scenario: str, hp: dict[str, Any], rec: Recorder | None = None) -> JobWatch:
         body = {"dataset_id": self.dataset_id, "teacher": {"model": "bpr", "dim": 8},
                 "student": {"model": "bpr", "dim": 4}, "method": "dcd", "hyperparameters": hp, "seed": 0}
         resp = call(self.http, rec, "POST /jobs", "POST", "/jobs", json=body)
@@ -260,7 +269,9 @@ class Bench:
         return watch
 
     def recovery_bar(self) -> float:
-        return self.args.recovery_bar or (10.0 if self.args.mode == "embedded" else float(self.args.lease or 120))
+        # Distributed: a dead worker is noticed only once its lease lapses; 10 s for the sweep and the re-claim.
+        lease = float(self.args.lease or 120)
+        return self.args.recovery_bar or (10.0 if self.args.mode == "embedded" else lease + 10.0)
 
     # ------------------------------------------------------------------ phases
     def setup(self) -> dict[str, Any]:
@@ -313,7 +324,6 @@ class Bench:
 
     def kill_worker(self) -> dict[str, Any]:
         watch = self.submit("kill_worker", self.kill_hp())
-        assert watch is not None
         self._kill_point(watch)
         pid = self.stack.wait_worker()
         if pid is None:
@@ -332,12 +342,20 @@ class Bench:
         out["workers_after"] = len(self.stack.worker_pids())
         return out
 
-    def _kill_serve(self) -> list[int]:
-        """``kill -9`` of serve alone; the local workers it had that are still alive a second later."""
+    def _kill_serve(self) -> Callable[[], list[int]]:
+        """``kill -9`` of serve alone. Returns a call that gives the local workers it had that were still alive
+        ``--orphan-grace`` s after the kill (counted in the background: serve is restarted meanwhile)."""
         old_workers = self.stack.worker_pids() if self.stack.mode == "embedded" else []
         self.stack.procs.kill9(self.stack.serve.pid)
-        time.sleep(1.0)
-        return [p for p in old_workers if alive(p)]
+        orphans: list[int] = []
+        timer = threading.Timer(self.args.orphan_grace, lambda: orphans.extend(p for p in old_workers if alive(p)))
+        timer.start()
+
+        def result() -> list[int]:
+            timer.join()
+            return orphans
+
+        return result
 
     def _stop_orphans(self, orphans: list[int]) -> int:
         """A worker that outlived its serve keeps consuming the queue: stop it so later phases measure one."""
@@ -348,16 +366,16 @@ class Bench:
 
     def kill_serve_mid_job(self) -> dict[str, Any]:
         watch = self.submit("kill_serve_mid_job", self.kill_hp())
-        assert watch is not None
         before = self._kill_point(watch)
         t_kill = time.monotonic()
-        orphans = self._kill_serve()
+        orphaned = self._kill_serve()
         ready = time.monotonic()
         self.stack.start_serve()
         out: dict[str, Any] = {"serve_restart_ready_s": round(time.monotonic() - ready, 2)}
         out.update(self._recover(watch, before, t_kill))
         if self.stack.mode == "embedded":
             self.stack.wait_worker(timeout=30)
+            orphans = orphaned()
             out["orphaned_workers_after_kill"] = len(orphans)
             out["local_workers_after_restart"] = len([p for p in orphans if alive(p)]) + len(self.stack.worker_pids())
             out["orphans_killed_by_bench_after_job"] = self._stop_orphans(orphans)
@@ -392,10 +410,11 @@ class Bench:
             sender = threading.Thread(target=send, daemon=True)
             sender.start()
             sent.wait(timeout=120)
-            orphans = self._kill_serve()
+            orphaned = self._kill_serve()
             sender.join(timeout=30)
             leftovers_before = self._upload_leftovers(set())
             self.stack.start_serve()
+            orphans = orphaned()
             resp = call(self.http, None, "GET /datasets", "GET", "/datasets", params={"limit": 1000})
             rows = resp.json()["data"] if resp is not None and resp.status_code == 200 else []
             mine = [r for r in rows if r["name"] == name]
@@ -433,7 +452,6 @@ class Bench:
         while len(students) < 2 and extra < 3:  # the kill scenarios' jobs normally leave two students
             extra += 1
             watch = self.submit("swap_setup", self.tiny_hp())
-            assert watch is not None
             watch.wait(lambda r: r["status"] in FINAL, timeout=a.job_timeout, every=0.5)
             students = self._students()
         if len(students) < 2:
@@ -546,11 +564,11 @@ class Bench:
         def jobs() -> None:
             while not stop.is_set() and allowed():
                 started = time.monotonic()
+                watch: JobWatch | None = None
                 try:
                     watch = self.submit("soak", self.tiny_hp(), rec)
                 except RuntimeError as exc:
                     errors.append(str(exc))
-                    watch = None
                 if watch is not None:
                     soak_jobs.append(watch)
                     end = time.monotonic() + a.job_timeout
@@ -649,7 +667,7 @@ def bars(res: dict[str, Any], mode: str, recovery_limit: float) -> list[dict[str
     if mode == "embedded":
         orphaned = sum(v["orphaned_workers_after_kill"] for v in up)
         bar("kill_serve_mid_upload.orphaned_workers", orphaned if up else None, "== 0", (orphaned == 0) if up else None)
-    left = sum(len(v["leftovers_after_restart"]) for v in up)
+    left = len({path for v in up for path in v["leftovers_after_restart"]})
     bar("kill_serve_mid_upload.leftovers_after_restart", left if up else None, "== 0", (left == 0) if up else None)
     sw = ph.get("swap", {})
     bar("swap.failed_requests", sw.get("failed_requests"), "== 0",
@@ -701,7 +719,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=1, help="RECDISTILL_TORCH_THREADS of the workers")
     p.add_argument("--lease", type=int, help="RECDISTILL_JOB_LEASE (default: the service's default)")
     p.add_argument("--recovery-bar", type=float,
-                   help="recovery limit in s (default 10 embedded; the lease, 120 unless --lease, distributed)")
+                   help="recovery limit in s (default 10 embedded; distributed: the lease (120 unless --lease) + 10)")
+    p.add_argument("--orphan-grace", type=float, default=5.0,
+                   help="s after a kill -9 of serve by which its local worker must have exited")
     p.add_argument("--restart-delay", type=float, default=2.0, help="distributed: s before a killed worker is replaced")
     p.add_argument("--job-timeout", type=float, default=600, help="longest wait for one job (s)")
     p.add_argument("--upload-mb", type=float, default=8, help="size of the upload killed mid-body")
