@@ -248,6 +248,17 @@ class Bench:
             data={"user_col": "user", "item_col": "item", "name": name},
         )
 
+    def settled(self, dataset: dict[str, Any], rec: Recorder | None = None, timeout: float = 120) -> dict[str, Any]:
+        """The data set once its ingest ended (uploads parsed off the API process report ``status: pending``
+        first; a data set without a ``status`` field is complete when created)."""
+        deadline = time.monotonic() + timeout
+        while dataset.get("status", "ready") == "pending" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            resp = call(self.http, rec, "GET /datasets/{id}", "GET", f"/datasets/{dataset['id']}")
+            if resp is not None and resp.status_code == 200:
+                dataset = resp.json()
+        return dataset
+
     def kill_hp(self) -> dict[str, Any]:
         a = self.args
         return {"epochs": a.epochs, "teacher_epochs": a.teacher_epochs, "batch_size": a.batch_size, "patience": 0,
@@ -261,7 +272,7 @@ class Bench:
         body = {"dataset_id": self.dataset_id, "teacher": {"model": "bpr", "dim": 8},
                 "student": {"model": "bpr", "dim": 4}, "method": "dcd", "hyperparameters": hp, "seed": 0}
         resp = call(self.http, rec, "POST /jobs", "POST", "/jobs", json=body)
-        if resp is None or resp.status_code != 201:
+        if resp is None or not resp.is_success:
             raise RuntimeError(f"job not created: {resp.status_code if resp else 'no answer'} "
                                f"{resp.text[:300] if resp else ''}")
         watch = JobWatch(self.http, resp.json()["id"], scenario)
@@ -281,11 +292,11 @@ class Bench:
             self.stack.start_worker()
         worker = self.stack.wait_worker()
         resp = self.upload(interactions_csv(a.users, a.items, a.per_user), "faults-base")
-        if resp is None or resp.status_code != 201:
+        if resp is None or not resp.is_success:
             raise RuntimeError(f"base upload failed: {resp.text[:300] if resp else 'no answer'}")
-        self.dataset_id = resp.json()["id"]
-        return {"serve_ready_s": round(ready, 2), "worker_pid_found": worker is not None,
-                "dataset": resp.json()}
+        dataset = self.settled(resp.json())
+        self.dataset_id = dataset["id"]
+        return {"serve_ready_s": round(ready, 2), "worker_pid_found": worker is not None, "dataset": dataset}
 
     def _kill_point(self, watch: JobWatch) -> dict[str, Any]:
         row = watch.wait(lambda r: r["status"] in FINAL or (r["phase"] == "distill" and r["epoch"] >= self.args.kill_epoch),
@@ -417,11 +428,13 @@ class Bench:
             orphans = orphaned()
             resp = call(self.http, None, "GET /datasets", "GET", "/datasets", params={"limit": 1000})
             rows = resp.json()["data"] if resp is not None and resp.status_code == 200 else []
-            mine = [r for r in rows if r["name"] == name]
-            whole = all(r["n_interactions"] == expected for r in mine)
+            mine = [self.settled(r, timeout=30) for r in rows if r["name"] == name]
+            # A row left pending or failed by the crash is a half-written data set, not a whole one.
+            whole = all(r["n_interactions"] == expected and r.get("status", "ready") == "ready" for r in mine)
             leftovers = self._upload_leftovers({r["id"] for r in rows})
             out["variants"].append({
                 "variant": variant, "client_saw": outcome.get("status"), "dataset_rows": len(mine),
+                "dataset_status": [r.get("status", "ready") for r in mine],
                 "dataset_whole_or_absent": whole and len(mine) <= 1,
                 "leftovers_before_restart": leftovers_before, "leftovers_after_restart": leftovers,
                 "orphaned_workers_after_kill": len(orphans), "orphans_killed_by_bench": self._stop_orphans(orphans),
@@ -554,8 +567,9 @@ class Bench:
             while not stop.wait(a.upload_every) and allowed():
                 n += 1
                 resp = self.upload(interactions_csv(100, 50, 8, seed=n, prefix="s"), f"soak-{n}", rec)
-                if resp is not None and resp.status_code == 201:
+                if resp is not None and resp.is_success:
                     uploads["created"] += 1
+                    self.settled(resp.json(), rec)
                     gone = call(self.http, rec, "DELETE /datasets/{id}", "DELETE", f"/datasets/{resp.json()['id']}")
                     uploads["deleted"] += int(gone is not None and gone.status_code == 204)
 
@@ -618,7 +632,8 @@ class Bench:
         for _ in range(3):
             call(self.http, None, "warm", "POST", "/recommend/batch", json={"users": users[:self.args.batch_users], "k": 10})
         resp = self.upload(interactions_csv(100, 50, 8, seed=999, prefix="s"), "soak-warmup")
-        if resp is not None and resp.status_code == 201:
+        if resp is not None and resp.is_success:
+            self.settled(resp.json())
             call(self.http, None, "warm", "DELETE", f"/datasets/{resp.json()['id']}")
 
     def final_jobs(self) -> dict[str, Any]:

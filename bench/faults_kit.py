@@ -75,9 +75,22 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def is_worker(pid: int) -> bool:
+    """A job worker process: ``celery ... worker`` or ``recdistill worker`` (however serve starts it)."""
+    cmd = cmdline(pid)
+    return "celery" in cmd or " worker" in cmd
+
+
 def celery_children(pid: int) -> list[int]:
-    """The local Celery workers a ``recdistill serve`` process started."""
-    return [c for c in children(pid) if "celery" in cmdline(c) and alive(c)]
+    """The live local workers among the descendants of a ``recdistill serve`` process."""
+    found, todo = [], children(pid)
+    while todo:
+        child = todo.pop()
+        if alive(child) and is_worker(child):
+            found.append(child)  # its own children (a prefork pool) belong to it: one worker
+        else:
+            todo.extend(children(child))
+    return sorted(found)
 
 
 def free_port() -> int:
@@ -154,7 +167,7 @@ class Processes:
             except (ProcessLookupError, PermissionError):
                 pass
         for pid in self.extra_pids:
-            if alive(pid) and "celery" in cmdline(pid):
+            if alive(pid) and is_worker(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
