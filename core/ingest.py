@@ -6,14 +6,17 @@ decompression bomb costs the child's memory (watched by the parent, api.ingest),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import lzma
 import math
+import os
 import re
 import resource
 import shutil
 import signal
+import socket
 import sys
 import time
 import zlib
@@ -135,6 +138,35 @@ def main() -> int:
 # --- leftovers of a crash -------------------------------------------------------------------------------
 
 
+OWNER_FILE = ".owner"  # "<host> <pid>" of the API process that is uploading into the folder
+
+
+def write_owner(folder: Path) -> None:
+    """Mark ``folder`` as being filled by this process, so a sweep after its crash need not wait for an age."""
+    (folder / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}")
+
+
+def release_owner(folder: Path) -> None:
+    """The folder now belongs to a data set row: no process owns it any more (a marker left behind is
+    harmless, a folder with a row is never swept, so a failure here is not an error of the upload)."""
+    with contextlib.suppress(OSError):
+        (folder / OWNER_FILE).unlink(missing_ok=True)
+
+
+def _owner_is_dead(folder: Path) -> bool:
+    """True when the folder's owner ran on this host and that pid is gone (a reused pid counts as alive)."""
+    try:
+        host, pid = (folder / OWNER_FILE).read_text().split()
+        if host != socket.gethostname():
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):  # no or unreadable marker, or a pid we may not signal: unknown
+        return False
+    return False
+
+
 def _newest_mtime(folder: Path) -> float:
     times = [folder.stat().st_mtime]
     for p in folder.iterdir():
@@ -148,10 +180,11 @@ def _newest_mtime(folder: Path) -> float:
 def sweep_upload_leftovers(
     artifact_dir: Path, sessions: sessionmaker[Session], min_age_s: float, now: float | None = None
 ) -> list[str]:
-    """Remove ``datasets/<id>`` folders that have no row and were untouched for ``min_age_s``; their ids.
+    """Remove ``datasets/<id>`` folders that have no row and whose upload is over; their ids.
 
     Such folders are what a crash mid-upload (``upload.part``) or mid-parse leaves. Another API process
-    may be uploading into a folder right now: its file's mtime is fresh, so only old folders are removed.
+    may be uploading into a folder right now, so a folder goes only when the process that made it (its
+    ``.owner``) ran on this host and is gone, or when it was untouched for ``min_age_s``.
     """
     root = artifact_dir / "datasets"
     if not root.is_dir():
@@ -160,7 +193,9 @@ def sweep_upload_leftovers(
     old = []
     for folder in root.iterdir():
         try:
-            if folder.is_dir() and _ID_RE.fullmatch(folder.name) and now - _newest_mtime(folder) >= min_age_s:
+            if folder.is_dir() and _ID_RE.fullmatch(folder.name) and (
+                _owner_is_dead(folder) or now - _newest_mtime(folder) >= min_age_s
+            ):
                 old.append(folder)
         except FileNotFoundError:
             continue

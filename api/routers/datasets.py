@@ -29,7 +29,7 @@ from api.schemas import (
 from api.upload import receive_upload
 from core.db import repo
 from core.db.models import new_id
-from core.ingest import IngestRequest
+from core.ingest import IngestRequest, release_owner, write_owner
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ async def create_dataset(request: Request, settings: SettingsDep) -> DatasetPubl
     dataset_id = new_id()
     folder = settings.artifact_dir / "datasets" / dataset_id
     folder.mkdir(parents=True)
+    write_owner(folder)
     part = folder / "upload.part"
     try:
         upload = await receive_upload(request, part, settings.max_upload_mb * 1024 * 1024)
@@ -152,8 +153,10 @@ async def create_dataset(request: Request, settings: SettingsDep) -> DatasetPubl
             ),
             filename,
         )
-        return await anyio.to_thread.run_sync(
+        public = await anyio.to_thread.run_sync(
             _insert, request.app.state.sessions, settings, dataset_id, form, filename, data, fmt, upload.size, summary)
+        release_owner(folder)
+        return public
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -21,7 +21,7 @@ from test_api_datasets import CSV, assert_nothing_written, multipart_chunks, upl
 from api.ingest import IngestRunner, cleanup_upload_leftovers
 from core.db.models import Base
 from core.db.session import get_engine, session_factory
-from core.ingest import sweep_upload_leftovers
+from core.ingest import OWNER_FILE, sweep_upload_leftovers
 from core.settings import Settings
 
 
@@ -225,6 +225,25 @@ def test_sweep_removes_only_old_folders_without_a_row(settings: Settings, sessio
     # "b" is fresh: another API process may be uploading into it right now.
     assert sweep_upload_leftovers(settings.artifact_dir, sessions, 3600) == ["a" * 32]
     assert sorted(p.name for p in root.iterdir()) == sorted(["b" * 32, kept_id, "not-an-id"])
+
+
+def test_sweep_removes_at_once_what_a_dead_process_left(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    # kill -9 of serve mid-upload, restarted at once: its folder is fresh, but its owner is gone.
+    import socket
+    import subprocess
+    import sys
+
+    root = settings.artifact_dir / "datasets"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    owners = {"e" * 32: f"{socket.gethostname()} {dead}",  # this host, pid gone: removed
+              "f" * 32: f"{socket.gethostname()} {os.getpid()}",  # alive (uploading now): kept
+              "0" * 32: f"other-host {dead}"}  # another host's process: only age decides
+    for name, owner in owners.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "upload.part").write_bytes(b"partial")
+        (root / name / OWNER_FILE).write_text(owner)
+    assert sweep_upload_leftovers(settings.artifact_dir, sessions, 3600) == ["e" * 32]
 
 
 def test_startup_sweeps_leftovers(tmp_path: Path) -> None:
