@@ -22,6 +22,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY core ./core
 COPY api ./api
 COPY worker ./worker
+COPY cli ./cli
 COPY migrations ./migrations
 
 # No extras: serving needs faiss-cpu and never torch (the API process never imports it).

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core import cli_service
+from cli import service as cli_service
 from core.db.migrate import current_revision
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def test_migrate_command_creates_the_embedded_database(tmp_path: Path) -> None:
     }
     env["RECDISTILL_HOME"] = str(tmp_path / "home")
     proc = subprocess.run(
-        [sys.executable, "-m", "core.cli", "migrate"],
+        [sys.executable, "-m", "cli", "migrate"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -102,7 +102,7 @@ def test_serve_stops_its_local_worker_on_sigterm_and_ctrl_c(
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "serve"],
+            [sys.executable, "-m", "cli", "serve"],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -170,7 +170,7 @@ def _start_serve(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], int, i
     env.update(RECDISTILL_HOME=str(home), RECDISTILL_HOST="127.0.0.1", RECDISTILL_PORT=str(port))
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "serve"],
+            [sys.executable, "-m", "cli", "serve"],
             cwd=ROOT,
             env=env,
             stdout=out,
