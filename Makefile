@@ -27,6 +27,7 @@ test-slow: install
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 lint: install
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check cli core api worker migrations tests bench scripts
 
 demo: install
