@@ -86,7 +86,7 @@ def main() -> int:
     args = parser.parse_args()
     sys.path.insert(0, str(args.root))
     present = [p for p in PACKAGES if (args.root / p).is_dir()]
-    graph = grimp.build_graph(*present, exclude_type_checking_imports=True)
+    graph = grimp.build_graph(*present, exclude_type_checking_imports=True, cache_dir=None)
     edges = {
         (unit(a), unit(b))
         for a in graph.modules
