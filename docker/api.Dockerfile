@@ -22,6 +22,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY core ./core
 COPY api ./api
 COPY worker ./worker
+# cli/ holds the `recdistill` console script that `pip install .` installs (recdistill migrate works here too).
 COPY cli ./cli
 COPY migrations ./migrations
 
