@@ -51,6 +51,13 @@ def test_commands_and_defaults_are_registered() -> None:
     assert parser.parse_args(["migrate"]).handler is cli_service.run_migrate
 
 
+def test_the_command_line_starts_without_torch() -> None:
+    # The API image has no torch but installs the `recdistill` script (recdistill migrate runs there).
+    code = "import sys; from cli.main import build_parser; build_parser(); print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
