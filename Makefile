@@ -27,7 +27,8 @@ test-slow: install
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check core api worker migrations tests bench scripts
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/ruff check cli core api worker migrations tests bench scripts
 
 demo: install
 	$(VENV)/bin/recdistill quickstart

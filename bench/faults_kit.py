@@ -126,7 +126,7 @@ class Processes:
     def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", *args],
+            [sys.executable, "-m", "cli", *args],
             cwd=ROOT,
             env=env or self.env,
             stdout=log,

@@ -29,7 +29,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "bench" / "results" / "identity-ml-100k.json"
-CLI = [sys.executable, "-m", "core.cli"]
+CLI = [sys.executable, "-m", "cli"]
 HP = {"epochs": 4, "teacher_epochs": 4, "batch_size": 1024, "patience": 0}
 EXPERIMENT = ["experiment", "--dataset", "ml-100k", "--teacher", "bpr:64", "--student", "bpr:8",
               "--methods", "none,dcd", "--seeds", "0", "--max-epochs", "4", "--no-progress", "--device", "cpu"]

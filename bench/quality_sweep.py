@@ -56,7 +56,7 @@ def main() -> int:
     (work / "runs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "PYTHONUNBUFFERED": "1"}
-    exe = [sys.executable, "-m", "core.cli", "experiment", "--dataset", args.dataset,
+    exe = [sys.executable, "-m", "cli", "experiment", "--dataset", args.dataset,
            "--teacher", grid["teacher"], "--student", grid["student"], "--device", args.device,
            "--teacher-cache", str(work / "teachers"), "--no-progress", *grid.get("common", [])]
     t0 = time.time()

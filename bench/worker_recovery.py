@@ -124,7 +124,7 @@ def main() -> None:
 
     def start_serve() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "serve"],
+            [sys.executable, "-m", "cli", "serve"],
             cwd=ROOT,
             env=env,
             stdout=log.open("ab"),

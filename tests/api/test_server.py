@@ -26,7 +26,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         port = sock.getsockname()[1]
     home = tmp_path_factory.mktemp("server") / "home"
     env = {**os.environ, "RECDISTILL_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "core.cli", "migrate"], cwd=ROOT, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "cli", "migrate"], cwd=ROOT, env=env, check=True,
                    capture_output=True)
     proc = subprocess.Popen([sys.executable, "-m", "api.server", "--port", str(port), "--log-level", "warning"],
                             cwd=ROOT, env=env)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core import cli_datasets, datasets
+from cli import datasets as cli_datasets
+from core import datasets
 from core.data import DataError, load_interactions
 
 TINY = datasets.DatasetInfo("tiny", "fakepkg", "9.9", "fakepkg/dataset_example/tiny/tiny.inter", 3, 2, 4)

@@ -15,7 +15,7 @@ from dockerfile_checks import ROOT, pyproject
 
 def cli_subcommands() -> dict[str, set[str]]:
     """Subcommand -> its option strings, read from the real ``recdistill`` parser."""
-    from core.cli import build_parser
+    from cli.main import build_parser
 
     parser = build_parser()
     for action in parser._actions:  # argparse keeps subparsers only here

@@ -52,7 +52,7 @@ def test_celery_app_imports_without_torch(imported: dict[str, str]) -> None:
 
 def test_console_script_and_subcommands_exist() -> None:
     assert console_script_problems() == []
-    assert pyproject()["project"]["scripts"]["recdistill"] == "core.cli:main"
+    assert pyproject()["project"]["scripts"]["recdistill"] == "cli.main:main"
     subcommands = cli_subcommands()
     for name in ("serve", "worker", "migrate", "quickstart"):
         assert name in subcommands, f"`recdistill {name}` is missing (have {sorted(subcommands)})"

@@ -95,6 +95,9 @@ BROKEN = [
     ("api", "COPY worker ./worker", "COPY workers ./worker", "'workers' does not exist"),
     ("api", "COPY worker ./worker", "COPY tests ./tests", "'worker' is not copied"),
     ("api", "COPY worker ./worker", "COPY worker ./worker\nCOPY .venv ./.venv", "excluded by .dockerignore"),
+    # cli/ holds the `recdistill` console script that `pip install .` installs in both images.
+    ("worker", "COPY cli ./cli", "", "'cli' is not copied"),
+    ("api", "COPY cli ./cli", "", "'cli' is not copied"),
     ("worker", '"recdistill", "worker"]', '"recdistill", "serve"]', "does not run `recdistill worker`"),
     ("worker", 'pip install ".[train]"', 'pip install "."', "`train` extra"),
     ("worker", "ARG FAISS=gpu", "ARG FAISS=cpu", "`gpu` extra"),

@@ -32,8 +32,12 @@ def test_readme_targets_exist() -> None:
 
 def test_lint_covers_every_python_folder() -> None:
     paths = recipe("lint").split("ruff check", 1)[1].split()
-    assert {"core", "api", "worker", "migrations", "tests", "bench", "scripts"} <= set(paths)
+    assert {"cli", "core", "api", "worker", "migrations", "tests", "bench", "scripts"} <= set(paths)
     assert all((ROOT / p).is_dir() for p in paths)
+
+
+def test_lint_checks_the_import_contracts() -> None:
+    assert "lint-imports" in recipe("lint")  # the contracts in pyproject.toml's [tool.importlinter]
 
 
 def test_compose_targets_name_real_services_and_profiles() -> None:

@@ -93,7 +93,7 @@ class Workers:
 
         log = (self.log_dir / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "worker", "--name", f"{name}@test"],
+            [sys.executable, "-m", "cli", "worker", "--name", f"{name}@test"],
             cwd=ROOT,
             env=settings_env(self.settings),
             stdout=log,

@@ -116,7 +116,7 @@ class Server:
         env = settings_env(settings)
         env.update(RECDISTILL_PORT=str(self.port), RECDISTILL_HOST="127.0.0.1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "serve", *extra],
+            [sys.executable, "-m", "cli", "serve", *extra],
             cwd=ROOT,
             env=env,
             stdout=log.open("ab"),

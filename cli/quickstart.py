@@ -27,7 +27,7 @@ FINAL = ("succeeded", "failed", "cancelled")
 DEFAULTS = {"teacher": "bpr:64", "student": "bpr:8", "teacher_epochs": 30, "epochs": 20}
 HYPERPARAMETERS: dict[str, Any] = {"lr": 5e-3, "batch_size": 1024, "patience": 5}
 METRICS = ("ndcg@10", "recall@10", "hit@10", "mrr@10", "precision@10")
-SERVE_CODE = "import sys; from core.cli import main; sys.exit(main())"
+SERVE_CODE = "import sys; from cli.main import main; sys.exit(main())"
 
 
 class QuickstartError(RuntimeError):

@@ -1,4 +1,4 @@
-"""``recdistill datasets fetch NAME [--force]`` and ``recdistill datasets list``; wired in by core/cli.py."""
+"""``recdistill datasets fetch NAME [--force]`` and ``recdistill datasets list``; wired in by cli/main.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``recdistill serve`` (API + embedded local worker), ``recdistill worker`` (a Celery worker) and
-``recdistill migrate``; registered by ``core/cli.py``. Imports stay light: no torch here.
+``recdistill migrate``; registered by ``cli/main.py``. Imports stay light: no torch here.
 """
 
 from __future__ import annotations

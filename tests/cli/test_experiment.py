@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.cli import main
+from cli.main import main
 from core.experiment import ModelSpec, markdown_table, parse_overrides
 
 

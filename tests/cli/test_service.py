@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core import cli_service
+from cli import service as cli_service
 from core.db.migrate import current_revision
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def test_migrate_command_creates_the_embedded_database(tmp_path: Path) -> None:
     }
     env["RECDISTILL_HOME"] = str(tmp_path / "home")
     proc = subprocess.run(
-        [sys.executable, "-m", "core.cli", "migrate"],
+        [sys.executable, "-m", "cli", "migrate"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -49,6 +49,13 @@ def test_commands_and_defaults_are_registered() -> None:
     worker = parser.parse_args(["worker"])
     assert worker.handler is cli_service.run_worker and worker.pool == "solo" and not worker.migrate
     assert parser.parse_args(["migrate"]).handler is cli_service.run_migrate
+
+
+def test_the_command_line_starts_without_torch() -> None:
+    # The API image has no torch but installs the `recdistill` script (recdistill migrate runs there).
+    code = "import sys; from cli.main import build_parser; build_parser(); print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
 
 
 def _free_port() -> int:
@@ -102,7 +109,7 @@ def test_serve_stops_its_local_worker_on_sigterm_and_ctrl_c(
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "serve"],
+            [sys.executable, "-m", "cli", "serve"],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -170,7 +177,7 @@ def _start_serve(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], int, i
     env.update(RECDISTILL_HOME=str(home), RECDISTILL_HOST="127.0.0.1", RECDISTILL_PORT=str(port))
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "serve"],
+            [sys.executable, "-m", "cli", "serve"],
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -17,18 +17,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     # Each module registers its own subcommands (imports stay light: torch is imported only when a
     # training command runs).
-    from core import cli_datasets, cli_experiment
+    from cli import datasets, experiment
 
-    cli_datasets.register(sub)
-    cli_experiment.register(sub)
+    datasets.register(sub)
+    experiment.register(sub)
     try:
-        from core import cli_service
+        from cli import service
     except ImportError:  # pragma: no cover - service extras missing
-        cli_service = None  # type: ignore[assignment]
-    if cli_service is not None:
-        cli_service.register(sub)
+        service = None  # type: ignore[assignment]
+    if service is not None:
+        service.register(sub)
     try:
-        from core import quickstart
+        from cli import quickstart
     except ImportError:  # pragma: no cover
         quickstart = None  # type: ignore[assignment]
     if quickstart is not None:
@@ -54,6 +54,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     return int(rc or 0)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

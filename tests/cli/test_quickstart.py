@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core import quickstart as qs
+from cli import quickstart as qs
 from core.settings import Settings
 
 

@@ -1,0 +1,1 @@
+"""The `recdistill` command line: the only composition root, free to import core, api and worker."""
