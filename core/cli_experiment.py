@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.experiment import METHODS, ExperimentConfig, ModelSpec, markdown_table, parse_overrides
+from core.config import ModelSpec
+from core.experiment import METHODS, ExperimentConfig, markdown_table, parse_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:

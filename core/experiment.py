@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.config import ModelSpec
+
 logger = logging.getLogger(__name__)
 
 # Method label -> (distiller name, config overrides). Ablations switch single DCD terms off.
@@ -30,22 +32,6 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 TABLE_METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20")
-
-
-@dataclass
-class ModelSpec:
-    name: str
-    dim: int
-
-    @classmethod
-    def parse(cls, text: str) -> ModelSpec:
-        name, sep, dim = text.partition(":")
-        if not sep or not dim.strip().isdigit() or int(dim) <= 0:
-            raise ValueError(f"model spec must look like 'bpr:200' (name:positive dim), got {text!r}")
-        return cls(name.strip().lower(), int(dim))
-
-    def __str__(self) -> str:
-        return f"{self.name}:{self.dim}"
 
 
 @dataclass
@@ -153,12 +139,13 @@ def run_experiment(
     import torch
 
     from core.checkpoint import library_versions, load_checkpoint, save_checkpoint
+    from core.config import TrainConfig
     from core.data import load_interactions, split
     from core.datasets import resolve
     from core.distill import build_distiller
     from core.eval import evaluate
     from core.models import build_model
-    from core.train import TrainConfig, fit
+    from core.train import fit
 
     cfg.validate()
     path = resolve(cfg.dataset)
@@ -193,7 +180,7 @@ def run_experiment(
         ).hexdigest()[:8]
         teacher_dir = (
             Path(cfg.teacher_cache)
-            / f"{Path(str(path)).stem}-{cfg.teacher.name}{cfg.teacher.dim}-seed{seed}-{data.fingerprint[:12]}-{tkey}"
+            / f"{Path(str(path)).stem}-{cfg.teacher.model}{cfg.teacher.dim}-seed{seed}-{data.fingerprint[:12]}-{tkey}"
             if cfg.teacher_cache
             else None
         )
@@ -204,7 +191,7 @@ def run_experiment(
             t_spe = manifest.get("seconds_per_epoch", 0.0)
             logger.info("seed %d: reusing cached teacher %s", seed, teacher_dir)
         else:
-            teacher = build_model(cfg.teacher.name, data.n_users, data.n_items, cfg.teacher.dim, train=data.train,
+            teacher = build_model(cfg.teacher.model, data.n_users, data.n_items, cfg.teacher.dim, train=data.train,
                                   seed=seed, **cfg.teacher_model_opts)
             tconf = TrainConfig(seed=seed, device=cfg.device, **cfg.teacher_train)
             fr = fit(teacher, data, tconf, callbacks=cb)
@@ -237,7 +224,7 @@ def run_experiment(
         for method in cfg.methods:
             dname, base_overrides = METHODS[method]
             dcfg = {**base_overrides, **cfg.method_overrides.get(dname, {}), **cfg.method_overrides.get(method, {})}
-            student = build_model(cfg.student.name, data.n_users, data.n_items, cfg.student.dim, train=data.train,
+            student = build_model(cfg.student.model, data.n_users, data.n_items, cfg.student.dim, train=data.train,
                                   seed=seed, **cfg.student_model_opts)
             distiller = build_distiller(dname, **dcfg)
             distiller.prepare(teacher, data, device, lists_cache)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core import job_steps as steps
+from core.config import JobSpec
 from core.data import SplitData
 from core.db import repo
 from core.db.models import Model, utcnow
@@ -117,41 +118,27 @@ def execute(ctx: JobContext) -> None:
                 "rating_threshold",
             )
         }
-        spec = {
-            c: getattr(job, c)
-            for c in (
-                "dataset_id",
-                "method",
-                "teacher",
-                "teacher_model_id",
-                "student",
-                "hyperparameters",
-                "seed",
-                "split",
-                "result_teacher_model_id",
-            )
-        }
+        spec = JobSpec.from_row(job)
+        result_teacher = job.result_teacher_model_id
         history = list(job.history or [])
     if ctx.settings.torch_threads is not None:
         steps.set_threads(ctx.settings.torch_threads)
-    reuse = spec["teacher_model_id"] or spec["result_teacher_model_id"]
+    reuse = spec.teacher_model_id or result_teacher
     ctx.phases = (["teacher"] if not reuse else []) + ["distill", "evaluate", "index"]
-    plan = steps.plan_job(spec["method"], spec["hyperparameters"], spec["seed"], ctx.settings.device)
-    steps.check_spec(spec["teacher"], "teacher")
-    steps.check_spec(spec["student"], "student")
-    data = steps.load_split(ctx.store.resolve(dataset["path"]), dataset, spec["split"], spec["seed"])
+    device = ctx.settings.device
+    data = steps.load_split(ctx.store.resolve(dataset["path"]), dataset, spec.split, spec.seed)
     log.info("job %s: %d users, %d items, phases %s", ctx.job_id, data.n_users, data.n_items, ctx.phases)
 
-    teacher = _load_teacher(ctx, reuse, data) if reuse else _train_teacher(ctx, spec, plan, data, history)
+    teacher = _load_teacher(ctx, reuse, data) if reuse else _train_teacher(ctx, spec, data, history)
     _check_cancel(ctx, "distillation")
     # Enter the phase before prepare(): computing the teacher's top-M lists can take a while on big data.
     writer = ProgressWriter(ctx, "distill", history)
-    writer.start(plan.student_train.epochs)
-    distiller = steps.make_distiller(spec["method"], plan.distiller, teacher.model, data, ctx.settings.device)
+    writer.start(spec.student_train.epochs)
+    distiller = steps.prepare_distiller(spec.method, spec.distiller, teacher.model, data, device)
     student, result = steps.train_model(
-        spec["student"],
+        spec.student,
         data,
-        plan.student_train,
+        spec.student_train.model_copy(update={"device": device}),
         ctx.store.checkpoint_dir(ctx.job_id, "distill"),
         [writer],
         ctx.should_cancel,
@@ -173,17 +160,16 @@ def execute(ctx: JobContext) -> None:
     ctx.store.remove(ctx.store.job_dir(ctx.job_id))
 
 
-def _train_teacher(
-    ctx: JobContext, spec: dict[str, Any], plan: steps.JobPlan, data: SplitData, history: list[dict[str, Any]]
-) -> Teacher:
-    if not spec["teacher"]:
+def _train_teacher(ctx: JobContext, spec: JobSpec, data: SplitData, history: list[dict[str, Any]]) -> Teacher:
+    if spec.teacher is None:
         raise ValueError("job has neither teacher {model, dim} nor teacher_model_id")
     writer = ProgressWriter(ctx, "teacher", history)
-    writer.start(plan.teacher_train.epochs)
+    writer.start(spec.teacher_train.epochs)
+    train = spec.teacher_train.model_copy(update={"device": ctx.settings.device})
     model, result = steps.train_model(
-        spec["teacher"],
+        spec.teacher,
         data,
-        plan.teacher_train,
+        train,
         ctx.store.checkpoint_dir(ctx.job_id, "teacher"),
         [writer],
         ctx.should_cancel,
@@ -195,10 +181,10 @@ def _train_teacher(
     manifest = {
         "role": "teacher",
         "job_id": ctx.job_id,
-        "seed": spec["seed"],
+        "seed": spec.seed,
         "metrics": metrics,
         "best_epoch": result.best_epoch,
-        "train": plan.teacher_train.model_dump(),
+        "train": train.model_dump(),
     }
     size = steps.save_model(folder, model, data, manifest)
     with session_scope(ctx.settings.database_url) as s:
@@ -207,10 +193,10 @@ def _train_teacher(
                 s,
                 id=teacher_id,
                 job_id=ctx.job_id,
-                dataset_id=spec["dataset_id"],
+                dataset_id=spec.dataset_id,
                 role="teacher",
-                model_name=spec["teacher"]["model"],
-                dim=int(spec["teacher"]["dim"]),
+                model_name=spec.teacher.model,
+                dim=spec.teacher.dim,
                 method=None,
                 artifact_path=ctx.store.relative(folder),
                 n_params=steps.n_params(model),
@@ -234,7 +220,7 @@ def _load_teacher(ctx: JobContext, teacher_id: str, data: SplitData) -> Teacher:
 
 def _publish_student(
     ctx: JobContext,
-    spec: dict[str, Any],
+    spec: JobSpec,
     data: SplitData,
     student: Recommender,
     result: FitResult,
@@ -247,13 +233,13 @@ def _publish_student(
     manifest = {
         "role": "student",
         "job_id": ctx.job_id,
-        "seed": spec["seed"],
-        "method": spec["method"],
+        "seed": spec.seed,
+        "method": spec.method,
         "teacher_model_id": teacher.id,
         "metrics": metrics,
         "teacher_metrics": teacher_metrics,
         "best_epoch": result.best_epoch,
-        "hyperparameters": spec["hyperparameters"],
+        "hyperparameters": spec.hyperparameters,
     }
     size = steps.save_model(folder, student, data, manifest)
     steps.export_bundle(folder / "serving", student, data, student_id)
@@ -264,11 +250,11 @@ def _publish_student(
                 s,
                 id=student_id,
                 job_id=ctx.job_id,
-                dataset_id=spec["dataset_id"],
+                dataset_id=spec.dataset_id,
                 role="student",
-                model_name=spec["student"]["model"],
-                dim=int(spec["student"]["dim"]),
-                method=spec["method"],
+                model_name=spec.student.model,
+                dim=spec.student.dim,
+                method=spec.method,
                 artifact_path=ctx.store.relative(folder),
                 n_params=params,
                 size_bytes=size,

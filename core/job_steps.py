@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,50 +16,19 @@ import scipy.sparse as sp
 import torch
 
 from core.checkpoint import MODEL_FILE, load_checkpoint, save_checkpoint
+from core.config import DistillConfig, ModelSpec, SplitSpec
 from core.data import SplitData, load_interactions, split
-from core.distill import build_distiller
+from core.distill import make_distiller
 from core.eval import evaluate
 from core.index import write_bundle
-from core.models import MODELS, build_model
+from core.models import build_model
 from core.models.base import Recommender
 from core.storage import size_of
 from core.train import Callback, FitResult, TrainConfig, fit, resolve_device
 
 log = logging.getLogger(__name__)
 
-# Job hyperparameters that configure the fit loop; every other key goes to the distiller's config.
-TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "eval_every")
-TEACHER_PREFIX = "teacher_"  # teacher_epochs, teacher_lr, ... override the teacher's fit loop
 TEST_KS = (5, 10, 20)
-
-
-@dataclass
-class JobPlan:
-    """A job's hyperparameters sorted into the teacher's and student's fit configs and the distiller's."""
-
-    teacher_train: TrainConfig
-    student_train: TrainConfig
-    distiller: dict[str, Any]
-
-
-def plan_job(method: str, hyperparameters: dict[str, Any], seed: int, device: str) -> JobPlan:
-    """Split the job's hyperparameters; an unknown method, key or bad value raises ValueError naming it."""
-    hp = {k: v for k, v in (hyperparameters or {}).items() if v is not None}
-    student = {k: hp.pop(k) for k in TRAIN_KEYS if k in hp}
-    teacher = dict(student)
-    for key in TRAIN_KEYS:
-        if TEACHER_PREFIX + key in hp:
-            teacher[key] = hp.pop(TEACHER_PREFIX + key)
-    hp.setdefault("seed", seed)
-    build_distiller(method, **hp)  # fail before any training on an unknown method or option
-    try:
-        return JobPlan(
-            teacher_train=TrainConfig(**teacher, seed=seed, device=device),
-            student_train=TrainConfig(**student, seed=seed, device=device),
-            distiller=hp,
-        )
-    except ValueError as exc:  # pydantic's ValidationError names the field
-        raise ValueError(f"invalid hyperparameters: {exc}") from exc
 
 
 def set_threads(n: int) -> None:
@@ -68,7 +36,7 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def load_split(path: Path, dataset: dict[str, Any], split_opts: dict[str, Any], seed: int) -> SplitData:
+def load_split(path: Path, dataset: dict[str, Any], split_opts: SplitSpec, seed: int) -> SplitData:
     """Read the dataset file with its stored column options and split it (job.split + job.seed)."""
     inter = load_interactions(
         path,
@@ -80,13 +48,11 @@ def load_split(path: Path, dataset: dict[str, Any], split_opts: dict[str, Any], 
         sep=dataset.get("sep"),
         rating_threshold=dataset.get("rating_threshold"),
     )
-    mode = split_opts.get("mode", "random")
-    ratios = tuple(split_opts.get("ratios", (0.8, 0.1, 0.1)))
-    return split(inter, mode=mode, ratios=ratios, seed=seed)
+    return split(inter, mode=split_opts.mode, ratios=tuple(split_opts.ratios), seed=seed)
 
 
 def train_model(
-    spec: dict[str, Any],
+    spec: ModelSpec,
     data: SplitData,
     config: TrainConfig,
     checkpoint_dir: Path,
@@ -94,8 +60,8 @@ def train_model(
     should_cancel: Callable[[], bool],
     distiller: Any | None = None,
 ) -> tuple[Recommender, FitResult]:
-    """Build ``spec`` ({model, dim}) and fit it, resuming from ``checkpoint_dir`` when a state is there."""
-    model = build_model(spec["model"], data.n_users, data.n_items, int(spec["dim"]), train=data.train, seed=config.seed)
+    """Build ``spec`` and fit it, resuming from ``checkpoint_dir`` when a state is there."""
+    model = build_model(spec.model, data.n_users, data.n_items, spec.dim, train=data.train, seed=config.seed)
     result = fit(
         model,
         data,
@@ -109,22 +75,11 @@ def train_model(
     return model, result
 
 
-def check_spec(spec: dict[str, Any] | None, role: str) -> None:
-    """A {model, dim} spec names a registered model and a positive dim (ValueError naming the field)."""
-    if spec is None:
-        return
-    if spec.get("model") not in MODELS:
-        raise ValueError(f"{role}.model {spec.get('model')!r} is unknown; choose one of {sorted(MODELS)}")
-    dim = spec.get("dim")
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
-        raise ValueError(f"{role}.dim must be a positive integer, got {dim!r}")
-
-
-def make_distiller(
-    method: str, options: dict[str, Any], teacher: Recommender, data: SplitData, device: str
+def prepare_distiller(
+    method: str, config: DistillConfig, teacher: Recommender, data: SplitData, device: str
 ) -> Any:
-    """``build_distiller(method, **options)`` prepared against the frozen teacher."""
-    distiller = build_distiller(method, **options)
+    """The method's distiller over its (validated) config, prepared against the frozen teacher."""
+    distiller = make_distiller(method, config)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

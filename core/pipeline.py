@@ -21,8 +21,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from core.config import FINAL_STATUSES
 from core.db import repo
-from core.db.models import FINAL_STATUSES, utcnow
+from core.db.models import utcnow
 from core.db.session import session_scope
 from core.settings import Settings, get_settings
 from core.storage import ArtifactStore
