@@ -16,10 +16,10 @@ DISTILLERS: dict[str, type[Distiller]] = {"none": NoneDistiller, "rrd": RRDDisti
 
 def build_distiller(name: str, **cfg: Any) -> Distiller:
     """Build a distiller by registry name from raw options (the CLI's edge); bad names/options raise ValueError."""
-    return make_distiller(name, distill_config(name, cfg))
+    return distiller_for(name, distill_config(name, cfg))
 
 
-def make_distiller(name: str, config: DistillConfig) -> Distiller:
+def distiller_for(name: str, config: DistillConfig) -> Distiller:
     """The named distiller over an already validated config (a ``JobSpec``'s): no second validation."""
     return DISTILLERS[name](config)
 
@@ -32,7 +32,7 @@ __all__ = [
     "RELEASED_PROCEDURE",
     "RRDDistiller",
     "build_distiller",
-    "make_distiller",
+    "distiller_for",
     "relaxed_ranking_loss",
     "teacher_topm",
 ]

@@ -1,7 +1,7 @@
 """The ML phases of a job (teacher, distill, evaluate, index): plain functions over explicit arguments.
 
-Imported only inside the task path, so torch (and CUDA) is first touched there. ``core.pipeline`` owns the
-database side: claims, status, progress rows and errors.
+Pure: no database, no settings. ``core.jobs.phases`` runs them for a job, ``core.experiment`` for a comparison;
+imported only inside the task path, so torch (and CUDA) is first touched there.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from core.checkpoint import MODEL_FILE, load_checkpoint, save_checkpoint
 from core.config import DistillConfig, ModelSpec, SplitSpec
 from core.data import SplitData, load_interactions, split
-from core.distill import make_distiller
+from core.distill import distiller_for
 from core.eval import evaluate
 from core.index import write_bundle
 from core.models import build_model
@@ -75,11 +75,11 @@ def train_model(
     return model, result
 
 
-def prepare_distiller(
+def make_distiller(
     method: str, config: DistillConfig, teacher: Recommender, data: SplitData, device: str
 ) -> Any:
     """The method's distiller over its (validated) config, prepared against the frozen teacher."""
-    distiller = make_distiller(method, config)
+    distiller = distiller_for(method, config)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
