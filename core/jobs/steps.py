@@ -19,6 +19,7 @@ from core.checkpoint import MODEL_FILE, load_checkpoint, save_checkpoint
 from core.config import DistillConfig, ModelSpec, SplitSpec
 from core.data import SplitData, load_interactions, split
 from core.distill import distiller_for
+from core.distill.base import ListsCache
 from core.eval import evaluate
 from core.index import write_bundle
 from core.models import build_model
@@ -55,13 +56,16 @@ def train_model(
     spec: ModelSpec,
     data: SplitData,
     config: TrainConfig,
-    checkpoint_dir: Path,
+    checkpoint_dir: Path | None,
     callbacks: Sequence[Callback],
-    should_cancel: Callable[[], bool],
+    should_cancel: Callable[[], bool] | None,
     distiller: Any | None = None,
+    model_opts: dict[str, Any] | None = None,
 ) -> tuple[Recommender, FitResult]:
-    """Build ``spec`` and fit it, resuming from ``checkpoint_dir`` when a state is there."""
-    model = build_model(spec.model, data.n_users, data.n_items, spec.dim, train=data.train, seed=config.seed)
+    """Build ``spec`` (with the model's own ``model_opts``) and fit it, resuming from ``checkpoint_dir`` when a
+    state is there."""
+    model = build_model(spec.model, data.n_users, data.n_items, spec.dim, train=data.train, seed=config.seed,
+                        **(model_opts or {}))
     result = fit(
         model,
         data,
@@ -76,14 +80,20 @@ def train_model(
 
 
 def make_distiller(
-    method: str, config: DistillConfig, teacher: Recommender, data: SplitData, device: str
+    method: str,
+    config: DistillConfig,
+    teacher: Recommender,
+    data: SplitData,
+    device: str,
+    lists_cache: ListsCache | None = None,
 ) -> Any:
-    """The method's distiller over its (validated) config, prepared against the frozen teacher."""
+    """The method's distiller over its (validated) config, prepared against the frozen teacher (``lists_cache``:
+    the teacher's top-M lists shared by every distiller of one teacher and split)."""
     distiller = distiller_for(method, config)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    distiller.prepare(teacher, data, resolve_device(device))
+    distiller.prepare(teacher, data, resolve_device(device), lists_cache)
     return distiller
 
 
@@ -100,9 +110,9 @@ def load_model(folder: Path, data: SplitData, device: str) -> tuple[Recommender,
     return model, manifest
 
 
-def test_metrics(model: Recommender, data: SplitData) -> dict[str, float]:
-    """Full-ranking test metrics at 5/10/20 (training items excluded)."""
-    return {k: float(v) for k, v in evaluate(model, data, "test", ks=TEST_KS).items()}
+def test_metrics(model: Recommender, data: SplitData, split: str = "test") -> dict[str, float]:
+    """Full-ranking metrics of ``split`` at 5/10/20 (training items excluded)."""
+    return {k: float(v) for k, v in evaluate(model, data, split, ks=TEST_KS).items()}
 
 
 def n_params(model: Recommender) -> int:
