@@ -21,13 +21,12 @@ from core.config import TrainConfig
 from core.data import NegativeSampler, SplitData
 from core.eval import evaluate
 from core.models.base import Recommender
-from core.progress import ProgressBar
 from core.train_state import TrainState, load_state, save_state
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "Callback", "EpochReport", "FitResult", "NonFiniteLossError", "ProgressBar", "TrainingCancelled",
+    "Callback", "EpochReport", "FitResult", "NonFiniteLossError", "TrainingCancelled",
     "fit", "resolve_device", "seed_everything",
 ]
 
