@@ -1,4 +1,4 @@
-"""Request and response bodies (``XCreate`` / ``XPublic`` / ``XsPublic``); torch-free hyperparameter schema."""
+"""Request and response bodies (``XCreate`` / ``XPublic`` / ``XsPublic``); the configs they carry are ``core.config``'s."""
 
 from __future__ import annotations
 
@@ -16,8 +16,16 @@ from pydantic import (
     model_validator,
 )
 
-from api.hyperparameters import Checked, Strict, check_hyperparameters
-from core.names import SERVABLE_MODEL_NAMES, MethodName, ModelName
+from core.config import (
+    SERVABLE_MODEL_NAMES,
+    Checked,
+    MethodName,
+    ModelName,
+    ModelSpec,
+    SplitSpec,
+    Strict,
+    check_hyperparameters,
+)
 
 ID_PATTERN = r"^[0-9a-f]{32}$"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-()]{0,199}$")
@@ -152,28 +160,9 @@ class DatasetsPublic(BaseModel):
 
 
 # ----------------------------------------------------------------------------------------------- jobs
-class ModelSpec(Strict):
-    model: ModelName = Field(description="Architecture name.")
-    dim: int = Field(gt=0, le=4096, description="Embedding dimension.")
-
-
 class StudentSpec(ModelSpec):
     model: ModelName = Field(description="Architecture name; a student must be dot-product servable.",
                              json_schema_extra={"enum": list(SERVABLE_MODEL_NAMES)})
-
-
-class SplitSpec(Strict):
-    mode: Literal["random", "loo"] = Field("random", description="random ratios, or leave-one-out by time.")
-    # A list, not a tuple: strict validation takes a tuple only from Python, and FastAPI validates bodies so.
-    ratios: list[float] = Field(default_factory=lambda: [0.8, 0.1, 0.1], min_length=3, max_length=3,
-                                description="train/valid/test fractions.")
-
-    @field_validator("ratios")
-    @classmethod
-    def _ratios(cls, v: list[float]) -> list[float]:
-        if any(r < 0 for r in v) or v[0] <= 0 or abs(sum(v) - 1.0) > 1e-6:
-            raise ValueError(f"ratios must be non-negative, train > 0, and sum to 1 (got {list(v)})")
-        return v
 
 
 class JobCreate(Strict):

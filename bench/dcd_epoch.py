@@ -21,10 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.config import TrainConfig  # noqa: E402
 from core.data import SplitData, load_interactions, split  # noqa: E402
 from core.distill import RELEASED_PROCEDURE, build_distiller  # noqa: E402
 from core.models.bpr import BPRMF  # noqa: E402
-from core.train import TrainConfig, fit  # noqa: E402
+from core.train import fit  # noqa: E402
 
 logger = logging.getLogger("bench.dcd_epoch")
 

@@ -60,12 +60,13 @@ def main() -> int:
 
     import torch
 
+    from core.config import TrainConfig
     from core.data import load_interactions, split
     from core.datasets import resolve
     from core.distill import RELEASED_PROCEDURE, build_distiller
     from core.eval import evaluate
     from core.models import build_model
-    from core.train import TrainConfig, fit
+    from core.train import fit
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available", file=sys.stderr)

@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.checkpoint import library_versions, load_checkpoint  # noqa: E402
+from core.config import TrainConfig  # noqa: E402
 from core.data import load_interactions, split  # noqa: E402
 from core.datasets import resolve  # noqa: E402
 from core.distill import DCDDistiller, build_distiller  # noqa: E402
@@ -31,7 +32,7 @@ from core.distill.base import ListsCache  # noqa: E402
 from core.distill.dcd import correction_weights  # noqa: E402
 from core.eval import evaluate  # noqa: E402
 from core.models.bpr import BPRMF  # noqa: E402
-from core.train import TrainConfig, fit  # noqa: E402
+from core.train import fit  # noqa: E402
 
 
 def band_shares(pos: torch.Tensor, bands: list[tuple[int, int]]) -> dict[str, float]:

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.experiment import METHODS, ExperimentConfig, ModelSpec, markdown_table, parse_overrides
+from core.config import ModelSpec
+from core.experiment import METHODS, ExperimentConfig, markdown_table, parse_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -103,8 +104,7 @@ def handle(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from core.progress import EpochLog
-    from core.train import ProgressBar
+    from core.progress import EpochLog, ProgressBar
 
     def callbacks_for(label: str) -> list[Any]:
         # --no-progress (sweeps, log files): one log line per epoch instead of a bar.

@@ -1,3 +1,3 @@
-"""recdistill core: data, models, distillation, training, evaluation, storage and the pipeline."""
+"""recdistill core: config, data, models, distillation, training, evaluation, storage, db and the job use case."""
 
 __version__ = "0.1.0"

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.config import ModelSpec, TrainConfig, distill_config
+from core.storage import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 # Method label -> (distiller name, config overrides). Ablations switch single DCD terms off.
@@ -30,22 +33,6 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 TABLE_METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20")
-
-
-@dataclass
-class ModelSpec:
-    name: str
-    dim: int
-
-    @classmethod
-    def parse(cls, text: str) -> ModelSpec:
-        name, sep, dim = text.partition(":")
-        if not sep or not dim.strip().isdigit() or int(dim) <= 0:
-            raise ValueError(f"model spec must look like 'bpr:200' (name:positive dim), got {text!r}")
-        return cls(name.strip().lower(), int(dim))
-
-    def __str__(self) -> str:
-        return f"{self.name}:{self.dim}"
 
 
 @dataclass
@@ -150,15 +137,11 @@ def run_experiment(
     callbacks_for: Callable[[str], Sequence[Any]] | None = None,
 ) -> dict[str, Any]:
     """Run every (seed, method) pair; the teacher is trained once per seed and reused by every method."""
-    import torch
-
     from core.checkpoint import library_versions, load_checkpoint, save_checkpoint
     from core.data import load_interactions, split
     from core.datasets import resolve
-    from core.distill import build_distiller
-    from core.eval import evaluate
-    from core.models import build_model
-    from core.train import TrainConfig, fit
+    from core.jobs import steps
+    from core.train import resolve_device
 
     cfg.validate()
     path = resolve(cfg.dataset)
@@ -181,9 +164,9 @@ def run_experiment(
     def flush() -> None:
         if out_path is not None:
             out_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out_path.with_suffix(out_path.suffix + ".tmp")
-            tmp.write_text(json.dumps(result, indent=1))
-            tmp.replace(out_path)
+            atomic_write_text(out_path, json.dumps(result, indent=1))
+
+    device = resolve_device(cfg.device)
 
     for seed in cfg.seeds:
         data = split(inter, mode=cfg.split_mode, seed=seed)
@@ -193,7 +176,7 @@ def run_experiment(
         ).hexdigest()[:8]
         teacher_dir = (
             Path(cfg.teacher_cache)
-            / f"{Path(str(path)).stem}-{cfg.teacher.name}{cfg.teacher.dim}-seed{seed}-{data.fingerprint[:12]}-{tkey}"
+            / f"{Path(str(path)).stem}-{cfg.teacher.model}{cfg.teacher.dim}-seed{seed}-{data.fingerprint[:12]}-{tkey}"
             if cfg.teacher_cache
             else None
         )
@@ -204,10 +187,8 @@ def run_experiment(
             t_spe = manifest.get("seconds_per_epoch", 0.0)
             logger.info("seed %d: reusing cached teacher %s", seed, teacher_dir)
         else:
-            teacher = build_model(cfg.teacher.name, data.n_users, data.n_items, cfg.teacher.dim, train=data.train,
-                                  seed=seed, **cfg.teacher_model_opts)
             tconf = TrainConfig(seed=seed, device=cfg.device, **cfg.teacher_train)
-            fr = fit(teacher, data, tconf, callbacks=cb)
+            teacher, fr = steps.train_model(cfg.teacher, data, tconf, None, cb, None, model_opts=cfg.teacher_model_opts)
             t_epochs, t_spe = fr.epochs_run, fr.seconds_per_epoch
             if teacher_dir is not None:
                 save_checkpoint(
@@ -216,8 +197,6 @@ def run_experiment(
                     {"seed": seed, "epochs": t_epochs, "seconds_per_epoch": t_spe, "data_fingerprint": data.fingerprint},
                 )
         teacher.eval()
-        device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                              ("cpu" if cfg.device == "auto" else cfg.device))
         teacher.to(device)
         result["runs"].append(
             {
@@ -225,8 +204,8 @@ def run_experiment(
                 "teacher": str(cfg.teacher),
                 "student": str(cfg.student),
                 "seed": seed,
-                "test": evaluate(teacher, data, split="test"),
-                "valid": evaluate(teacher, data, split="valid"),
+                "test": steps.test_metrics(teacher, data, "test"),
+                "valid": steps.test_metrics(teacher, data, "valid"),
                 "epochs": t_epochs,
                 "seconds_per_epoch": t_spe,
                 "seconds": time.time() - t0,
@@ -237,14 +216,12 @@ def run_experiment(
         for method in cfg.methods:
             dname, base_overrides = METHODS[method]
             dcfg = {**base_overrides, **cfg.method_overrides.get(dname, {}), **cfg.method_overrides.get(method, {})}
-            student = build_model(cfg.student.name, data.n_users, data.n_items, cfg.student.dim, train=data.train,
-                                  seed=seed, **cfg.student_model_opts)
-            distiller = build_distiller(dname, **dcfg)
-            distiller.prepare(teacher, data, device, lists_cache)
+            distiller = steps.make_distiller(dname, distill_config(dname, dcfg), teacher, data, str(device), lists_cache)
             sconf = TrainConfig(seed=seed, device=cfg.device, **cfg.student_train)
             cb = list(callbacks_for(f"seed {seed} {method}")) if callbacks_for else []
             t0 = time.time()
-            fr = fit(student, data, sconf, distiller=distiller, callbacks=cb)
+            student, fr = steps.train_model(cfg.student, data, sconf, None, cb, None, distiller=distiller,
+                                            model_opts=cfg.student_model_opts)
             result["runs"].append(
                 {
                     "method": method,
@@ -252,8 +229,8 @@ def run_experiment(
                     "student": str(cfg.student),
                     "seed": seed,
                     "hyperparameters": distiller.describe(),
-                    "test": evaluate(student, data, split="test"),
-                    "valid": evaluate(student, data, split="valid"),
+                    "test": steps.test_metrics(student, data, "test"),
+                    "valid": steps.test_metrics(student, data, "valid"),
                     "epochs": fr.epochs_run,
                     "best_epoch": fr.best_epoch,
                     "seconds_per_epoch": fr.seconds_per_epoch,

@@ -7,7 +7,7 @@ from typing import IO, TYPE_CHECKING
 
 from tqdm import tqdm
 
-if TYPE_CHECKING:  # core.train re-exports ProgressBar, so no runtime import back
+if TYPE_CHECKING:  # core.train is torch: the bar needs only its report type
     from core.train import EpochReport
 
 

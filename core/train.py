@@ -16,18 +16,17 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.config import TrainConfig
 from core.data import NegativeSampler, SplitData
 from core.eval import evaluate
 from core.models.base import Recommender
-from core.progress import ProgressBar
 from core.train_state import TrainState, load_state, save_state
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "Callback", "EpochReport", "FitResult", "NonFiniteLossError", "ProgressBar", "TrainConfig", "TrainingCancelled",
+    "Callback", "EpochReport", "FitResult", "NonFiniteLossError", "TrainingCancelled",
     "fit", "resolve_device", "seed_everything",
 ]
 
@@ -38,35 +37,6 @@ class TrainingCancelled(RuntimeError):
 
 class NonFiniteLossError(FloatingPointError):
     """A mini-batch loss became NaN or infinite; the message names the epoch and batch."""
-
-
-class TrainConfig(BaseModel):
-    """Optimisation and stopping settings of one ``fit`` run."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf/NaN would only fail later as a NaN loss
-
-    epochs: int = Field(100, ge=1, description="maximum number of epochs")
-    batch_size: int = Field(1024, ge=1, description="training pairs per mini-batch")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="Adam (coupled L2) weight decay on all parameters")
-    patience: int = Field(20, ge=0, description="evaluations without improvement before stopping; 0 = never stop")
-    eval_every: int = Field(1, ge=1, description="validate every this many epochs (and after the last)")
-    eval_ks: tuple[int, ...] = Field((10, 20), description="cut-offs computed on the validation split")
-    monitor: str = Field("ndcg@10", description="validation metric that selects the best epoch")
-    seed: int = Field(0, ge=0, description="seed of torch, numpy, python, negatives and shuffling")
-    device: str = Field("auto", description='"auto" (CUDA when available), "cpu", "cuda" or "cuda:N"')
-    cancel_check_batches: int = Field(50, ge=1, description="also poll should_cancel every this many batches")
-    num_threads: int | None = Field(
-        None, ge=1, description="torch CPU threads during fit (None = leave torch's setting); 1 is fastest on a busy CPU"
-    )
-
-    @field_validator("monitor")
-    @classmethod
-    def _monitor_known(cls, v: str) -> str:
-        name, _, k = v.partition("@")
-        if name not in ("recall", "ndcg", "hit", "mrr", "precision") or not k.isdigit():
-            raise ValueError(f"monitor must look like 'ndcg@10', got {v!r}")
-        return v
 
 
 @dataclass

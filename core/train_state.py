@@ -16,8 +16,8 @@ import torch
 from core.checkpoint import CheckpointError, cpu_tensors, load_train_state, save_train_state
 
 if TYPE_CHECKING:
+    from core.config import TrainConfig
     from core.models.base import Recommender
-    from core.train import TrainConfig
 
 #: Config fields that must match for a resumed run to equal an uninterrupted one.
 _MUST_MATCH = ("seed", "batch_size", "lr", "weight_decay", "monitor", "eval_every", "eval_ks")

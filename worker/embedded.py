@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.pipeline import recover, worker_id_for
+from core.jobs.lifecycle import recover, worker_id_for
 from core.settings import Settings
 from worker.celery_app import QUEUE, enqueue_job, ensure_broker_dir
 from worker.lifeline import LIFELINE_FD_ENV, PARENT_PID_ENV

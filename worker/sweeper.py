@@ -17,7 +17,8 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from core.db import repo
 from core.db.session import session_scope
-from core.pipeline import TRANSIENT_ERRORS, discard_train_state, recover, request_shutdown
+from core.jobs.context import request_shutdown
+from core.jobs.lifecycle import TRANSIENT_ERRORS, discard_train_state, recover
 from core.settings import Settings, get_settings
 from core.storage import ArtifactStore
 from worker.celery_app import enqueue_job

@@ -1,14 +1,14 @@
-"""Thin Celery tasks: take a job id, call ``core.pipeline.run_job``, retry only transient errors.
+"""Thin Celery tasks: take a job id, call ``core.jobs.lifecycle.run_job``, retry only transient errors.
 
-``core.pipeline`` is torch-free at import; torch (and CUDA) is first touched inside the running task.
+``core.jobs.lifecycle`` is torch-free at import; torch (and CUDA) is first touched inside the running task.
 """
 
 from __future__ import annotations
 
 import logging
 
-from core.pipeline import TRANSIENT_ERRORS, default_worker_id
-from core.pipeline import run_job as run_pipeline
+from core.jobs.lifecycle import TRANSIENT_ERRORS, default_worker_id
+from core.jobs.lifecycle import run_job as run_pipeline
 from core.settings import get_settings
 from worker.celery_app import TASK_NAME, celery_app, enqueue_job
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from api.deps import PageLimit, PageOffset, SessionDep
 from api.errors import Conflict, InvalidInput
 from api.schemas import ID_PATTERN, JobCreate, JobPublic, JobsPublic
+from core.config import JobStatus, JobStatusName, ModelRole
 from core.db import repo
 from core.db.models import Job, utcnow
 
@@ -19,7 +20,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 JobId = Annotated[str, PathParam(pattern=ID_PATTERN, description="32-character hex job id.")]
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 def _check_teacher(session: SessionDep, body: JobCreate) -> None:
@@ -27,7 +27,7 @@ def _check_teacher(session: SessionDep, body: JobCreate) -> None:
     if body.teacher_model_id is None:
         return
     teacher = repo.get_model(session, body.teacher_model_id)  # 404 naming the id
-    if teacher.role != "teacher":
+    if teacher.role != ModelRole.TEACHER:
         raise InvalidInput(f"teacher_model_id: model {teacher.id} is a {teacher.role}, not a teacher")
     if teacher.dataset_id != body.dataset_id:
         raise InvalidInput(
@@ -57,7 +57,7 @@ def create_job(body: JobCreate, session: SessionDep, request: Request) -> JobPub
     except Exception as exc:
         # Never a lost job: it stays visible, failed with the reason.
         logger.exception("could not enqueue job %s", job.id)
-        job.status, job.error, job.finished_at = "failed", f"could not enqueue the job: {exc}", utcnow()
+        job.status, job.error, job.finished_at = JobStatus.FAILED, f"could not enqueue the job: {exc}", utcnow()
         session.commit()
         return JSONResponse(
             {"detail": f"job {job.id} could not be queued and was marked failed: {exc}", "code": "queue_unavailable",
@@ -71,7 +71,7 @@ def create_job(body: JobCreate, session: SessionDep, request: Request) -> JobPub
 @router.get("", response_model=JobsPublic)
 def list_jobs(
     session: SessionDep,
-    status: Annotated[Status | None, Query(description="Only jobs with this status.")] = None,
+    status: Annotated[JobStatusName | None, Query(description="Only jobs with this status.")] = None,
     limit: PageLimit = 100,
     offset: PageOffset = 0,
 ) -> JobsPublic:

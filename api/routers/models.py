@@ -7,7 +7,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
@@ -18,6 +18,7 @@ from api.deps import HolderDep, PageLimit, PageOffset, SessionDep, SettingsDep
 from api.errors import Conflict, NotFound
 from api.holder import bundle_dir
 from api.schemas import ID_PATTERN, ActivationPublic, ModelPublic, ModelsPublic
+from core.config import ModelRoleName
 from core.db import repo
 from core.db.models import Model
 from core.index import BundleError
@@ -42,7 +43,7 @@ def _active_id(session: SessionDep) -> str | None:
 @router.get("", response_model=ModelsPublic)
 def list_models(
     session: SessionDep,
-    role: Annotated[Literal["teacher", "student"] | None, Query(description="Only this role.")] = None,
+    role: Annotated[ModelRoleName | None, Query(description="Only this role.")] = None,
     job_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     limit: PageLimit = 100,
     offset: PageOffset = 0,

@@ -22,10 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled")
-JOB_PHASES = ("teacher", "distill", "evaluate", "index")
-ROLES = ("teacher", "student")
+from core.config import JobStatus
 
 
 def new_id() -> str:
@@ -104,7 +101,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value, index=True)
     phase: Mapped[str | None] = mapped_column(String(16))
     method: Mapped[str] = mapped_column(String(16))
     teacher: Mapped[dict[str, Any] | None] = mapped_column(JSON)

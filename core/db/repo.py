@@ -10,9 +10,11 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from core.db.models import FINAL_STATUSES, JOB_STATUSES, Activation, Dataset, Job, Model, utcnow
+from core.config import FINAL_STATUSES, JobStatus, ModelRole
+from core.db.models import Activation, Dataset, Job, Model, utcnow
 
-ACTIVE_STATUSES = ("queued", "running")
+ACTIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+JOB_STATUSES = tuple(s.value for s in JobStatus)
 R = TypeVar("R", Dataset, Job, Model)
 
 
@@ -86,7 +88,7 @@ def delete_dataset(session: Session, dataset_id: str) -> Dataset:
 
 def create_job(session: Session, **fields: Any) -> Job:
     """Insert a queued job row (fields as in ``Job``) and flush so its id is set."""
-    fields.setdefault("status", "queued")
+    fields.setdefault("status", JobStatus.QUEUED)
     return _insert(session, Job(**fields))
 
 
@@ -121,8 +123,8 @@ def request_cancel(session: Session, job_id: str) -> Job:
     now = utcnow()
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(status="cancelled", cancel_requested=True, finished_at=now)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now)
     )
     if res.rowcount == 0:  # type: ignore[attr-defined]
         session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
@@ -144,10 +146,10 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_s: float) -> 
         .where(
             Job.id == job_id,
             Job.cancel_requested.is_(False),
-            or_(Job.status == "queued", (Job.status == "running") & stale),
+            or_(Job.status == JobStatus.QUEUED, (Job.status == JobStatus.RUNNING) & stale),
         )
         .values(
-            status="running",
+            status=JobStatus.RUNNING,
             worker_id=worker_id,
             heartbeat_at=now,
             attempts=Job.attempts + 1,
@@ -163,7 +165,7 @@ def heartbeat(session: Session, job_id: str, worker_id: str) -> bool:
     """Refresh the lease; False when the job is no longer this worker's running job."""
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
         .values(heartbeat_at=utcnow())
         .execution_options(synchronize_session=False)
     )
@@ -174,7 +176,7 @@ def update_owned_job(session: Session, job_id: str, worker_id: str, **values: An
     """Write ``values`` only while ``worker_id`` still owns the running job; False if it lost it."""
     res = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
+        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
@@ -199,19 +201,19 @@ def _move(session: Session, job_id: str, condition: ColumnElement[bool], **value
 
 
 def _cancelled_values() -> dict[str, Any]:
-    return {"status": "cancelled", "worker_id": None, "finished_at": utcnow()}
+    return {"status": JobStatus.CANCELLED, "worker_id": None, "finished_at": utcnow()}
 
 
 # A queued job never carries the flag on purpose (request_cancel ends a queued job at once): it got there by
 # a cancel racing with a worker handing the job back. Claims refuse it, so only this resolves it.
-_PENDING_CANCEL_QUEUED = (Job.status == "queued") & Job.cancel_requested.is_(True)
+_PENDING_CANCEL_QUEUED = (Job.status == JobStatus.QUEUED) & Job.cancel_requested.is_(True)
 
 
 def cancel_abandoned(session: Session, job_id: str, lease_s: float) -> bool:
     """Honour a cancel nobody is left to act on: a job with ``cancel_requested`` that is queued, or running on
     a lapsed lease, ends ``cancelled``. Without this such a job stays queued for ever (claims refuse it because
     of the flag). The caller commits and removes the job's training state."""
-    stale_running = (Job.status == "running") & _stale(lease_s) & Job.cancel_requested.is_(True)
+    stale_running = (Job.status == JobStatus.RUNNING) & _stale(lease_s) & Job.cancel_requested.is_(True)
     return _move(session, job_id, or_(_PENDING_CANCEL_QUEUED, stale_running), **_cancelled_values())
 
 
@@ -252,11 +254,11 @@ def recover_jobs(
         abandoned.append(Job.worker_id.in_(list(worker_ids)))
     rec = Recovery()
     if abandoned:
-        running = (Job.status == "running") & or_(*abandoned)
+        running = (Job.status == JobStatus.RUNNING) & or_(*abandoned)
         for job_id in session.scalars(select(Job.id).where(running).order_by(Job.created_at)).all():
             if _move(session, job_id, running & Job.cancel_requested.is_(True), **_cancelled_values()):
                 rec.cancelled.append(job_id)
-            elif _move(session, job_id, running & Job.cancel_requested.is_(False), status="queued", worker_id=None):
+            elif _move(session, job_id, running & Job.cancel_requested.is_(False), status=JobStatus.QUEUED, worker_id=None):
                 rec.requeued.append(job_id)
             # else: another sweeper moved it, or a cancel landed in between (the next pass cancels it)
     for job_id in session.scalars(select(Job.id).where(_PENDING_CANCEL_QUEUED)).all():
@@ -264,7 +266,7 @@ def recover_jobs(
             rec.cancelled.append(job_id)
     if include_queued:
         rec.queued = list(
-            session.scalars(select(Job.id).where(Job.status == "queued").order_by(Job.created_at)).all()
+            session.scalars(select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at)).all()
         )
     return rec
 
@@ -319,11 +321,11 @@ def activate_model(session: Session, model_id: str) -> Activation:
     Refused for teachers (only students carry a serving bundle) and for models whose job did not succeed.
     """
     model = get_model(session, model_id)
-    if model.role != "student":
+    if model.role != ModelRole.STUDENT:
         raise ConflictError(f"model {model_id} is a {model.role}; only student models can be activated")
     if model.job_id is not None:
         job = session.get(Job, model.job_id)
-        if job is not None and job.status != "succeeded":
+        if job is not None and job.status != JobStatus.SUCCEEDED:
             raise ConflictError(f"model {model_id}'s job {job.id} is {job.status}, not succeeded")
     current = active_activation(session)
     row = Activation(model_id=model_id, previous_model_id=None if current is None else current.model_id)

@@ -7,8 +7,8 @@ from typing import Any, ClassVar, Protocol
 
 import scipy.sparse as sp
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from core.config import DistillConfig
 from core.distill.topm import teacher_topm
 from core.models.base import Recommender
 
@@ -20,25 +20,6 @@ class SplitLike(Protocol):
 
 
 ListsCache = dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
-
-
-class DistillConfig(BaseModel):
-    """Common options; subclasses add their own. Unknown keys are rejected."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf/NaN would only fail later as a NaN loss
-
-    seed: int = Field(0, description="Seed of the distiller's own random generator (samples, Gumbel noise).")
-    row_fraction: float = Field(
-        1.0,
-        gt=0,
-        le=1,
-        description=(
-            "Fraction of a batch's unique users (and unique positive items) that get the distillation terms; "
-            "the weights are divided by it, so the expected gradient is unchanged. 1.0 = every row, as the "
-            "authors' code; lower values trade gradient variance for speed (each user appears in ~100 "
-            "batches per epoch on ML-1M)."
-        ),
-    )
 
 
 class Distiller:

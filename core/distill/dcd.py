@@ -8,104 +8,21 @@ without replacement ∝ tanh(relu(±ε·(rank_S − rank_T))) + floor for the ba
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
 
-from core.distill.base import DistillConfig, Distiller, ListsCache, SplitLike, batch_rows, require_prepared
+from core.config import DCDConfig
+from core.distill.base import Distiller, ListsCache, SplitLike, batch_rows, require_prepared
 from core.distill.losses import RankingTerm, ranking_terms, score_items, score_users
 from core.distill.rrd import RankingSide
 from core.distill.sampling import WeightedRowSampler
 from core.models.base import Recommender
-from core.names import DCD_DEFAULT_M, DCD_DEFAULT_P, dcd_list_problem
 
 logger = logging.getLogger(__name__)
 
 #: DCDConfig keys that make DCD compute its terms exactly as the released code does (every row of every batch,
 #: fresh samples per batch, one step per batch), in place of the fast defaults.
 RELEASED_PROCEDURE: dict[str, float | int] = {"row_fraction": 1.0, "bank": 0, "group": 1}
-
-
-class DCDConfig(DistillConfig):
-    """DCD's options. The method's hyper-parameters (m, p, eps, period, lambdas, RKD's K/L/T) are the spec's.
-    How the per-batch terms are computed defaults to the fast setting (``row_fraction`` 1/16, ``bank`` 8 drawn
-    once per refresh period, ``group`` 8: the same expected gradient, ~3x a student epoch on CPU instead of
-    ~36x); the released code's exact procedure is ``row_fraction=1, bank=0, group=1``."""
-
-    row_fraction: float = Field(
-        0.0625,
-        gt=0,
-        le=1,
-        description="Fraction of a batch's unique users (and unique positive items) that get the distillation "
-        "terms; weights are divided by it (same expected gradient). 1.0: every row, as the released code.",
-    )
-    m: int = Field(
-        DCD_DEFAULT_M, gt=0, description="Teacher list length M, both sides (clipped to n_items-1 / n_users-1)."
-    )
-    p: int = Field(DCD_DEFAULT_P, gt=0, description="Entries drawn per side per set (under- and over-estimated).")
-    correction_m: int | None = Field(
-        None,
-        gt=0,
-        description="UCD/ICD correct only the first correction_m entries of each teacher list (ranks, weights "
-        "and samples within that prefix); RKD keeps the full M. None: the full list, as the spec.",
-    )
-    eps: float = Field(0.1, gt=0, description="Sharpness ε of tanh(relu(±ε·d)); saturates near |d| ≈ 20-30.")
-    period: int = Field(
-        3, gt=0, description="Epochs between rank/weight refreshes (refresh at epoch % period == 0)."
-    )
-    floor: float = Field(
-        1e-5, gt=0, description="Added to every weight so rows with < p positive weights can sample."
-    )
-    lambda_ucd: float = Field(1e-3, ge=0, description="Weight of the sum-reduced L_UCD.")
-    lambda_icd: float = Field(5e-4, ge=0, description="Weight of the sum-reduced L_ICD.")
-    lambda_rkd: float = Field(1e-3, ge=0, description="Weight of the sum-reduced L_RKD (user-side RRD).")
-    use_rkd: bool = Field(True, description="Include L_RKD (the released code omits it).")
-    use_ucd: bool = Field(True, description="Include the user-side correction L_UCD.")
-    use_icd: bool = Field(True, description="Include the item-side correction L_ICD.")
-    rkd_k: int = Field(40, gt=0, description="RKD interesting items per user.")
-    rkd_l: int = Field(40, ge=0, description="RKD uninteresting items per user.")
-    rkd_t: float = Field(10.0, gt=0, description="RKD temperature T.")
-    deterministic_topk: bool = Field(
-        False, description="Spec §3.7: RKD's interesting list is the teacher's top-K in order (no sampling)."
-    )
-    chunk: int = Field(512, gt=0, description="Rows per chunk for teacher lists and rank refreshes.")
-    correction_order: Literal["released", "teacher"] = Field(
-        "released",
-        description="released: UCD/ICD rank every sampled under-estimated entry (in teacher order) above every "
-        "over-estimated one, as the released code. teacher: the 2p sampled entries are ranked together in the "
-        "teacher's order, so no pair is pushed against the teacher (an over-estimated entry the teacher ranks "
-        "higher stays above).",
-    )
-    group: int = Field(
-        8,
-        ge=1,
-        description="Mini-batches per distillation step. 1: the terms of each batch's rows are added to that "
-        "batch's loss (the released code). G > 1: the rows each batch selects are collected and their terms are "
-        "computed together on every G-th batch (the same sum of row terms, taken with the parameters of that "
-        "batch; the fixed per-step cost is paid once per G batches). An epoch's last group closes at its last "
-        "batch (the trainer tells the epoch's batch count), so no row is dropped and no group spans epochs.",
-    )
-    bank: int = Field(
-        8,
-        ge=0,
-        description="0: fresh samples per mini-batch (the released code). S > 0: S exact samples per row are "
-        "drawn in bulk at each epoch start and each batch row uses one at random (same per-batch distribution, "
-        "so the same expected gradient; samples repeat across batches). Much faster on CPU.",
-    )
-    bank_epochs: int | None = Field(
-        None,
-        ge=1,
-        description="Epochs a bank is kept before it is drawn again; it is always drawn again after a rank "
-        "refresh, whose weights it samples. None: one bank per refresh period; 1: a fresh bank every epoch.",
-    )
-
-    @model_validator(mode="after")
-    def _list_lengths(self) -> DCDConfig:
-        problem = dcd_list_problem(self.m, self.p, self.correction_m)
-        if problem:
-            raise ValueError(problem)
-        return self
 
 
 def discrepancy(scores: torch.Tensor) -> torch.Tensor:

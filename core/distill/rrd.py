@@ -10,9 +10,9 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 import torch
-from pydantic import Field
 
-from core.distill.base import DistillConfig, Distiller, ListsCache, SplitLike, batch_rows, require_prepared
+from core.config import RRDConfig
+from core.distill.base import Distiller, ListsCache, SplitLike, batch_rows, require_prepared
 from core.distill.losses import RankingTerm, ranking_terms, score_items, score_users
 from core.distill.sampling import gumbel_topk, sample_excluding
 from core.models.base import Recommender
@@ -100,23 +100,6 @@ class RankingSide:
         if f"{prefix}.interesting" in state:
             self.interesting = state[f"{prefix}.interesting"].to(self.lists.device)
             self.uninteresting = state[f"{prefix}.uninteresting"].to(self.lists.device)
-
-
-class RRDConfig(DistillConfig):
-    m: int = Field(500, gt=0, description="Teacher list length M (clipped to n_items-1 / n_users-1).")
-    k: int = Field(40, gt=0, description="Interesting items per user, drawn ∝ exp(-rank/T) from the top-M.")
-    l: int = Field(40, ge=0, description="Uninteresting items per user, uniform outside positives and top-M.")  # noqa: E741
-    t: float = Field(10.0, gt=0, description="Temperature T of the rank distribution exp(-rank/T).")
-    lambda_rrd: float = Field(1e-3, ge=0, description="Weight of the sum-reduced L_RRD (user side).")
-    item_side: bool = Field(False, description="Add IR-RRD's item-side term (each item's top-M users).")
-    k_item: int = Field(20, gt=0, description="Interesting users per item (item side).")
-    l_item: int = Field(20, ge=0, description="Uninteresting users per item (item side).")
-    lambda_item: float = Field(5e-4, ge=0, description="Weight of the item-side term.")
-    deterministic_topk: bool = Field(
-        False,
-        description="Spec §3.7 no-sampling variant: the interesting list is the teacher's top-K in order.",
-    )
-    chunk: int = Field(512, gt=0, description="Users per chunk when computing the teacher lists.")
 
 
 def rrd_terms(

@@ -39,7 +39,7 @@ def _st() -> str:
 
 def _trained_home(home: Path) -> Settings:
     """A migrated embedded home whose active model came out of a real (tiny) job."""
-    from core.pipeline import run_job  # torch: imported only here
+    from core.jobs.lifecycle import run_job  # torch: imported only here
 
     settings = Settings(RECDISTILL_HOME=str(home), RECDISTILL_DEVICE="cpu", RECDISTILL_API_KEY=KEY,
                         RECDISTILL_TORCH_THREADS=1)

@@ -119,7 +119,7 @@ def test_hot_swap_under_concurrent_requests_has_zero_errors(
 def test_api_never_imports_torch() -> None:
     code = (
         "import sys\n"
-        "import api.main, api.routers.jobs, core.index, core.names\n"
+        "import api.main, api.routers.jobs, core.index, core.config\n"
         "app = api.main.create_app()\n"
         "app.openapi()\n"
         "assert 'torch' not in sys.modules, 'api imported torch'\n"
@@ -135,26 +135,15 @@ def test_api_never_imports_torch() -> None:
     assert res.returncode == 0, res.stderr
 
 
-def test_names_and_hyperparameters_match_the_torch_side() -> None:
+def test_names_match_the_torch_registries() -> None:
     code = (
-        "from core.names import MODEL_NAMES, METHOD_NAMES, SERVABLE_MODEL_NAMES\n"
+        "from core.config import DISTILL_CONFIGS, MODEL_NAMES, METHOD_NAMES, SERVABLE_MODEL_NAMES\n"
         "from core.models import MODELS\n"
+        "from core.distill import DISTILLERS\n"
         "assert set(MODEL_NAMES) == set(MODELS), (MODEL_NAMES, list(MODELS))\n"
         "assert {n for n in MODELS if MODELS[n].is_dot_product} == set(SERVABLE_MODEL_NAMES)\n"
-        "try:\n"
-        "    from core.distill import DISTILLERS\n"
-        "except ImportError:\n"
-        "    DISTILLERS = None\n"
-        "assert DISTILLERS is None or set(DISTILLERS) == set(METHOD_NAMES), list(DISTILLERS)\n"
-        "from api.hyperparameters import DCDParams, RRDParams, TrainParams\n"
-        "from core.distill.dcd import DCDConfig\n"
-        "from core.distill.rrd import RRDConfig\n"
-        "from core.train import TrainConfig\n"
-        "from core.distill.base import DistillConfig\n"
-        "from api.hyperparameters import DistillParams\n"
-        "for mirror, real in ((DCDParams, DCDConfig), (RRDParams, RRDConfig), (DistillParams, DistillConfig)):\n"
-        "    assert set(mirror.model_fields) == set(real.model_fields) - {'seed'}, (mirror, set(real.model_fields))\n"
-        "assert set(TrainParams.model_fields) <= set(TrainConfig.model_fields)\n"
+        "assert set(DISTILLERS) == set(METHOD_NAMES) == set(DISTILL_CONFIGS), list(DISTILLERS)\n"
+        "assert all(DISTILLERS[n].config_cls is DISTILL_CONFIGS[n] for n in DISTILLERS)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cli.main import main
-from core.experiment import ModelSpec, markdown_table, parse_overrides
+from core.config import ModelSpec
+from core.experiment import markdown_table, parse_overrides
 
 
 def _tiny_csv(path: Path) -> Path:

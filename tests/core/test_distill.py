@@ -531,9 +531,7 @@ def test_row_dot_matches_autograd_of_gather_and_dot() -> None:
 def test_configs_refuse_non_finite_numbers(value: float) -> None:
     from pydantic import ValidationError
 
-    from core.distill.dcd import DCDConfig
-    from core.distill.rrd import RRDConfig
-    from core.train import TrainConfig
+    from core.config import DCDConfig, RRDConfig, TrainConfig
 
     for cls, key in [(DCDConfig, "lambda_ucd"), (DCDConfig, "eps"), (RRDConfig, "t"), (TrainConfig, "lr")]:
         with pytest.raises(ValidationError, match="finite"):

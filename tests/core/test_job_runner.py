@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from core import job_runner
 from core.db import repo
 from core.db.migrate import upgrade_head
 from core.db.session import dispose_engines, session_scope
-from core.pipeline import run_job
+from core.jobs import phases
+from core.jobs.lifecycle import run_job
 from core.settings import Settings
 from core.storage import ArtifactStore
 
@@ -122,7 +122,7 @@ def test_every_stored_dataset_option_reaches_load_split(
         seen.update(dataset)
         raise ValueError("stop here")
 
-    monkeypatch.setattr(job_runner.steps, "load_split", fake_load_split)
+    monkeypatch.setattr(phases.steps, "load_split", fake_load_split)
     job_id = make_job(settings, semicolon_file(), SEMI)
     assert run_job(job_id, settings, worker_id="w1") == "failed"
     assert {k: seen.get(k) for k in SEMI} == SEMI
@@ -146,8 +146,8 @@ def test_each_phase_is_recorded_as_it_begins(settings: Settings, monkeypatch: py
     job_id = make_job(settings, semicolon_file(), SEMI)
     calls: list[tuple[str, Any, int, int]] = []
     for name in ("make_distiller", "test_metrics", "export_bundle"):
-        original = getattr(job_runner.steps, name)
-        monkeypatch.setattr(job_runner.steps, name, _recording(settings, job_id, calls, name, original))
+        original = getattr(phases.steps, name)
+        monkeypatch.setattr(phases.steps, name, _recording(settings, job_id, calls, name, original))
     assert run_job(job_id, settings, worker_id="w1") == "succeeded"
     assert calls == [
         ("test_metrics", "teacher", 1, 1),  # the teacher's own test metrics, right after its fit

@@ -10,11 +10,12 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from core.config import TrainConfig
 from core.data import SplitData
 from core.eval import evaluate
 from core.models import BPRMF, MODELS, LightGCN, NeuMF, build_model
 from core.models import neumf as neumf_module
-from core.train import TrainConfig, fit
+from core.train import fit
 
 
 @pytest.fixture(autouse=True)

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from sqlalchemy import update
 
-from core import job_runner
 from core.db import repo
 from core.db.migrate import upgrade_head
 from core.db.models import Job, utcnow
 from core.db.session import dispose_engines, session_scope
-from core.pipeline import derived_model_id, run_job
+from core.jobs import phases
+from core.jobs.context import derived_model_id
+from core.jobs.lifecycle import run_job
 from core.settings import Settings
 from core.storage import ArtifactStore
 
@@ -154,14 +155,14 @@ def test_interrupted_job_resumes_from_its_last_epoch(
 ) -> None:
     hp = dict(DCD_HP, epochs=4)
     job_id = make_job(settings, hyperparameters=hp)
-    original = job_runner.ProgressWriter.on_epoch_end
+    original = phases.ProgressWriter.on_epoch_end
 
-    def crash_after_distill_epoch_2(self: job_runner.ProgressWriter, report: Any) -> None:
+    def crash_after_distill_epoch_2(self: phases.ProgressWriter, report: Any) -> None:
         original(self, report)
         if self.phase == "distill" and report.epoch == 2:
             raise _Crash()
 
-    monkeypatch.setattr(job_runner.ProgressWriter, "on_epoch_end", crash_after_distill_epoch_2)
+    monkeypatch.setattr(phases.ProgressWriter, "on_epoch_end", crash_after_distill_epoch_2)
     with pytest.raises(_Crash):
         run_job(job_id, settings, worker_id="w1")
     job = get(settings, job_id)
@@ -169,9 +170,9 @@ def test_interrupted_job_resumes_from_its_last_epoch(
     store = ArtifactStore(settings.artifact_dir)
     assert (store.checkpoint_dir(job_id, "distill") / "train_state.safetensors").is_file()
     seen_epochs: list[tuple[str, int]] = []
-    record = job_runner.ProgressWriter.on_epoch_end
+    record = phases.ProgressWriter.on_epoch_end
 
-    def spy(self: job_runner.ProgressWriter, report: Any) -> None:
+    def spy(self: phases.ProgressWriter, report: Any) -> None:
         seen_epochs.append((self.phase, report.epoch))
         record(self, report)
 
@@ -179,10 +180,10 @@ def test_interrupted_job_resumes_from_its_last_epoch(
     assert run_job(job_id, settings, worker_id="w2") == "busy"
     with session_scope(settings.database_url) as s:
         s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(seconds=60)))
-    monkeypatch.setattr(job_runner.ProgressWriter, "on_epoch_end", spy)
+    monkeypatch.setattr(phases.ProgressWriter, "on_epoch_end", spy)
     assert run_job(job_id, settings, worker_id="w2") == "succeeded"
     assert seen_epochs == [("distill", 3), ("distill", 4)]  # resumed: no teacher, no epoch 1 again
-    monkeypatch.setattr(job_runner.ProgressWriter, "on_epoch_end", original)
+    monkeypatch.setattr(phases.ProgressWriter, "on_epoch_end", original)
     job = get(settings, job_id)
     assert job.attempts == 2 and job.worker_id == "w2"
     assert [h["epoch"] for h in job.history if h["phase"] == "distill"] == [1, 2, 3, 4]
@@ -199,15 +200,15 @@ def test_interrupted_job_resumes_from_its_last_epoch(
 
 def test_cancellation_stops_within_an_epoch(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     job_id = make_job(settings, hyperparameters=dict(DCD_HP, epochs=50))
-    original = job_runner.ProgressWriter.on_epoch_end
+    original = phases.ProgressWriter.on_epoch_end
 
-    def cancel_at_distill_epoch_1(self: job_runner.ProgressWriter, report: Any) -> None:
+    def cancel_at_distill_epoch_1(self: phases.ProgressWriter, report: Any) -> None:
         if self.phase == "distill" and report.epoch == 1:  # the user cancels while epoch 1 runs
             with session_scope(settings.database_url) as s:
                 repo.request_cancel(s, job_id)
         original(self, report)
 
-    monkeypatch.setattr(job_runner.ProgressWriter, "on_epoch_end", cancel_at_distill_epoch_1)
+    monkeypatch.setattr(phases.ProgressWriter, "on_epoch_end", cancel_at_distill_epoch_1)
     assert run_job(job_id, settings) == "cancelled"
     job = get(settings, job_id)
     assert (job.status, job.phase, job.epoch, job.student_model_id) == ("cancelled", "distill", 1, None)
@@ -278,13 +279,13 @@ def test_transient_errors_are_raised_and_the_job_handed_back(
 ) -> None:
     from sqlalchemy.exc import OperationalError
 
-    from core import job_steps
+    from core.jobs import steps
 
     def unreachable(*_: Any, **__: Any) -> None:
         raise OperationalError("SELECT 1", {}, ConnectionRefusedError("database is down"))
 
     job_id = make_job(settings)
-    monkeypatch.setattr(job_steps, "load_split", unreachable)
+    monkeypatch.setattr(steps, "load_split", unreachable)
     with pytest.raises(OperationalError):
         run_job(job_id, settings, worker_id="w1")
     job = get(settings, job_id)
@@ -293,17 +294,17 @@ def test_transient_errors_are_raised_and_the_job_handed_back(
 
 def _crash_mid_distill(settings: Settings, monkeypatch: pytest.MonkeyPatch, job_id: str) -> None:
     """Run ``job_id`` as worker w1 until it dies (as by kill -9) after distill epoch 1, its state on disk."""
-    original = job_runner.ProgressWriter.on_epoch_end
+    original = phases.ProgressWriter.on_epoch_end
 
-    def crash(self: job_runner.ProgressWriter, report: Any) -> None:
+    def crash(self: phases.ProgressWriter, report: Any) -> None:
         original(self, report)
         if self.phase == "distill" and report.epoch == 1:
             raise _Crash()
 
-    monkeypatch.setattr(job_runner.ProgressWriter, "on_epoch_end", crash)
+    monkeypatch.setattr(phases.ProgressWriter, "on_epoch_end", crash)
     with pytest.raises(_Crash):
         run_job(job_id, settings, worker_id="w1")
-    monkeypatch.setattr(job_runner.ProgressWriter, "on_epoch_end", original)
+    monkeypatch.setattr(phases.ProgressWriter, "on_epoch_end", original)
     assert ArtifactStore(settings.artifact_dir).job_dir(job_id).is_dir()
 
 
@@ -333,7 +334,7 @@ def test_cancel_then_a_worker_crash_ends_cancelled(settings: Settings, monkeypat
 def test_sweep_honours_the_cancel_of_a_dead_workers_job(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from core.pipeline import recover
+    from core.jobs.lifecycle import recover
 
     job_id = make_job(settings, hyperparameters=dict(DCD_HP, epochs=4))
     _crash_mid_distill(settings, monkeypatch, job_id)
@@ -360,19 +361,19 @@ def test_a_cancel_that_lands_on_a_handed_back_job_is_honoured(settings: Settings
 def test_a_shutdown_with_a_pending_cancel_ends_the_job_cancelled(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from core import pipeline
+    from core.jobs import context
 
     job_id = make_job(settings, hyperparameters=dict(DCD_HP, epochs=50))
-    original = job_runner.ProgressWriter.on_epoch_end
+    original = phases.ProgressWriter.on_epoch_end
 
-    def cancel_then_shutdown(self: job_runner.ProgressWriter, report: Any) -> None:
+    def cancel_then_shutdown(self: phases.ProgressWriter, report: Any) -> None:
         if self.phase == "distill" and report.epoch == 1:
             with session_scope(settings.database_url) as s:
                 repo.request_cancel(s, job_id)
-            monkeypatch.setattr(pipeline, "_shutdown", _Set())  # SIGTERM before the cancel is seen
+            monkeypatch.setattr(context, "_shutdown", _Set())  # SIGTERM before the cancel is seen
         original(self, report)
 
-    monkeypatch.setattr(job_runner.ProgressWriter, "on_epoch_end", cancel_then_shutdown)
+    monkeypatch.setattr(phases.ProgressWriter, "on_epoch_end", cancel_then_shutdown)
     assert run_job(job_id, settings) == "cancelled"  # not "interrupted": nothing left to re-queue
     assert get(settings, job_id).status == "cancelled"
     assert not ArtifactStore(settings.artifact_dir).job_dir(job_id).exists()

@@ -12,13 +12,13 @@ import torch
 
 import core.train as train_module
 from core.checkpoint import CheckpointError
+from core.config import TrainConfig
 from core.data import SplitData
 from core.models import BPRMF, build_model
 from core.progress import ProgressBar
 from core.train import (
     EpochReport,
     NonFiniteLossError,
-    TrainConfig,
     TrainingCancelled,
     fit,
     resolve_device,

@@ -41,7 +41,7 @@ def test_visibility_timeout_only_for_redis(tmp_path: Path) -> None:
 
 
 def test_importing_the_app_and_tasks_does_not_import_torch() -> None:
-    code = "import sys, worker.celery_app, worker.tasks, worker.sweeper, core.pipeline; print('torch' in sys.modules)"
+    code = "import sys, worker.celery_app, worker.tasks, worker.sweeper, core.jobs.lifecycle; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -19,7 +19,7 @@ from jobkit import create_job, wait_for
 
 from core.db import repo
 from core.db.session import session_scope
-from core.pipeline import worker_id_for
+from core.jobs.lifecycle import worker_id_for
 from core.settings import Settings
 from core.storage import ArtifactStore
 from worker import embedded as embedded_module

@@ -1,4 +1,4 @@
-"""The phases of one claimed job, in order: teacher, distill, evaluate, index (see ``core.pipeline``).
+"""The phases of one claimed job, in order: teacher, distill, evaluate, index (``core.jobs.lifecycle`` runs them).
 
 Every step that changes the database checks that the job is still ours; model ids are derived from the
 job id, so a re-delivered job overwrites its own artifacts instead of leaving duplicates.
@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from core import job_steps as steps
+from core.config import JobPhase, JobSpec, JobStatus, ModelRole
 from core.data import SplitData
 from core.db import repo
-from core.db.models import Model, utcnow
+from core.db.models import utcnow
 from core.db.session import session_scope
+from core.jobs import steps
+from core.jobs.context import JobContext, record_model
 from core.models.base import Recommender
-from core.pipeline import JobContext, JobLost, derived_model_id
 from core.train import EpochReport, FitResult, TrainingCancelled
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ class Teacher:
 class ProgressWriter:
     """Fit callback: epoch, progress, history and heartbeat go to the job row after every epoch."""
 
-    def __init__(self, ctx: JobContext, phase: str, history: list[dict[str, Any]]) -> None:
+    def __init__(self, ctx: JobContext, phase: JobPhase, history: list[dict[str, Any]]) -> None:
         self.ctx, self.phase, self.history = ctx, phase, history
 
     def on_epoch_end(self, report: EpochReport) -> None:
@@ -97,7 +99,7 @@ def _check_cancel(ctx: JobContext, where: str) -> None:
 
 
 def execute(ctx: JobContext) -> None:
-    """Run the claimed job ``ctx.job_id`` to success (errors propagate to ``core.pipeline``)."""
+    """Run the claimed job ``ctx.job_id`` to success (errors propagate to ``core.jobs.lifecycle``)."""
     url = ctx.settings.database_url
     with session_scope(url) as s:
         job = repo.get_job(s, ctx.job_id)
@@ -117,42 +119,28 @@ def execute(ctx: JobContext) -> None:
                 "rating_threshold",
             )
         }
-        spec = {
-            c: getattr(job, c)
-            for c in (
-                "dataset_id",
-                "method",
-                "teacher",
-                "teacher_model_id",
-                "student",
-                "hyperparameters",
-                "seed",
-                "split",
-                "result_teacher_model_id",
-            )
-        }
+        spec = JobSpec.from_row(job)
+        result_teacher = job.result_teacher_model_id
         history = list(job.history or [])
     if ctx.settings.torch_threads is not None:
         steps.set_threads(ctx.settings.torch_threads)
-    reuse = spec["teacher_model_id"] or spec["result_teacher_model_id"]
-    ctx.phases = (["teacher"] if not reuse else []) + ["distill", "evaluate", "index"]
-    plan = steps.plan_job(spec["method"], spec["hyperparameters"], spec["seed"], ctx.settings.device)
-    steps.check_spec(spec["teacher"], "teacher")
-    steps.check_spec(spec["student"], "student")
-    data = steps.load_split(ctx.store.resolve(dataset["path"]), dataset, spec["split"], spec["seed"])
+    reuse = spec.teacher_model_id or result_teacher
+    ctx.phases = ([JobPhase.TEACHER] if not reuse else []) + [JobPhase.DISTILL, JobPhase.EVALUATE, JobPhase.INDEX]
+    device = ctx.settings.device
+    data = steps.load_split(ctx.store.resolve(dataset["path"]), dataset, spec.split, spec.seed)
     log.info("job %s: %d users, %d items, phases %s", ctx.job_id, data.n_users, data.n_items, ctx.phases)
 
-    teacher = _load_teacher(ctx, reuse, data) if reuse else _train_teacher(ctx, spec, plan, data, history)
+    teacher = _load_teacher(ctx, reuse, data) if reuse else _train_teacher(ctx, spec, data, history)
     _check_cancel(ctx, "distillation")
     # Enter the phase before prepare(): computing the teacher's top-M lists can take a while on big data.
-    writer = ProgressWriter(ctx, "distill", history)
-    writer.start(plan.student_train.epochs)
-    distiller = steps.make_distiller(spec["method"], plan.distiller, teacher.model, data, ctx.settings.device)
+    writer = ProgressWriter(ctx, JobPhase.DISTILL, history)
+    writer.start(spec.student_train.epochs)
+    distiller = steps.make_distiller(spec.method, spec.distiller, teacher.model, data, device)
     student, result = steps.train_model(
-        spec["student"],
+        spec.student,
         data,
-        plan.student_train,
-        ctx.store.checkpoint_dir(ctx.job_id, "distill"),
+        spec.student_train.model_copy(update={"device": device}),
+        ctx.store.checkpoint_dir(ctx.job_id, JobPhase.DISTILL),
         [writer],
         ctx.should_cancel,
         distiller=distiller,
@@ -161,64 +149,55 @@ def execute(ctx: JobContext) -> None:
     del distiller
 
     _check_cancel(ctx, "evaluation")
-    ctx.write(phase="evaluate", progress=ctx.progress("evaluate", 0.0))
+    ctx.write(phase=JobPhase.EVALUATE, progress=ctx.progress(JobPhase.EVALUATE, 0.0))
     metrics = steps.test_metrics(student, data)
     teacher_metrics = (
         teacher.metrics if teacher.metrics is not None else steps.test_metrics(teacher.model, data)
     )
 
     _check_cancel(ctx, "indexing")
-    ctx.write(phase="index", progress=ctx.progress("index", 0.0))
+    ctx.write(phase=JobPhase.INDEX, progress=ctx.progress(JobPhase.INDEX, 0.0))
     _publish_student(ctx, spec, data, student, result, teacher, metrics, teacher_metrics)
     ctx.store.remove(ctx.store.job_dir(ctx.job_id))
 
 
-def _train_teacher(
-    ctx: JobContext, spec: dict[str, Any], plan: steps.JobPlan, data: SplitData, history: list[dict[str, Any]]
-) -> Teacher:
-    if not spec["teacher"]:
+def _train_teacher(ctx: JobContext, spec: JobSpec, data: SplitData, history: list[dict[str, Any]]) -> Teacher:
+    if spec.teacher is None:
         raise ValueError("job has neither teacher {model, dim} nor teacher_model_id")
-    writer = ProgressWriter(ctx, "teacher", history)
-    writer.start(plan.teacher_train.epochs)
+    writer = ProgressWriter(ctx, JobPhase.TEACHER, history)
+    writer.start(spec.teacher_train.epochs)
+    train = spec.teacher_train.model_copy(update={"device": ctx.settings.device})
     model, result = steps.train_model(
-        spec["teacher"],
+        spec.teacher,
         data,
-        plan.teacher_train,
-        ctx.store.checkpoint_dir(ctx.job_id, "teacher"),
+        train,
+        ctx.store.checkpoint_dir(ctx.job_id, JobPhase.TEACHER),
         [writer],
         ctx.should_cancel,
     )
     writer.finish(result)
     metrics = steps.test_metrics(model, data)
-    teacher_id = derived_model_id(ctx.job_id, "teacher")
-    folder = ctx.store.model_dir(teacher_id)
     manifest = {
-        "role": "teacher",
+        "role": ModelRole.TEACHER,
         "job_id": ctx.job_id,
-        "seed": spec["seed"],
+        "seed": spec.seed,
         "metrics": metrics,
         "best_epoch": result.best_epoch,
-        "train": plan.teacher_train.model_dump(),
+        "train": train.model_dump(),
     }
-    size = steps.save_model(folder, model, data, manifest)
-    with session_scope(ctx.settings.database_url) as s:
-        if s.get(Model, teacher_id) is None:
-            repo.create_model(
-                s,
-                id=teacher_id,
-                job_id=ctx.job_id,
-                dataset_id=spec["dataset_id"],
-                role="teacher",
-                model_name=spec["teacher"]["model"],
-                dim=int(spec["teacher"]["dim"]),
-                method=None,
-                artifact_path=ctx.store.relative(folder),
-                n_params=steps.n_params(model),
-                size_bytes=size,
-                metrics=metrics,
-            )
-        if not repo.update_owned_job(s, ctx.job_id, ctx.worker_id, result_teacher_model_id=teacher_id):
-            raise JobLost(f"job {ctx.job_id} was taken over while saving its teacher")
+    teacher_id = record_model(
+        ctx,
+        ModelRole.TEACHER,
+        spec.teacher,
+        lambda folder, _: steps.save_model(folder, model, data, manifest),
+        n_params=steps.n_params(model),
+        id_field="result_teacher_model_id",
+        job_update={},
+        lost_while="saving its teacher",
+        dataset_id=spec.dataset_id,
+        method=None,
+        metrics=metrics,
+    )
     return Teacher(model, teacher_id, steps.n_params(model), metrics)
 
 
@@ -234,7 +213,7 @@ def _load_teacher(ctx: JobContext, teacher_id: str, data: SplitData) -> Teacher:
 
 def _publish_student(
     ctx: JobContext,
-    spec: dict[str, Any],
+    spec: JobSpec,
     data: SplitData,
     student: Recommender,
     result: FitResult,
@@ -242,54 +221,46 @@ def _publish_student(
     metrics: dict[str, float],
     teacher_metrics: dict[str, float],
 ) -> None:
-    student_id = derived_model_id(ctx.job_id, "student")
-    folder = ctx.store.model_dir(student_id)
     manifest = {
-        "role": "student",
+        "role": ModelRole.STUDENT,
         "job_id": ctx.job_id,
-        "seed": spec["seed"],
-        "method": spec["method"],
+        "seed": spec.seed,
+        "method": spec.method,
         "teacher_model_id": teacher.id,
         "metrics": metrics,
         "teacher_metrics": teacher_metrics,
         "best_epoch": result.best_epoch,
-        "hyperparameters": spec["hyperparameters"],
+        "hyperparameters": spec.hyperparameters,
     }
-    size = steps.save_model(folder, student, data, manifest)
-    steps.export_bundle(folder / "serving", student, data, student_id)
+
+    def save(folder: Path, student_id: str) -> int:
+        size = steps.save_model(folder, student, data, manifest)
+        steps.export_bundle(folder / "serving", student, data, student_id)
+        return size
+
     params = steps.n_params(student)
-    with session_scope(ctx.settings.database_url) as s:
-        if s.get(Model, student_id) is None:
-            repo.create_model(
-                s,
-                id=student_id,
-                job_id=ctx.job_id,
-                dataset_id=spec["dataset_id"],
-                role="student",
-                model_name=spec["student"]["model"],
-                dim=int(spec["student"]["dim"]),
-                method=spec["method"],
-                artifact_path=ctx.store.relative(folder),
-                n_params=params,
-                size_bytes=size,
-                metrics=metrics,
-                teacher_metrics=teacher_metrics,
-                teacher_model_id=teacher.id,
-                compression_ratio=teacher.n_params / params,
-            )
-        done = repo.update_owned_job(
-            s,
-            ctx.job_id,
-            ctx.worker_id,
-            status="succeeded",
-            phase="index",
-            progress=1.0,
-            student_model_id=student_id,
-            error=None,
-            finished_at=utcnow(),
-        )
-        if not done:
-            raise JobLost(f"job {ctx.job_id} was taken over while publishing its student")
+    student_id = record_model(
+        ctx,
+        ModelRole.STUDENT,
+        spec.student,
+        save,
+        n_params=params,
+        id_field="student_model_id",
+        job_update={
+            "status": JobStatus.SUCCEEDED,
+            "phase": JobPhase.INDEX,
+            "progress": 1.0,
+            "error": None,
+            "finished_at": utcnow(),
+        },
+        lost_while="publishing its student",
+        dataset_id=spec.dataset_id,
+        method=spec.method,
+        metrics=metrics,
+        teacher_metrics=teacher_metrics,
+        teacher_model_id=teacher.id,
+        compression_ratio=teacher.n_params / params,
+    )
     log.info(
         "job %s succeeded: student %s ndcg@10=%.4f (teacher %.4f)",
         ctx.job_id,

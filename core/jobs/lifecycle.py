@@ -1,8 +1,8 @@
-"""The job use case: claim a job, run its phases (teacher, distill, evaluate, index), record every step.
+"""A job's lifecycle: claim it, keep its lease by a heartbeat, run its phases, finish it (or hand it back).
 
 The database row is the source of truth. A job is claimed atomically and kept by a heartbeat; progress,
 history and a checkpoint are written every epoch, so a re-delivered job resumes from its last epoch.
-Torch is imported only when a job actually runs (``core.job_steps``), never at import time.
+Torch is imported only when a job actually runs (``core.jobs.phases``), never at import time.
 """
 
 from __future__ import annotations
@@ -11,19 +11,17 @@ import logging
 import os
 import socket
 import threading
-import time
-import uuid
-from dataclasses import dataclass, field
-from typing import Any
 
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from core.config import FINAL_STATUSES, JobStatus
 from core.db import repo
-from core.db.models import FINAL_STATUSES, utcnow
+from core.db.models import utcnow
 from core.db.session import session_scope
+from core.jobs.context import JobContext, JobInterrupted, JobLost, shutting_down
 from core.settings import Settings, get_settings
 from core.storage import ArtifactStore
 
@@ -38,25 +36,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
 )
-_NAMESPACE = uuid.UUID("6f1c8f52-4a0b-4e77-9a51-3d1b2f0c9e11")
-# Share of the overall progress bar per phase (the teacher's share goes to distill when it is reused).
-_WEIGHTS = {"teacher": 0.45, "distill": 0.45, "evaluate": 0.05, "index": 0.05}
-
-
-class JobLost(RuntimeError):
-    """Another worker took the job over (our lease lapsed) or it left the running state: stop quietly."""
-
-
-class JobInterrupted(RuntimeError):
-    """The worker is shutting down: the job goes back to the queue and resumes from its last epoch."""
-
-
-_shutdown = threading.Event()
-
-
-def request_shutdown() -> None:
-    """Ask the running job (if any) to stop at its next cancel check; called on a worker's warm shutdown."""
-    _shutdown.set()
 
 
 def worker_id_for(pid: int) -> str:
@@ -96,57 +75,6 @@ def recover(
     return rec
 
 
-def derived_model_id(job_id: str, role: str) -> str:
-    """The id of a job's teacher/student model, fixed per job so a re-run overwrites, never duplicates."""
-    return uuid.uuid5(_NAMESPACE, f"{job_id}:{role}").hex
-
-
-@dataclass
-class JobContext:
-    """What every phase needs: ids, settings, and the cancel/ownership state kept by the heartbeat."""
-
-    job_id: str
-    worker_id: str
-    settings: Settings
-    store: ArtifactStore
-    phases: list[str] = field(default_factory=list)
-    lost: threading.Event = field(default_factory=threading.Event)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    _last_check: float = 0.0
-
-    def write(self, **values: Any) -> None:
-        """Update our job row; raises JobLost if the job is no longer ours."""
-        with session_scope(self.settings.database_url) as s:
-            if not repo.update_owned_job(s, self.job_id, self.worker_id, **values):
-                self.lost.set()
-        if self.lost.is_set():
-            raise JobLost(f"job {self.job_id} is no longer owned by {self.worker_id}")
-
-    def should_cancel(self, force: bool = False) -> bool:
-        """True once the API asked to cancel; raises JobLost when the job was taken over.
-
-        Mid-epoch polls (every few batches) read the database at most once a second; ``force`` (after every
-        epoch) always reads it, so a cancel lands within one epoch.
-        """
-        if self.lost.is_set():
-            raise JobLost(f"job {self.job_id} is no longer owned by {self.worker_id}")
-        if _shutdown.is_set():
-            raise JobInterrupted(f"worker {self.worker_id} is shutting down")
-        now = time.monotonic()
-        if not self.cancel.is_set() and (force or now - self._last_check >= 1.0):
-            self._last_check = now
-            with session_scope(self.settings.database_url) as s:
-                if repo.get_job(s, self.job_id).cancel_requested:
-                    self.cancel.set()
-        return self.cancel.is_set()
-
-    def progress(self, phase: str, fraction: float) -> float:
-        """Overall progress in [0, 1] when ``phase`` is ``fraction`` done."""
-        total = sum(_WEIGHTS[p] for p in self.phases)
-        done = sum(_WEIGHTS[p] for p in self.phases[: self.phases.index(phase)])
-        return min(1.0, (done + _WEIGHTS[phase] * fraction) / total)
-
-
 class _Heartbeat(threading.Thread):
     """Refreshes the job's lease every ``heartbeat_s``; flags ``ctx.lost`` when the job stops being ours."""
 
@@ -184,7 +112,7 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
         if job.status in FINAL_STATUSES:
             log.info("job %s is already %s; nothing to do", job_id, job.status)
             return job.status
-        if _shutdown.is_set():  # a message taken during a warm shutdown: leave the job to the next worker
+        if shutting_down():  # a message taken during a warm shutdown: leave the job to the next worker
             return "interrupted"
         claimed = repo.claim_job(s, job_id, worker_id, settings.job_lease_s)
         # A cancel that its worker never acted on (it crashed, or handed the job back) is honoured here.
@@ -192,7 +120,7 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
     if cancelled:
         log.info("job %s: cancel requested while no worker ran it; cancelled", job_id)
         discard_train_state(settings, [job_id])
-        return "cancelled"
+        return JobStatus.CANCELLED
     if not claimed:
         log.info("job %s is held by another worker; not running it twice", job_id)
         return "busy"
@@ -200,16 +128,16 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
     beat = _Heartbeat(ctx)
     beat.start()
     try:
-        from core import job_runner  # torch enters the process here, inside the task
+        from core.jobs import phases  # torch enters the process here, inside the task
 
-        job_runner.execute(ctx)
-        return "succeeded"
+        phases.execute(ctx)
+        return JobStatus.SUCCEEDED
     except JobLost:
         log.warning("job %s was taken over by another worker; stopping", job_id)
         return "lost"
     except JobInterrupted:
         log.info("job %s interrupted by a worker shutdown; handing it back to the queue", job_id)
-        return "cancelled" if _release(ctx) == "cancelled" else "interrupted"
+        return JobStatus.CANCELLED if _release(ctx) == JobStatus.CANCELLED else "interrupted"
     except TRANSIENT_ERRORS:
         _release(ctx)
         raise
@@ -224,10 +152,10 @@ def _finish_with_error(ctx: JobContext, exc: Exception) -> str:
     from core.train import TrainingCancelled
 
     if isinstance(exc, TrainingCancelled) or ctx.cancel.is_set():
-        status, message = "cancelled", None
+        status, message = JobStatus.CANCELLED, None
         log.info("job %s cancelled", ctx.job_id)
     else:
-        status, message = "failed", _message(exc)
+        status, message = JobStatus.FAILED, _message(exc)
         log.warning("job %s failed: %s", ctx.job_id, message, exc_info=not _expected(exc))
     try:
         ctx.write(status=status, error=message, finished_at=utcnow())
@@ -260,5 +188,5 @@ def _release(ctx: JobContext) -> str | None:
         log.warning("could not release job %s: %s", ctx.job_id, exc)
         return None
     if ctx.job_id in rec.cancelled:
-        return "cancelled"
-    return "queued" if ctx.job_id in rec.requeued else None
+        return JobStatus.CANCELLED
+    return JobStatus.QUEUED if ctx.job_id in rec.requeued else None

@@ -1,14 +1,13 @@
 """The ML phases of a job (teacher, distill, evaluate, index): plain functions over explicit arguments.
 
-Imported only inside the task path, so torch (and CUDA) is first touched there. ``core.pipeline`` owns the
-database side: claims, status, progress rows and errors.
+Pure: no database, no settings. ``core.jobs.phases`` runs them for a job, ``core.experiment`` for a comparison;
+imported only inside the task path, so torch (and CUDA) is first touched there.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,50 +16,20 @@ import scipy.sparse as sp
 import torch
 
 from core.checkpoint import MODEL_FILE, load_checkpoint, save_checkpoint
+from core.config import DistillConfig, ModelSpec, SplitSpec
 from core.data import SplitData, load_interactions, split
-from core.distill import build_distiller
+from core.distill import distiller_for
+from core.distill.base import ListsCache
 from core.eval import evaluate
 from core.index import write_bundle
-from core.models import MODELS, build_model
+from core.models import build_model
 from core.models.base import Recommender
 from core.storage import size_of
 from core.train import Callback, FitResult, TrainConfig, fit, resolve_device
 
 log = logging.getLogger(__name__)
 
-# Job hyperparameters that configure the fit loop; every other key goes to the distiller's config.
-TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "eval_every")
-TEACHER_PREFIX = "teacher_"  # teacher_epochs, teacher_lr, ... override the teacher's fit loop
 TEST_KS = (5, 10, 20)
-
-
-@dataclass
-class JobPlan:
-    """A job's hyperparameters sorted into the teacher's and student's fit configs and the distiller's."""
-
-    teacher_train: TrainConfig
-    student_train: TrainConfig
-    distiller: dict[str, Any]
-
-
-def plan_job(method: str, hyperparameters: dict[str, Any], seed: int, device: str) -> JobPlan:
-    """Split the job's hyperparameters; an unknown method, key or bad value raises ValueError naming it."""
-    hp = {k: v for k, v in (hyperparameters or {}).items() if v is not None}
-    student = {k: hp.pop(k) for k in TRAIN_KEYS if k in hp}
-    teacher = dict(student)
-    for key in TRAIN_KEYS:
-        if TEACHER_PREFIX + key in hp:
-            teacher[key] = hp.pop(TEACHER_PREFIX + key)
-    hp.setdefault("seed", seed)
-    build_distiller(method, **hp)  # fail before any training on an unknown method or option
-    try:
-        return JobPlan(
-            teacher_train=TrainConfig(**teacher, seed=seed, device=device),
-            student_train=TrainConfig(**student, seed=seed, device=device),
-            distiller=hp,
-        )
-    except ValueError as exc:  # pydantic's ValidationError names the field
-        raise ValueError(f"invalid hyperparameters: {exc}") from exc
 
 
 def set_threads(n: int) -> None:
@@ -68,7 +37,7 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def load_split(path: Path, dataset: dict[str, Any], split_opts: dict[str, Any], seed: int) -> SplitData:
+def load_split(path: Path, dataset: dict[str, Any], split_opts: SplitSpec, seed: int) -> SplitData:
     """Read the dataset file with its stored column options and split it (job.split + job.seed)."""
     inter = load_interactions(
         path,
@@ -80,22 +49,23 @@ def load_split(path: Path, dataset: dict[str, Any], split_opts: dict[str, Any], 
         sep=dataset.get("sep"),
         rating_threshold=dataset.get("rating_threshold"),
     )
-    mode = split_opts.get("mode", "random")
-    ratios = tuple(split_opts.get("ratios", (0.8, 0.1, 0.1)))
-    return split(inter, mode=mode, ratios=ratios, seed=seed)
+    return split(inter, mode=split_opts.mode, ratios=tuple(split_opts.ratios), seed=seed)
 
 
 def train_model(
-    spec: dict[str, Any],
+    spec: ModelSpec,
     data: SplitData,
     config: TrainConfig,
-    checkpoint_dir: Path,
+    checkpoint_dir: Path | None,
     callbacks: Sequence[Callback],
-    should_cancel: Callable[[], bool],
+    should_cancel: Callable[[], bool] | None,
     distiller: Any | None = None,
+    model_opts: dict[str, Any] | None = None,
 ) -> tuple[Recommender, FitResult]:
-    """Build ``spec`` ({model, dim}) and fit it, resuming from ``checkpoint_dir`` when a state is there."""
-    model = build_model(spec["model"], data.n_users, data.n_items, int(spec["dim"]), train=data.train, seed=config.seed)
+    """Build ``spec`` (with the model's own ``model_opts``) and fit it, resuming from ``checkpoint_dir`` when a
+    state is there."""
+    model = build_model(spec.model, data.n_users, data.n_items, spec.dim, train=data.train, seed=config.seed,
+                        **(model_opts or {}))
     result = fit(
         model,
         data,
@@ -109,26 +79,21 @@ def train_model(
     return model, result
 
 
-def check_spec(spec: dict[str, Any] | None, role: str) -> None:
-    """A {model, dim} spec names a registered model and a positive dim (ValueError naming the field)."""
-    if spec is None:
-        return
-    if spec.get("model") not in MODELS:
-        raise ValueError(f"{role}.model {spec.get('model')!r} is unknown; choose one of {sorted(MODELS)}")
-    dim = spec.get("dim")
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
-        raise ValueError(f"{role}.dim must be a positive integer, got {dim!r}")
-
-
 def make_distiller(
-    method: str, options: dict[str, Any], teacher: Recommender, data: SplitData, device: str
+    method: str,
+    config: DistillConfig,
+    teacher: Recommender,
+    data: SplitData,
+    device: str,
+    lists_cache: ListsCache | None = None,
 ) -> Any:
-    """``build_distiller(method, **options)`` prepared against the frozen teacher."""
-    distiller = build_distiller(method, **options)
+    """The method's distiller over its (validated) config, prepared against the frozen teacher (``lists_cache``:
+    the teacher's top-M lists shared by every distiller of one teacher and split)."""
+    distiller = distiller_for(method, config)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    distiller.prepare(teacher, data, resolve_device(device))
+    distiller.prepare(teacher, data, resolve_device(device), lists_cache)
     return distiller
 
 
@@ -145,9 +110,9 @@ def load_model(folder: Path, data: SplitData, device: str) -> tuple[Recommender,
     return model, manifest
 
 
-def test_metrics(model: Recommender, data: SplitData) -> dict[str, float]:
-    """Full-ranking test metrics at 5/10/20 (training items excluded)."""
-    return {k: float(v) for k, v in evaluate(model, data, "test", ks=TEST_KS).items()}
+def test_metrics(model: Recommender, data: SplitData, split: str = "test") -> dict[str, float]:
+    """Full-ranking metrics of ``split`` at 5/10/20 (training items excluded)."""
+    return {k: float(v) for k, v in evaluate(model, data, split, ks=TEST_KS).items()}
 
 
 def n_params(model: Recommender) -> int:
