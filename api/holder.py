@@ -12,10 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db.models import Activation, Model
+from core.db import repo
 from core.index import BundleError, IndexKind, ServingBundle
 
 logger = logging.getLogger(__name__)
@@ -47,9 +46,10 @@ class IndexHolder:
 
     def load_model(self, session: Session, model_id: str) -> ServingBundle:
         """Load (but do not install) the bundle of ``model_id``."""
-        model = session.get(Model, model_id)
-        if model is None:
-            raise BundleError(f"model {model_id} has no row")
+        try:
+            model = repo.get_model(session, model_id)
+        except repo.NotFoundError as exc:
+            raise BundleError(f"model {model_id} has no row") from exc
         return ServingBundle.load(bundle_dir(self.artifact_dir, model.artifact_path), kind=self.kind)
 
     def install(self, bundle: ServingBundle | None, activation_id: int | None) -> None:
@@ -60,10 +60,7 @@ class IndexHolder:
 
     def newest_activation(self) -> tuple[int, str] | None:
         with self.sessions() as session:
-            row = session.execute(
-                select(Activation.id, Activation.model_id).order_by(Activation.id.desc()).limit(1)
-            ).first()
-        return None if row is None else (int(row[0]), str(row[1]))
+            return repo.newest_activation_ids(session)
 
     def refresh(self) -> bool:
         """Load and install the newest activation if it is not the one served; True when swapped."""

@@ -32,9 +32,15 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-()]{0,199}$")
 MAX_BATCH_USERS = 10_000
 
 
+def _looks_like_path(value: str) -> bool:
+    """``../x``, ``a/b``, ``C:\\x``, ``.hidden``: stricter than ``core.storage.safe_name`` (which allows ``a..b``),
+    since these names are shown to people and echoed back, never used as paths."""
+    return "/" in value or "\\" in value or ".." in value or value.startswith(".")
+
+
 def check_safe_name(value: str, field: str) -> str:
     """Refuse names that look like paths (``../x``, ``a/b``, ``C:\\x``) or carry control characters."""
-    if "/" in value or "\\" in value or ".." in value or value.startswith("."):
+    if _looks_like_path(value):
         raise ValueError(f"{field} must be a plain name, not a path: {value!r}")
     if not _NAME_RE.match(value):
         raise ValueError(f"{field} may only contain letters, digits, spaces and _ . - ( ) (1-200 chars): {value!r}")
@@ -45,7 +51,7 @@ def check_filename(value: str) -> str:
     """A client's file name is only stored, never used as a path; still, refuse path-like ones."""
     if not value or len(value) > 255:
         raise ValueError("filename must be 1-255 characters")
-    if "/" in value or "\\" in value or ".." in value or value.startswith("."):
+    if _looks_like_path(value):
         raise ValueError(f"filename must be a plain file name, not a path: {value!r}")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError(f"filename contains control characters: {value!r}")

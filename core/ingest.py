@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.data import DataError, UntrainableData, check_trainable, load_interactions
 from core.data_read import open_decompressed
-from core.db.models import Dataset
+from core.db import repo
 
 logger = logging.getLogger(__name__)
 
@@ -201,11 +200,8 @@ def sweep_upload_leftovers(
             continue
     if not old:
         return []
-    known: set[str] = set()
     with sessions() as session:
-        for i in range(0, len(old), 500):  # SQLite caps the parameters of one statement
-            batch = [f.name for f in old[i : i + 500]]
-            known.update(session.scalars(select(Dataset.id).where(Dataset.id.in_(batch))))
+        known = repo.existing_dataset_ids(session, [f.name for f in old])
     removed = []
     for folder in old:
         if folder.name not in known:

@@ -22,8 +22,9 @@ from typing import IO, Any
 log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
-# What an interrupted write leaves behind (atomic_open / checkpoint .tmp files, export_bundle's .tmp- and
-# .old- folders, staging_dir / publish_dir): always a hidden name, which safe_name never lets a user pick.
+# What an interrupted write leaves behind (atomic_path's .tmp files, staging_dir's .staging and publish_dir's
+# .old- folders; .tmp- folders of bundles written before atomic_dir): always a hidden name, which safe_name
+# never lets a user pick.
 _LEFTOVER = re.compile(r"^\..+(\.tmp|\.tmp-[0-9a-f]+|\.old-[0-9a-f]+|\.staging)$")
 # Folders whose content only jobs write (uploads under datasets/ are the API's business).
 _JOB_OUTPUTS = ("models", "jobs")
@@ -69,23 +70,33 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Write to a temporary file beside ``path``; on success fsync and ``os.replace`` it into place.
-
-    On any exception the temporary file is removed and ``path`` is left as it was.
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A fresh temporary path beside ``path`` for the caller to write by any means (a library's save, an
+    extraction); on success it is fsynced and ``os.replace``d onto ``path``, so readers see the old file or the
+    whole new one. On any exception the temporary file is removed and ``path`` is left as it was.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_open(path: Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """``open`` a temporary file beside ``path`` (``atomic_path``): replaced onto ``path`` only on success."""
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding) as fh:
+        yield fh
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -94,12 +105,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_open(path, "w") as fh:
+    with atomic_open(path, "w", encoding="utf-8") as fh:
         fh.write(text)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def staging_dir(final: Path) -> Path:
+    """A fresh hidden folder beside ``final`` to write into before ``publish_dir``."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
 
 
 def publish_dir(staging: Path, final: Path) -> None:
@@ -113,6 +130,19 @@ def publish_dir(staging: Path, final: Path) -> None:
     _fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """A staging folder to fill; on success it replaces ``final`` whole (``publish_dir``), on any exception it
+    is removed and ``final`` is left as it was."""
+    staging = staging_dir(final)
+    try:
+        yield staging
+        publish_dir(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _newest_mtime(path: Path) -> float:
@@ -176,10 +206,8 @@ class ArtifactStore:
         return self._inside(self.root / relative)
 
     def staging_dir(self, final: Path) -> Path:
-        """A fresh hidden folder beside ``final`` to write into before ``publish_dir``."""
-        final = self._inside(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
+        """A fresh hidden folder beside ``final`` (inside the store) to write into before ``publish_dir``."""
+        return staging_dir(self._inside(final))
 
     def job_state_ids(self) -> list[str]:
         """Ids of the jobs that have training state (a ``jobs/<id>`` folder) on disk."""

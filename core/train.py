@@ -69,7 +69,7 @@ class Callback(Protocol):
 class ExtraLoss(Protocol):
     """What fit needs from a distiller (it knows nothing else of distillation)."""
 
-    def on_epoch_start(self, student: Recommender, epoch: int, n_batches: int) -> None: ...
+    def on_epoch_start(self, student: Recommender, epoch: int) -> None: ...
     def loss(
         self, student: Recommender, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
@@ -106,11 +106,6 @@ def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tor
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _n_batches(pairs: tuple[np.ndarray, np.ndarray], config: TrainConfig) -> int:
-    """Mini-batches per epoch: what ``_run_epoch`` runs and what a distiller is told at the epoch's start."""
-    return math.ceil(len(pairs[0]) / config.batch_size)
-
-
 def _run_epoch(
     model: Recommender, optimizer: torch.optim.Optimizer, sampler: NegativeSampler, pairs: tuple[np.ndarray, np.ndarray],
     config: TrainConfig, epoch: int, device: torch.device, distiller: ExtraLoss | None,
@@ -124,7 +119,7 @@ def _run_epoch(
     p_all = torch.from_numpy(items[perm]).to(device)
     n_all = torch.from_numpy(negs[perm]).to(device)
     bs = config.batch_size
-    n_batches = _n_batches(pairs, config)
+    n_batches = math.ceil(len(users) / bs)  # one pass over the training pairs
     sums: dict[str, float] = {"base": 0.0}
     model.train()
     for b in range(n_batches):
@@ -206,7 +201,7 @@ def _fit(
         epoch = state.epoch
         t0, c0 = time.perf_counter(), time.thread_time()
         if distiller is not None:
-            distiller.on_epoch_start(model, epoch, _n_batches(pairs, config))
+            distiller.on_epoch_start(model, epoch)
         losses = _run_epoch(model, optimizer, sampler, pairs, config, epoch, device, distiller, should_cancel)
         train_seconds = time.perf_counter() - t0
         # CPU time of this thread: with one torch thread on the CPU it is the training work itself, not

@@ -65,6 +65,15 @@ def list_datasets(session: Session, limit: int = 100, offset: int = 0) -> Sequen
     return session.scalars(stmt).all()
 
 
+def existing_dataset_ids(session: Session, dataset_ids: Sequence[str]) -> set[str]:
+    """Which of ``dataset_ids`` have a row."""
+    found: set[str] = set()
+    for i in range(0, len(dataset_ids), 500):  # SQLite caps the parameters of one statement
+        batch = list(dataset_ids[i : i + 500])
+        found.update(session.scalars(select(Dataset.id).where(Dataset.id.in_(batch))))
+    return found
+
+
 def delete_dataset(session: Session, dataset_id: str) -> Dataset:
     """Delete the row (the caller removes its files); refused while a queued or running job uses it.
 
@@ -308,6 +317,12 @@ def active_activation(session: Session) -> Activation | None:
     """The newest activation row (its ``model_id`` is the active model), or None."""
     stmt = select(Activation).order_by(Activation.id.desc()).limit(1)
     return session.scalars(stmt).first()
+
+
+def newest_activation_ids(session: Session) -> tuple[int, str] | None:
+    """(id, model_id) of the newest activation, or None: two columns, for a poll that runs every few seconds."""
+    row = session.execute(select(Activation.id, Activation.model_id).order_by(Activation.id.desc()).limit(1)).first()
+    return None if row is None else (int(row[0]), str(row[1]))
 
 
 def active_model(session: Session) -> Model | None:

@@ -66,9 +66,9 @@ class Distiller:
             cache[key] = lists
         return lists
 
-    def on_epoch_start(self, student: Recommender, epoch: int, n_batches: int | None = None) -> None:
-        """Per-epoch work: resampling, rank refresh. ``epoch`` counts from 0; ``n_batches``: the mini-batches
-        (``loss`` calls) the epoch will have, when known."""
+    def on_epoch_start(self, student: Recommender, epoch: int) -> None:
+        """Per-epoch work: resampling, rank refresh. ``epoch`` counts from 0. An epoch is one pass over the
+        training pairs (``data.train``'s entries, each once), as ``core.train.fit`` runs it."""
 
     def loss(
         self, student: Recommender, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
@@ -96,11 +96,6 @@ class NoneDistiller(Distiller):
 
     name = "none"
     config_cls = DistillConfig
-
-
-def unique_rows(x: torch.Tensor) -> torch.Tensor:
-    """Sorted unique ids of a batch column (the batch's distinct users or items)."""
-    return torch.unique(x)
 
 
 def batch_rows(x: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, float]:

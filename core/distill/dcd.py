@@ -14,7 +14,7 @@ import torch
 from core.config import DCDConfig
 from core.distill.base import Distiller, ListsCache, SplitLike, batch_rows, require_prepared
 from core.distill.losses import RankingTerm, ranking_terms, score_items, score_users
-from core.distill.rrd import RankingSide
+from core.distill.ranking import RankingSide
 from core.distill.sampling import WeightedRowSampler
 from core.models.base import Recommender
 
@@ -66,7 +66,10 @@ class DCDDistiller(Distiller):
         # group > 1: the (rows, per-row weights) each batch of the current group selected, per side
         self._pending_users: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_items: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._batches_left: int | None = None  # loss calls left in the epoch (None: not told)
+        # Training pairs the epoch has left to show ``loss``: an epoch is one pass over data.train's entries,
+        # so the batch that brings this to 0 is the epoch's last and closes its group (no fit-loop hook needed).
+        self._n_pairs = 0
+        self._pairs_left = 0
 
     def prepare(
         self,
@@ -78,6 +81,7 @@ class DCDDistiller(Distiller):
         super().prepare(teacher, data, device, lists_cache)
         if teacher is None:
             raise ValueError("dcd needs a teacher")
+        self._n_pairs = self._pairs_left = int(data.train.nnz)
         c = self.config
         if not (c.use_rkd or c.use_ucd or c.use_icd):
             raise ValueError("dcd: at least one of use_rkd, use_ucd, use_icd must be true")
@@ -96,10 +100,10 @@ class DCDDistiller(Distiller):
             )
 
     # --- per epoch ----------------------------------------------------------------------------
-    def on_epoch_start(self, student: Recommender, epoch: int, n_batches: int | None = None) -> None:
+    def on_epoch_start(self, student: Recommender, epoch: int) -> None:
         require_prepared(self, "user_top", "dcd")
         self._pending_users, self._pending_items = [], []  # a group never spans epochs (keeps resume exact)
-        self._batches_left = n_batches
+        self._pairs_left = self._n_pairs
         if self.rkd is not None:
             self.rkd.resample(self.generator)
         refreshed = (self.config.use_ucd or self.config.use_icd) and (
@@ -202,9 +206,8 @@ class DCDDistiller(Distiller):
         if c.use_icd:
             item_rows, wi = batch_rows(pos, c.row_fraction, self.generator)
             self._pending_items.append((item_rows, torch.full(item_rows.shape, wi, device=item_rows.device)))
-        if self._batches_left is not None:
-            self._batches_left -= 1
-        if len(self._pending_users) < c.group and self._batches_left != 0:
+        self._pairs_left -= users.shape[0]
+        if len(self._pending_users) < c.group and self._pairs_left != 0:
             return torch.zeros((), device=users.device), {}
         u_rows, u_w = _concat(self._pending_users)
         i_rows, i_w = _concat(self._pending_items) if c.use_icd else (None, None)

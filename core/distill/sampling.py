@@ -129,17 +129,10 @@ class WeightedRowSampler:
         true_mass = weights.double().sum(1) + m * self.floor
         self.accept = (true_mass / self.total).float()
 
-    def sample(
-        self, rows: torch.Tensor, generator: torch.Generator | None = None, force: str | None = None
-    ) -> torch.Tensor:
-        """rows [B] -> [B, k] positions sorted ascending. ``force`` = "gumbel"|"rejection" is for tests."""
+    def sample(self, rows: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """rows [B] -> [B, k] positions sorted ascending; each row takes the path ``use_gumbel`` [R] picks."""
         out = torch.empty((rows.shape[0], self.k), dtype=torch.int64, device=rows.device)
-        if force == "gumbel":
-            gmask = torch.ones_like(rows, dtype=torch.bool)
-        elif force == "rejection":
-            gmask = torch.zeros_like(rows, dtype=torch.bool)
-        else:
-            gmask = self.use_gumbel.index_select(0, rows)
+        gmask = self.use_gumbel.index_select(0, rows)
         g_idx = gmask.nonzero().squeeze(1)
         if g_idx.numel():
             logw = torch.log(self.weights[rows[g_idx]] + self.floor)

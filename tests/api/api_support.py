@@ -14,10 +14,10 @@ from safetensors.numpy import save_file
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.main import create_app
-from core.db import repo
 from core.db.models import Base
 from core.index import write_bundle
 from core.settings import Settings
+from tests.factories import dataset_row, job_row, model_row
 
 API_KEY = "test-key-123"
 
@@ -54,25 +54,8 @@ def make_settings(home: Path, **overrides: Any) -> Settings:
 
 
 def add_dataset(sessions: sessionmaker[Session], **fields: Any) -> str:
-    values: dict[str, Any] = {
-        "name": "tiny",
-        "original_filename": "tiny.csv",
-        "path": "datasets/x/data.csv",
-        "format": "csv",
-        "user_col": "user_id",
-        "item_col": "item_id",
-        "rating_col": None,
-        "timestamp_col": None,
-        "rating_threshold": None,
-        "n_users": 3,
-        "n_items": 3,
-        "n_interactions": 4,
-        "density": 0.44,
-        "size_bytes": 10,
-    }
-    values.update(fields)
     with sessions() as s:
-        row = repo.create_dataset(s, **values)
+        row = dataset_row(s, **fields)
         s.commit()
         return row.id
 
@@ -93,26 +76,22 @@ def add_model(
     """A job + model row and, for students, a real serving bundle from random embeddings (no torch)."""
     dataset_id = dataset_id or add_dataset(sessions)
     with sessions() as s:
-        job = repo.create_job(
+        job = job_row(
             s,
-            dataset_id=dataset_id,
+            dataset_id,
             status=job_status,
-            method="dcd",
             teacher={"model": "bpr", "dim": dim * 4},
             student={"model": "bpr", "dim": dim},
         )
-        model = repo.create_model(
+        model = model_row(
             s,
-            job_id=job.id,
-            dataset_id=dataset_id,
+            dataset_id,
+            job.id,
             role=role,
-            model_name="bpr",
             dim=dim,
-            method="dcd",
             artifact_path="",
             n_params=(n_users + n_items) * dim,
             size_bytes=(n_users + n_items) * dim * 4,
-            metrics={"ndcg@10": 0.1},
             teacher_metrics={"ndcg@10": 0.12},
             compression_ratio=4.0,
         )

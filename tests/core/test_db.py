@@ -17,6 +17,7 @@ from core.db import repo
 from core.db.migrate import current_revision, upgrade_head
 from core.db.models import Base, Job, utcnow
 from core.db.session import dispose_engines, session_scope
+from tests.factories import dataset_row, job_row, model_row
 
 
 @pytest.fixture()
@@ -28,53 +29,15 @@ def db_url(tmp_path: Path) -> Iterator[str]:
 
 
 def _dataset(s: Session, **over: object) -> str:
-    fields = dict(
-        name="toy",
-        original_filename="toy.csv",
-        path="datasets/x/toy.csv",
-        format="csv",
-        user_col="u",
-        item_col="i",
-        rating_col=None,
-        timestamp_col=None,
-        rating_threshold=None,
-        n_users=3,
-        n_items=4,
-        n_interactions=6,
-        density=0.5,
-        size_bytes=40,
-    )
-    fields.update(over)
-    return repo.create_dataset(s, **fields).id
+    return dataset_row(s, **{"n_items": 4, **over}).id
 
 
 def _job(s: Session, dataset_id: str) -> str:
-    return repo.create_job(
-        s,
-        dataset_id=dataset_id,
-        method="dcd",
-        teacher={"model": "bpr", "dim": 8},
-        student={"model": "bpr", "dim": 4},
-        hyperparameters={},
-        seed=0,
-        split={"mode": "random"},
-    ).id
+    return job_row(s, dataset_id, hyperparameters={}, seed=0, split={"mode": "random"}).id
 
 
 def _model(s: Session, job_id: str | None, dataset_id: str, role: str = "student") -> str:
-    return repo.create_model(
-        s,
-        job_id=job_id,
-        dataset_id=dataset_id,
-        role=role,
-        model_name="bpr",
-        dim=4,
-        method="dcd",
-        artifact_path="models/x",
-        n_params=28,
-        size_bytes=112,
-        metrics={"ndcg@10": 0.1},
-    ).id
+    return model_row(s, dataset_id, job_id, role=role).id
 
 
 def test_migrations_create_every_table_and_match_the_models(db_url: str) -> None:

@@ -124,7 +124,8 @@ def test_weighted_sampler_matches_sequential_without_replacement(force: str) -> 
     floor, k, n = 0.05, 3, 20000
     sampler = WeightedRowSampler(weights, k, floor)
     g = torch.Generator().manual_seed(0)
-    out = sampler.sample(torch.zeros(n, dtype=torch.int64), g, force=force)
+    sampler.use_gumbel = torch.tensor([force == "gumbel"])  # route the row through the path under test
+    out = sampler.sample(torch.zeros(n, dtype=torch.int64), g)
     assert (out[:, 1:] > out[:, :-1]).all()  # sorted ascending, distinct
     exact = exact_set_probs(weights[0].double().numpy() + floor, k)
     emp = empirical(out)
@@ -319,13 +320,16 @@ def test_group_sums_the_row_terms_of_its_batches(data: SimpleNamespace) -> None:
     total.backward()
     assert student.user_emb.weight.grad.abs().sum() > 0
     full.loss(student, users, users % N_ITEMS, users % N_ITEMS)
-    full.on_epoch_start(student, 1)  # not told the batch count: an incomplete group is dropped at the epoch's end
+    full.on_epoch_start(student, 1)  # batches that did not end the pass: their incomplete group is dropped
     assert full._pending_users == [] and full._pending_items == []
-    # Told the epoch's batch count (as fit does), the last group closes at the last batch: nothing is dropped,
-    # even when the epoch has fewer batches than the group.
-    full.on_epoch_start(student, 2, n_batches=2)
-    assert full.loss(student, users, users % N_ITEMS, users % N_ITEMS)[0].item() == 0.0
-    total, parts = full.loss(student, users, users % N_ITEMS, users % N_ITEMS)
+    # An epoch is one pass over the training pairs (as fit runs it): the batch that ends the pass closes the
+    # last group, so nothing is dropped, even when the epoch has fewer batches than the group.
+    full.on_epoch_start(student, 2)
+    coo = data.train.tocoo()
+    pair_users, pair_items = torch.from_numpy(coo.row.astype(np.int64)), torch.from_numpy(coo.col.astype(np.int64))
+    half = len(pair_users) // 2
+    assert full.loss(student, pair_users[:half], pair_items[:half], pair_items[:half])[0].item() == 0.0
+    total, parts = full.loss(student, pair_users[half:], pair_items[half:], pair_items[half:])
     assert total.item() > 0 and set(parts) == {"rkd", "ucd", "icd"} and full._pending_users == []
 
 
@@ -411,7 +415,7 @@ def test_rrd_samples(data: SimpleNamespace, deterministic: bool) -> None:
     )
     d.prepare(teacher, data, "cpu")
     d.on_epoch_start(student, 0)
-    side = d.user_side
+    side = d.user_ranking
     observed = data.train.toarray() > 0
     for u in range(N_USERS):
         listed = side.lists[u].tolist()
@@ -480,7 +484,7 @@ def test_lists_cache_computes_the_teacher_lists_once(
     rrd.prepare(teacher, data, "cpu", cache)
     dcd = build_distiller("dcd", m=20, p=5, rkd_k=5, rkd_l=5)
     dcd.prepare(teacher, data, "cpu", cache)
-    assert calls == [20] and dcd.user_top is rrd.user_side.lists
+    assert calls == [20] and dcd.user_top is rrd.user_ranking.lists
 
 
 # --- fused terms and the gather ----------------------------------------------------------------

@@ -15,7 +15,7 @@ from core.db.session import dispose_engines, session_scope
 from core.jobs import phases
 from core.jobs.lifecycle import run_job
 from core.settings import Settings
-from core.storage import ArtifactStore
+from tests.factories import tiny_job
 
 FAST_HP = {
     "epochs": 2,
@@ -49,35 +49,8 @@ def semicolon_file(n_users: int = 30, n_items: int = 20) -> str:
 
 
 def make_job(settings: Settings, content: str, dataset: dict[str, Any], **job: Any) -> str:
-    store = ArtifactStore(settings.artifact_dir)
-    with session_scope(settings.database_url) as s:
-        ds = repo.create_dataset(
-            s,
-            name="toy",
-            original_filename="toy.csv",
-            path="pending",
-            n_users=0,
-            n_items=0,
-            n_interactions=0,
-            density=0.0,
-            size_bytes=0,
-            **dataset,
-        )
-        file = store.dataset_file(ds.id, "toy.csv")
-        file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_text(content)
-        ds.path = store.relative(file)
-        fields: dict[str, Any] = dict(
-            dataset_id=ds.id,
-            method="dcd",
-            teacher={"model": "bpr", "dim": 8},
-            student={"model": "bpr", "dim": 4},
-            hyperparameters=dict(FAST_HP),
-            seed=0,
-            split={"mode": "random", "ratios": [0.8, 0.1, 0.1]},
-        )
-        fields.update(job)
-        return repo.create_job(s, **fields).id
+    fields = {"hyperparameters": dict(FAST_HP), "split": {"mode": "random", "ratios": [0.8, 0.1, 0.1]}, **job}
+    return tiny_job(settings, content, dataset, **fields)
 
 
 SEMI = {

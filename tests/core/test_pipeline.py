@@ -9,7 +9,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from sqlalchemy import update
 
@@ -22,23 +21,10 @@ from core.jobs.context import derived_model_id
 from core.jobs.lifecycle import run_job
 from core.settings import Settings
 from core.storage import ArtifactStore
+from tests.factories import tiny_job, two_taste_csv
 
 TRAIN_HP = {"epochs": 3, "teacher_epochs": 3, "batch_size": 256, "lr": 0.01}
 DCD_HP = {**TRAIN_HP, "m": 10, "p": 3, "rkd_k": 3, "rkd_l": 3}
-
-
-def write_synthetic(
-    path: Path, n_users: int = 40, n_items: int = 30, per_user: int = 10, seed: int = 0
-) -> None:
-    """Two taste groups: even users like the first half of the catalogue, odd users the second."""
-    rng = np.random.default_rng(seed)
-    rows = ["user,item,rating"]
-    for u in range(n_users):
-        half = np.arange(n_items // 2) + (0 if u % 2 == 0 else n_items // 2)
-        for i in rng.choice(half, size=per_user, replace=False):
-            rows.append(f"u{u},i{i},{rng.integers(3, 6)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(rows) + "\n")
 
 
 @pytest.fixture()
@@ -56,41 +42,10 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
 
 
 def make_job(settings: Settings, content: str | None = None, **job: Any) -> str:
-    store = ArtifactStore(settings.artifact_dir)
-    with session_scope(settings.database_url) as s:
-        ds = repo.create_dataset(
-            s,
-            name="toy",
-            original_filename="toy.csv",
-            path="pending",
-            format="csv",
-            user_col="user",
-            item_col="item",
-            rating_col="rating",
-            n_users=0,
-            n_items=0,
-            n_interactions=0,
-            density=0.0,
-            size_bytes=0,
-        )
-        file = store.dataset_file(ds.id, "toy.csv")
-        if content is None:
-            write_synthetic(file)
-        else:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            file.write_text(content)
-        ds.path = store.relative(file)
-        fields: dict[str, Any] = dict(
-            dataset_id=ds.id,
-            method="dcd",
-            teacher={"model": "bpr", "dim": 8},
-            student={"model": "bpr", "dim": 4},
-            hyperparameters=dict(DCD_HP),
-            seed=0,
-            split={"mode": "random", "ratios": [0.8, 0.1, 0.1]},
-        )
-        fields.update(job)
-        return repo.create_job(s, **fields).id
+    """A DCD job on ``content`` (default: the two-taste data with ratings) with this file's fast settings."""
+    data = two_taste_csv(ratings=True) if content is None else content
+    fields = {"hyperparameters": dict(DCD_HP), "split": {"mode": "random", "ratios": [0.8, 0.1, 0.1]}, **job}
+    return tiny_job(settings, data, {"rating_col": "rating"}, **fields)
 
 
 def get(settings: Settings, job_id: str) -> Job:

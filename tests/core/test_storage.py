@@ -11,7 +11,9 @@ import pytest
 from core.storage import (
     ArtifactStore,
     InvalidNameError,
+    atomic_dir,
     atomic_open,
+    atomic_path,
     atomic_write_json,
     atomic_write_text,
     check_id,
@@ -90,6 +92,32 @@ def test_failed_first_write_leaves_nothing(tmp_path: Path) -> None:
         fh.write(b"abc")
         raise ValueError("too large")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_replaces_only_after_the_block_succeeds(tmp_path: Path) -> None:
+    target = tmp_path / "data.inter"
+    atomic_write_text(target, "old")
+    with pytest.raises(ValueError, match="bad counts"), atomic_path(target) as staged:
+        staged.write_text("new but unchecked")
+        assert staged.parent == tmp_path and staged.name.startswith(".data.inter.") and target.read_text() == "old"
+        raise ValueError("bad counts")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["data.inter"]
+    with atomic_path(target) as staged:
+        staged.write_text("new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["data.inter"]
+
+
+def test_atomic_dir_swaps_the_folder_whole_or_not_at_all(tmp_path: Path) -> None:
+    final = tmp_path / "serving"
+    with atomic_dir(final) as staging:
+        (staging / "meta.json").write_text("v1")
+    with pytest.raises(OSError), atomic_dir(final) as staging:
+        (staging / "meta.json").write_text("v2")
+        raise OSError("disk full")
+    assert (final / "meta.json").read_text() == "v1" and [p.name for p in tmp_path.iterdir()] == ["serving"]
+    with atomic_dir(final) as staging:
+        (staging / "meta.json").write_text("v2")
+    assert (final / "meta.json").read_text() == "v2" and [p.name for p in tmp_path.iterdir()] == ["serving"]
 
 
 def test_publish_dir_swaps_folders_whole(tmp_path: Path) -> None:

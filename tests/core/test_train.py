@@ -126,7 +126,7 @@ class ToyDistiller:
     def __init__(self, n_users: int) -> None:
         self.weights = torch.zeros(n_users)
 
-    def on_epoch_start(self, student: BPRMF, epoch: int, n_batches: int) -> None:
+    def on_epoch_start(self, student: BPRMF, epoch: int) -> None:
         if epoch % 2 == 0:
             self.weights = torch.rand(self.weights.shape).to(student.user_emb.weight.device)
 

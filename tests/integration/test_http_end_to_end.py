@@ -8,9 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import Workers
-from jobkit import Server, write_interactions
+from jobkit import Server
 
 from core.settings import Settings
+from tests.factories import write_interactions
 
 pytestmark = pytest.mark.integration
 

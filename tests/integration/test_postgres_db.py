@@ -16,6 +16,7 @@ from core.db import repo
 from core.db.migrate import current_revision, upgrade_head
 from core.db.models import Base
 from core.db.session import session_scope
+from tests.factories import dataset_row, job_row
 
 pytestmark = pytest.mark.integration
 
@@ -53,21 +54,8 @@ def test_alembic_upgrade_head_on_postgres_matches_the_models(pg_url: str) -> Non
 def test_only_one_of_many_concurrent_claims_wins_on_postgres(pg_url: str) -> None:
     upgrade_head(pg_url)
     with session_scope(pg_url) as s:
-        ds = repo.create_dataset(
-            s,
-            name="d",
-            original_filename="d.csv",
-            path="datasets/d/d.csv",
-            format="csv",
-            user_col="u",
-            item_col="i",
-            n_users=1,
-            n_items=1,
-            n_interactions=1,
-            density=1.0,
-            size_bytes=1,
-        ).id
-        job = repo.create_job(s, dataset_id=ds, method="none", student={"model": "bpr", "dim": 4}).id
+        ds = dataset_row(s).id
+        job = job_row(s, ds, method="none", teacher=None).id
     wins: list[str] = []
     barrier = threading.Barrier(8)
 

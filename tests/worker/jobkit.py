@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 from core.db import repo
 from core.db.models import Job
 from core.db.session import session_scope
 from core.settings import Settings
-from core.storage import ArtifactStore
+from tests.factories import tiny_job, two_taste_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,50 +35,14 @@ TINY_HP = {
 }
 
 
-def write_interactions(path: Path, n_users: int, n_items: int, per_user: int, seed: int = 0) -> None:
-    """Two taste groups over halves of the catalogue, as user,item CSV."""
-    rng = np.random.default_rng(seed)
-    rows = ["user,item"]
-    for u in range(n_users):
-        half = np.arange(n_items // 2) + (0 if u % 2 == 0 else n_items // 2)
-        rows.extend(f"u{u},i{i}" for i in rng.choice(half, size=per_user, replace=False))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(rows) + "\n")
-
-
 def create_job(
     settings: Settings, *, n_users: int = 40, n_items: int = 30, per_user: int = 10, **job: Any
 ) -> str:
-    store = ArtifactStore(settings.artifact_dir)
-    with session_scope(settings.database_url) as s:
-        ds = repo.create_dataset(
-            s,
-            name="toy",
-            original_filename="toy.csv",
-            path="pending",
-            format="csv",
-            user_col="user",
-            item_col="item",
-            n_users=n_users,
-            n_items=n_items,
-            n_interactions=n_users * per_user,
-            density=per_user / n_items,
-            size_bytes=0,
-        )
-        file = store.dataset_file(ds.id, "toy.csv")
-        write_interactions(file, n_users, n_items, per_user)
-        ds.path = store.relative(file)
-        fields: dict[str, Any] = dict(
-            dataset_id=ds.id,
-            method="dcd",
-            teacher={"model": "bpr", "dim": 8},
-            student={"model": "bpr", "dim": 4},
-            hyperparameters=dict(TINY_HP),
-            seed=0,
-            split={"mode": "random"},
-        )
-        fields.update(job)
-        return repo.create_job(s, **fields).id
+    """A DCD job on the two-taste data (no ratings) of this size, with ``TINY_HP``."""
+    dataset = {"n_users": n_users, "n_items": n_items, "n_interactions": n_users * per_user,
+               "density": per_user / n_items}
+    fields = {"hyperparameters": dict(TINY_HP), "split": {"mode": "random"}, **job}
+    return tiny_job(settings, two_taste_csv(n_users, n_items, per_user), dataset, **fields)
 
 
 def wait_for(settings: Settings, job_id: str, done: Callable[[Job], bool], timeout: float) -> Job:

@@ -1,0 +1,98 @@
+"""One side's teacher lists and their per-epoch RRD samples (interesting / uninteresting entries), shared by
+RRD (user and item sides) and DCD's RKD term.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from core.distill.base import require_prepared
+from core.distill.sampling import gumbel_topk, sample_excluding
+
+logger = logging.getLogger(__name__)
+
+
+class RankingSide:
+    """One side's teacher lists and its RRD samples: rows (users or items) x columns (items or users).
+
+    ``interesting`` [R, K]: K list entries drawn ∝ exp(-rank/T) without replacement, in teacher order
+    (or the top-K themselves when deterministic). ``uninteresting`` [R, L]: uniform over columns that are
+    neither observed nor listed; rows with fewer than L such columns draw with replacement among them,
+    or, when none exist, take the last L list entries.
+    """
+
+    def __init__(
+        self,
+        lists: torch.Tensor,
+        observed: sp.csr_matrix,
+        k: int,
+        n_unint: int,
+        t: float,
+        deterministic: bool,
+    ) -> None:
+        n_rows, m = lists.shape
+        n_cols = observed.shape[1]
+        if k > m:
+            logger.warning("K=%d exceeds the teacher list length %d; using K=%d", k, m, m)
+            k = m
+        self.lists, self.k, self.l, self.t, self.deterministic = lists, k, n_unint, t, deterministic
+        self.n_rows, self.n_cols = n_rows, n_cols
+        dev = lists.device
+        obs = observed.tocoo()
+        obs_keys = torch.from_numpy(obs.row.astype(np.int64) * n_cols + obs.col.astype(np.int64)).to(dev)
+        list_keys = (torch.arange(n_rows, device=dev)[:, None] * n_cols + lists).reshape(-1)
+        self.excluded = torch.unique(torch.cat([obs_keys, list_keys]))  # sorted
+        counts = torch.bincount(torch.div(self.excluded, n_cols, rounding_mode="floor"), minlength=n_rows)
+        self.available = n_cols - counts  # [R]
+        self.rank_logits = -(torch.arange(m, device=dev, dtype=torch.float32) + 1.0) / t  # [M]
+        self.interesting: torch.Tensor | None = None
+        self.uninteresting: torch.Tensor | None = None
+
+    def samples(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This epoch's (interesting [B, K], uninteresting [B, L]) entries of the given rows."""
+        inter = require_prepared(self, "interesting", "RRD (resample first)")
+        unint = require_prepared(self, "uninteresting", "RRD (resample first)")
+        return inter.index_select(0, rows), unint.index_select(0, rows)
+
+    def resample(self, generator: torch.Generator) -> None:
+        dev = self.lists.device
+        if self.deterministic:
+            self.interesting = self.lists[:, : self.k].clone()
+        else:
+            logits = self.rank_logits.expand(self.n_rows, -1)
+            positions = gumbel_topk(logits, self.k, generator)  # [R, K] sorted: teacher order kept
+            self.interesting = self.lists.gather(1, positions)
+        if self.l == 0:
+            self.uninteresting = torch.empty((self.n_rows, 0), dtype=torch.int64, device=dev)
+            return
+        unint = sample_excluding(self.n_rows, self.n_cols, self.l, self.excluded, self.available, generator)
+        for r in (self.available < self.l).nonzero().squeeze(1).tolist():
+            unint[r] = self._short_row(r, generator)
+        self.uninteresting = unint
+
+    def _short_row(self, r: int, generator: torch.Generator) -> torch.Tensor:
+        dev = self.lists.device
+        lo = int(torch.searchsorted(self.excluded, torch.tensor(r * self.n_cols, device=dev)))
+        hi = int(torch.searchsorted(self.excluded, torch.tensor((r + 1) * self.n_cols, device=dev)))
+        taken = self.excluded[lo:hi] - r * self.n_cols
+        free = torch.ones(self.n_cols, dtype=torch.bool, device=dev)
+        free[taken] = False
+        allowed = free.nonzero().squeeze(1)
+        if allowed.numel() == 0:
+            return self.lists[r, -self.l :]
+        pick = torch.randint(0, allowed.numel(), (self.l,), generator=generator, device=dev)
+        return allowed[pick]
+
+    def state(self, prefix: str) -> dict[str, torch.Tensor]:
+        if self.interesting is None or self.uninteresting is None:
+            return {}
+        return {f"{prefix}.interesting": self.interesting, f"{prefix}.uninteresting": self.uninteresting}
+
+    def load(self, prefix: str, state: dict[str, torch.Tensor]) -> None:
+        if f"{prefix}.interesting" in state:
+            self.interesting = state[f"{prefix}.interesting"].to(self.lists.device)
+            self.uninteresting = state[f"{prefix}.uninteresting"].to(self.lists.device)
