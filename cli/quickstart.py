@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from core.config import FINAL_STATUSES as FINAL
+from core.config import JobStatus
 from core.settings import Settings, get_settings
 
-FINAL = ("succeeded", "failed", "cancelled")
 # Small enough for a few minutes on two CPU cores, large enough for a visible teacher-student gap.
 DEFAULTS = {"teacher": "bpr:64", "student": "bpr:8", "teacher_epochs": 30, "epochs": 20}
 HYPERPARAMETERS: dict[str, Any] = {"lr": 5e-3, "batch_size": 1024, "patience": 5}
@@ -149,7 +150,7 @@ class ProgressView:
 
 def progress_view(job: dict[str, Any]) -> ProgressView:
     """What the bar shows for a ``GET /jobs/{id}`` body: phase, epoch, latest loss and validation NDCG@10."""
-    phase = job.get("phase") or job.get("status") or "queued"
+    phase = job.get("phase") or job.get("status") or JobStatus.QUEUED
     loss = ndcg = None
     for entry in reversed(job.get("history") or []):
         if entry.get("phase", phase) != phase:
@@ -265,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"Job {job['id']}: {args.method} teacher {args.teacher['model']}:{args.teacher['dim']} -> "
             f"student {args.student['model']}:{args.student['dim']} (Ctrl-C stops watching, not the job).")
         job = follow(client, job["id"], args.timeout)
-        if job["status"] != "succeeded":
+        if job["status"] != JobStatus.SUCCEEDED:
             say(f"Job {job['id']} {job['status']}: {job.get('error') or 'no error message'}")
             return 1
         model_id = job["student_model_id"]

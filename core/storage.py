@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from core.config import JobPhase
+
 log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
@@ -28,7 +30,8 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 _LEFTOVER = re.compile(r"^\..+(\.tmp|\.tmp-[0-9a-f]+|\.old-[0-9a-f]+|\.staging)$")
 # Folders whose content only jobs write (uploads under datasets/ are the API's business).
 _JOB_OUTPUTS = ("models", "jobs")
-_PHASES = ("teacher", "distill")
+# Phases that keep training state (a checkpoint to resume from).
+_PHASES = (JobPhase.TEACHER, JobPhase.DISTILL)
 MAX_NAME = 255
 
 
