@@ -12,12 +12,11 @@ from typing import Any
 import anyio
 import orjson
 from fastapi import APIRouter, Request, Response
-from starlette.datastructures import QueryParams
 
 from api.auth import authorize_read
 from api.deps import Auth, check_batch, check_k, current_bundle
 from api.direct_route import DirectRoute
-from api.errors import InvalidInput
+from api.query import bool_param, int_param, parse_exclude, parse_query
 from api.schemas import RecommendationPublic, RecommendationsPublic, RecommendBatchCreate
 from core.index import Recommendation, ServingBundle
 
@@ -28,40 +27,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "unknown user with fallback=false"}, 422: {"description": "bad k/offset/body"},
     503: {"description": "no active model"},
 }
-
-
-def parse_exclude(values: list[str], bundle: ServingBundle, limit: int) -> list[str]:
-    """Split ``exclude=i1,i2`` on commas, keeping ids that contain commas ("Godfather, The (1972)") whole.
-
-    At most ``limit`` comma-separated parts in all (422 naming ``exclude`` above it). At each piece only the
-    runs that could spell a catalogue id starting there are glued back (``bundle.comma_id_widths``), so the
-    work is linear in the parts (one lookup each for a comma-free catalogue), however long the list.
-    """
-    n_parts = sum(value.count(",") + 1 for value in values)
-    if n_parts > limit:
-        raise InvalidInput(f"exclude: at most {limit} item ids (RECDISTILL_MAX_EXCLUDE), got {n_parts}",
-                           code="too_many_excluded")
-    out: list[str] = []
-    known, widths = bundle.item_index, bundle.comma_id_widths
-    for value in values:
-        if value in known:
-            out.append(value)
-            continue
-        parts = value.split(",")
-        i = 0
-        while i < len(parts):
-            for n in (*widths.get(parts[i].lstrip(), ()), 1):  # longest run of pieces naming a known item
-                if i + n > len(parts):
-                    continue
-                candidate = ",".join(parts[i : i + n])
-                if candidate in known or candidate.strip() in known:
-                    out.append(candidate if candidate in known else candidate.strip())
-                    i += n
-                    break
-            else:
-                out.append(parts[i].strip())  # unknown ids are simply not in the catalogue
-                i += 1
-    return out
 
 
 def public(user: str, rec: Recommendation, model_id: str, k: int, offset: int) -> dict[str, Any]:
@@ -76,48 +41,6 @@ def public(user: str, rec: Recommendation, model_id: str, k: int, offset: int) -
 
 def json_response(body: str | bytes) -> Response:
     return Response(body, media_type="application/json")
-
-
-def parse_query(query_string: bytes) -> tuple[dict[str, str], list[str]]:
-    """The last value of each query parameter and every ``exclude`` value, as Starlette's ``QueryParams``
-    reads them. Plain strings (no %-escape or '+', the usual request) are split directly, which costs a
-    fraction of ``QueryParams``; anything else goes through it."""
-    if b"%" in query_string or b"+" in query_string:
-        params = QueryParams(query_string)
-        return dict(params), params.getlist("exclude")
-    last: dict[str, str] = {}
-    exclude: list[str] = []
-    for part in query_string.decode("latin-1").split("&"):
-        if part:
-            name, _, value = part.partition("=")
-            last[name] = value
-            if name == "exclude":
-                exclude.append(value)
-    return last, exclude
-
-
-_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
-
-
-def _int(params: dict[str, str], name: str, default: int) -> int:
-    raw = params.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidInput(f"{name}: must be an integer, got {raw!r}", code="validation_error") from None
-
-
-def _bool(params: dict[str, str], name: str, default: bool) -> bool:
-    raw = params.get(name)
-    if raw is None:
-        return default
-    if raw.lower() in _TRUE:
-        return True
-    if raw.lower() in _FALSE:
-        return False
-    raise InvalidInput(f"{name}: must be true or false, got {raw!r}", code="validation_error")
 
 
 def _param(name: str, schema: dict[str, Any], description: str, where: str = "query") -> dict[str, Any]:
@@ -143,9 +66,9 @@ async def recommend(request: Request) -> Response:
     authorize_read(request)
     user: str = request.path_params["user"]
     params, exclude = parse_query(request.scope["query_string"])
-    k, offset = _int(params, "k", 10), _int(params, "offset", 0)
+    k, offset = int_param(params, "k", 10), int_param(params, "offset", 0)
     check_k(request.app.state.settings, k, offset)
-    exclude_seen, fallback = _bool(params, "exclude_seen", True), _bool(params, "fallback", True)
+    exclude_seen, fallback = bool_param(params, "exclude_seen", True), bool_param(params, "fallback", True)
     bundle = current_bundle(request)  # one read: a concurrent swap cannot change it under us
     drop = parse_exclude(exclude, bundle, request.app.state.settings.max_exclude) if exclude else ()
     rec = bundle.recommend(user, k, offset=offset, exclude_seen=exclude_seen, exclude=drop, fallback=fallback)

@@ -302,6 +302,10 @@ def get_model(session: Session, model_id: str) -> Model:
     return _get(session, Model, "model", model_id)
 
 
+def model_exists(session: Session, model_id: str) -> bool:
+    return session.get(Model, model_id) is not None
+
+
 def list_models(
     session: Session, role: str | None = None, job_id: str | None = None, limit: int = 100, offset: int = 0
 ) -> Sequence[Model]:

@@ -13,7 +13,6 @@ from typing import Any
 
 from core.config import JobPhase, ModelRole, ModelSpec
 from core.db import repo
-from core.db.models import Model
 from core.db.session import session_scope
 from core.settings import Settings
 from core.storage import ArtifactStore
@@ -114,7 +113,7 @@ def record_model(
     folder = ctx.store.model_dir(model_id)
     size = save(folder, model_id)
     with session_scope(ctx.settings.database_url) as s:
-        if s.get(Model, model_id) is None:
+        if not repo.model_exists(s, model_id):
             repo.create_model(
                 s,
                 id=model_id,

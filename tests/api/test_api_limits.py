@@ -12,7 +12,7 @@ from api_support import API_KEY, RecordingQueue, add_model, build_app, make_sett
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.routers.recommend import parse_exclude
+from api.query import parse_exclude
 from core.db.models import Base
 from core.db.session import dispose_engines, get_engine, session_factory
 from core.index import ServingBundle, _comma_id_widths

@@ -145,7 +145,7 @@ def test_bodies_validate_against_the_documented_models(client: TestClient, serve
 def test_query_parsing_reads_like_starlette(query: bytes) -> None:
     from starlette.datastructures import QueryParams
 
-    from api.routers.recommend import parse_query
+    from api.query import parse_query
 
     params = QueryParams(query)
     assert parse_query(query) == (dict(params), params.getlist("exclude"))
