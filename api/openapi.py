@@ -45,6 +45,7 @@ EXTRA_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/jobs"): (404, 503),
     ("post", "/jobs/{job_id}/cancel"): (409,),
     ("post", "/models/{model_id}/activate"): (409,),
+    ("get", "/models/{model_id}/report"): (409,),
     ("get", "/recommend/{user}"): (503,),
     ("post", "/recommend/batch"): (404, 503),
     ("get", "/items/{item}/similar"): (503,),

@@ -241,6 +241,8 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     student_model_id: str | None
     result_teacher_model_id: str | None
+    report: ModelReportPublic | None = Field(
+        None, description="The student's compression report (GET /models/{id}/report) once the job succeeded.")
 
 
 class JobsPublic(BaseModel):
@@ -267,6 +269,53 @@ class ModelPublic(BaseModel):
     compression_ratio: float | None
     created_at: datetime
     active: bool = False
+
+
+class LatencyPublic(BaseModel):
+    """Single-user top-k latency measured by the job's worker at its end (random users, warm)."""
+
+    p50_ms: float = Field(description="Median milliseconds per recommend call.")
+    p99_ms: float = Field(description="99th-percentile milliseconds per recommend call.")
+    queries: int = Field(description="Timed calls (RECDISTILL_REPORT_LATENCY_QUERIES).")
+    k: int = Field(description="Items asked per call.")
+    method: str = Field(description="What was timed: faiss-flat / faiss-hnsw (ServingBundle.recommend, as "
+                        "served) or full-scores (a model no index can serve: all scores + top-k).")
+    servable: bool = Field(description="Whether the model can be served by the FAISS index.")
+
+
+class ReportSidePublic(BaseModel):
+    """One model of a report; fields are null where not known (never estimated)."""
+
+    model_id: str | None
+    model_name: str | None
+    dim: int | None
+    n_params: int | None = Field(description="Trainable parameters.")
+    size_bytes: int | None = Field(description="Bytes of the weight file (safetensors) on disk.")
+    metrics: dict[str, float] = Field(description="Test metrics on the job's split (ndcg/recall @10, @20).")
+    latency: LatencyPublic | None = Field(description="Null when the job did not measure it.")
+
+
+class ModelReportPublic(BaseModel):
+    """A student's compression report: beside its teacher on the same split, and the gap it closed."""
+
+    model_id: str
+    job_id: str | None
+    dataset_id: str | None
+    method: str | None
+    metric: str = Field(description="The metric of teacher_share and gap_closed.")
+    student: ReportSidePublic
+    teacher: ReportSidePublic
+    times_smaller: float | None = Field(description="Teacher parameters / student parameters.")
+    bytes_ratio: float | None = Field(description="Teacher weight bytes / student weight bytes.")
+    teacher_share: float | None = Field(description="Student metric / teacher metric.")
+    baseline_model_id: str | None = Field(
+        description="The student-alone run (method none; same data set, split, seed and student) gap_closed "
+        "is measured from; null when there is none.")
+    baseline_metric: float | None
+    gap_closed: float | None = Field(
+        description="(student - student alone) / (teacher - student alone) on `metric`; null when no "
+        "student-alone run is known or the teacher is not better than it (see notes).")
+    notes: list[str] = Field(description="What is unknown or unusual, in words.")
 
 
 class ModelsPublic(BaseModel):

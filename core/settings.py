@@ -105,6 +105,14 @@ class Settings(BaseSettings):
         validation_alias="RECDISTILL_MAX_K",
         description="Largest k (and k + offset) a recommendation request may ask for.",
     )
+    report_latency_queries: int = Field(
+        200,
+        ge=0,
+        le=100_000,
+        validation_alias="RECDISTILL_REPORT_LATENCY_QUERIES",
+        description="Recommend calls (random users, k=10) timed on the student's and the teacher's index at "
+        "the end of each job for the compression report (p50/p99); 0 skips the measurement.",
+    )
     # Request limits: what one request may cost the server (each is refused with a 4xx naming it).
     max_exclude: int = Field(
         1000,

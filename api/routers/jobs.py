@@ -11,10 +11,11 @@ from fastapi.responses import JSONResponse
 
 from api.deps import PageLimit, PageOffset, SessionDep
 from api.errors import Conflict, InvalidInput
-from api.schemas import ID_PATTERN, JobCreate, JobPublic, JobsPublic
+from api.schemas import ID_PATTERN, JobCreate, JobPublic, JobsPublic, ModelReportPublic
 from core.config import JobStatus, JobStatusName, ModelRole
 from core.db import repo
 from core.db.models import Job, utcnow
+from core.report import model_report
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -81,7 +82,11 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job_id: JobId, session: SessionDep) -> JobPublic:
-    return JobPublic.model_validate(repo.get_job(session, job_id))
+    job = repo.get_job(session, job_id)
+    out = JobPublic.model_validate(job)
+    if job.status == JobStatus.SUCCEEDED and job.student_model_id and repo.find_model(session, job.student_model_id):
+        out.report = ModelReportPublic.model_validate(model_report(session, job.student_model_id))
+    return out
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)

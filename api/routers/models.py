@@ -17,11 +17,12 @@ from starlette.background import BackgroundTask
 from api.deps import HolderDep, PageLimit, PageOffset, SessionDep, SettingsDep
 from api.errors import Conflict, NotFound
 from api.holder import bundle_dir
-from api.schemas import ID_PATTERN, ActivationPublic, ModelPublic, ModelsPublic
+from api.schemas import ID_PATTERN, ActivationPublic, ModelPublic, ModelReportPublic, ModelsPublic
 from core.config import ModelRoleName
 from core.db import repo
 from core.db.models import Model
 from core.index import BundleError
+from core.report import model_report
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/models", tags=["models"])
@@ -56,6 +57,17 @@ def list_models(
 @router.get("/{model_id}", response_model=ModelPublic)
 def get_model(model_id: ModelId, session: SessionDep) -> ModelPublic:
     return _public(repo.get_model(session, model_id), _active_id(session))
+
+
+@router.get("/{model_id}/report", response_model=ModelReportPublic)
+def get_report(model_id: ModelId, session: SessionDep) -> ModelReportPublic:
+    """The student's compression report: test NDCG/Recall@10/20, parameters, bytes on disk and recommend
+    p50/p99 beside its teacher's (all measured by its job), N x smaller, and the gap closed when a
+    student-alone run (method none, same data set, split, seed and student) is known. 409 for a teacher."""
+    try:
+        return ModelReportPublic.model_validate(model_report(session, model_id))
+    except repo.ConflictError as exc:
+        raise Conflict(str(exc), code="not_a_student") from None
 
 
 @router.post("/{model_id}/activate", response_model=ActivationPublic)

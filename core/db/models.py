@@ -145,6 +145,9 @@ class Model(Base):
     teacher_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     teacher_model_id: Mapped[str | None] = mapped_column(String(32))
     compression_ratio: Mapped[float | None] = mapped_column(Float)
+    # Students: recommend latency of the student's and the teacher's index, measured at the end of the job
+    # (core.jobs.steps.measure_latency); None for teachers and for models made before revision 0003.
+    latency: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -306,6 +306,38 @@ def model_exists(session: Session, model_id: str) -> bool:
     return session.get(Model, model_id) is not None
 
 
+def find_model(session: Session, model_id: str) -> Model | None:
+    return session.get(Model, model_id)
+
+
+def find_baseline_student(session: Session, student: Model, limit: int = 50) -> Model | None:
+    """The newest student trained alone (method none) of a succeeded job with ``student``'s data set, student
+    model and dim, seed and split: the "student alone" its gap closed is measured from. None when none is."""
+    job = session.get(Job, student.job_id) if student.job_id else None
+    if job is None or student.dataset_id is None:
+        return None
+    stmt = (
+        select(Model, Job)
+        .join(Job, Model.job_id == Job.id)
+        .where(
+            Model.role == ModelRole.STUDENT,
+            Model.method == "none",
+            Model.dataset_id == student.dataset_id,
+            Model.model_name == student.model_name,
+            Model.dim == student.dim,
+            Model.id != student.id,
+            Job.status == JobStatus.SUCCEEDED,
+            Job.seed == job.seed,
+        )
+        .order_by(Model.created_at.desc(), Model.id)
+        .limit(limit)
+    )
+    for model, other in session.execute(stmt).all():
+        if other.split == job.split:  # JSON: compared here, the same way on SQLite and Postgres
+            return model
+    return None
+
+
 def list_models(
     session: Session, role: str | None = None, job_id: str | None = None, limit: int = 100, offset: int = 0
 ) -> Sequence[Model]:

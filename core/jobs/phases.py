@@ -22,6 +22,7 @@ from core.models.base import Recommender
 from core.train import EpochReport, FitResult, TrainingCancelled
 
 log = logging.getLogger(__name__)
+REPORT_K = 10  # the k of the report's latency (the API's default k)
 
 
 @dataclass
@@ -211,6 +212,25 @@ def _load_teacher(ctx: JobContext, teacher_id: str, data: SplitData) -> Teacher:
     return Teacher(model, teacher_id, steps.n_params(model), stored_metrics if same_split else None)
 
 
+def _measure_latency(
+    ctx: JobContext, spec: JobSpec, data: SplitData, student: Recommender, teacher: Recommender
+) -> dict[str, Any] | None:
+    """The compression report's latency: the student's index and the teacher's (an index when it is a
+    dot-product model, its full_scores top-K otherwise), timed on the same random users after evaluation, so
+    the metrics cannot depend on it. None when RECDISTILL_REPORT_LATENCY_QUERIES is 0."""
+    queries = ctx.settings.report_latency_queries
+    if queries <= 0:
+        return None
+    kind = ctx.settings.index
+    measured = {
+        "student": steps.measure_latency(student, data, queries, kind, k=REPORT_K, seed=spec.seed),
+        "teacher": steps.measure_latency(teacher, data, queries, kind, k=REPORT_K, seed=spec.seed),
+    }
+    log.info("job %s: recommend p50 student %.3f ms, teacher %.3f ms (%s)", ctx.job_id,
+             measured["student"]["p50_ms"], measured["teacher"]["p50_ms"], measured["teacher"]["method"])
+    return measured
+
+
 def _publish_student(
     ctx: JobContext,
     spec: JobSpec,
@@ -238,6 +258,7 @@ def _publish_student(
         steps.export_bundle(folder / "serving", student, data, student_id)
         return size
 
+    latency = _measure_latency(ctx, spec, data, student, teacher.model)
     params = steps.n_params(student)
     student_id = record_model(
         ctx,
@@ -260,6 +281,7 @@ def _publish_student(
         teacher_metrics=teacher_metrics,
         teacher_model_id=teacher.id,
         compression_ratio=teacher.n_params / params,
+        latency=latency,
     )
     log.info(
         "job %s succeeded: student %s ndcg@10=%.4f (teacher %.4f)",

@@ -7,6 +7,7 @@ imported only inside the task path, so torch (and CUDA) is first touched there.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from core.data import SplitData, load_interactions, split
 from core.distill import distiller_for
 from core.distill.base import ListsCache
 from core.eval import evaluate
-from core.index import write_bundle
+from core.index import IndexKind, ServingBundle, write_bundle
 from core.models import build_model
 from core.models.base import Recommender
 from core.storage import size_of
@@ -30,6 +31,7 @@ from core.train import Callback, FitResult, TrainConfig, fit, resolve_device
 log = logging.getLogger(__name__)
 
 TEST_KS = (5, 10, 20)
+_WARMUP = 5  # untimed calls before a latency measurement (first-call allocations)
 
 
 def set_threads(n: int) -> None:
@@ -139,23 +141,74 @@ def all_interactions(data: SplitData) -> sp.csr_matrix:
 
 
 @torch.no_grad()
-def export_bundle(folder: Path, model: Recommender, data: SplitData, model_id: str) -> None:
-    """Write the serving bundle (embeddings, id maps, seen items, popularity) for a dot-product model."""
+def _bundle_arrays(model: Recommender, data: SplitData) -> dict[str, Any]:
+    """What a serving bundle holds for a dot-product model: embeddings, id maps, seen items, popularity."""
     if not model.is_dot_product:
-        raise ValueError(f"student model {model.name!r} is not a dot-product model and cannot be served")
+        raise ValueError(f"model {model.name!r} is not a dot-product model and cannot be served")
     model.eval()
-    user_emb = model.user_embeddings().detach().float().cpu().numpy()
-    item_emb = model.item_embeddings().detach().float().cpu().numpy()
     seen = all_interactions(data)
     counts = np.asarray(seen.sum(axis=0)).ravel()
-    popularity = np.argsort(-counts, kind="stable").astype(np.int64)
-    write_bundle(
-        folder,
-        user_emb,
-        item_emb,
-        [str(u) for u in data.user_ids],
-        [str(i) for i in data.item_ids],
-        seen,
-        popularity,
-        model_id,
-    )
+    return {
+        "user_emb": model.user_embeddings().detach().float().cpu().numpy(),
+        "item_emb": model.item_embeddings().detach().float().cpu().numpy(),
+        "user_ids": [str(u) for u in data.user_ids],
+        "item_ids": [str(i) for i in data.item_ids],
+        "seen": seen,
+        "popularity": np.argsort(-counts, kind="stable").astype(np.int64),
+    }
+
+
+def export_bundle(folder: Path, model: Recommender, data: SplitData, model_id: str) -> None:
+    """Write the serving bundle (embeddings, id maps, seen items, popularity) for a dot-product model."""
+    write_bundle(folder, model_id=model_id, **_bundle_arrays(model, data))
+
+
+def _percentiles(seconds: list[float], method: str, servable: bool, k: int) -> dict[str, Any]:
+    ms = np.asarray(seconds) * 1000.0
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "queries": len(seconds),
+        "k": k,
+        "method": method,
+        "servable": servable,
+    }
+
+
+@torch.no_grad()
+def measure_latency(
+    model: Recommender, data: SplitData, queries: int, kind: IndexKind, k: int = 10, seed: int = 0
+) -> dict[str, Any]:
+    """p50/p99 of ``queries`` (at least 1) single-user top-``k`` answers for random users, warm (a few untimed calls first).
+
+    A dot-product model is timed through ``ServingBundle.recommend`` on an index of ``kind`` over the same
+    arrays its exported bundle holds (what the API would serve); any other model through ``full_scores`` with
+    seen items masked and a top-k, since it cannot be served by an index. Users come from a numpy Generator of
+    its own, so no random stream that training or evaluation reads is touched.
+    """
+    if queries <= 0:
+        raise ValueError(f"queries must be at least 1, got {queries}")
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, data.n_users, size=queries + _WARMUP)
+    seconds: list[float] = []
+    if model.is_dot_product:
+        bundle = ServingBundle(model_id="latency", kind=kind, **_bundle_arrays(model, data))
+        ids = [bundle.user_ids[u] for u in users]
+        for n, user in enumerate(ids):
+            start = time.perf_counter()
+            bundle.recommend(user, k)
+            if n >= _WARMUP:
+                seconds.append(time.perf_counter() - start)
+        return _percentiles(seconds, f"faiss-{kind}", True, k)
+    model.eval()
+    seen = all_interactions(data)
+    device = next(model.parameters()).device
+    for n, user in enumerate(users.tolist()):
+        start = time.perf_counter()
+        scores = model.full_scores(torch.tensor([user], device=device))[0]
+        row = seen.indices[seen.indptr[user] : seen.indptr[user + 1]]
+        scores[torch.as_tensor(row, device=device, dtype=torch.long)] = -torch.inf
+        torch.topk(scores, min(k, data.n_items)).indices.cpu()
+        if n >= _WARMUP:
+            seconds.append(time.perf_counter() - start)
+    return _percentiles(seconds, "full-scores", False, k)

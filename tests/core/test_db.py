@@ -41,7 +41,7 @@ def _model(s: Session, job_id: str | None, dataset_id: str, role: str = "student
 
 
 def test_migrations_create_every_table_and_match_the_models(db_url: str) -> None:
-    assert current_revision(db_url) == "0002"
+    assert current_revision(db_url) == "0003"
     engine = create_engine(db_url)
     with engine.connect() as conn:
         assert {"datasets", "jobs", "models", "activations"} <= set(inspect(conn).get_table_names())
@@ -49,7 +49,7 @@ def test_migrations_create_every_table_and_match_the_models(db_url: str) -> None
     engine.dispose()
     assert diff == []
     upgrade_head(db_url)  # idempotent
-    assert current_revision(db_url) == "0002"
+    assert current_revision(db_url) == "0003"
 
 
 def test_alembic_command_line_upgrades_a_fresh_sqlite_file(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_alembic_command_line_upgrades_a_fresh_sqlite_file(tmp_path: Path) -> No
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert current_revision(url) == "0002"
+    assert current_revision(url) == "0003"
 
 
 def test_0002_adds_a_nullable_sep_to_existing_datasets_and_downgrades(tmp_path: Path) -> None:
@@ -275,3 +275,34 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(db_url: str) -> None:
     with session_scope(db_url) as s:
         assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert s.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_0003_adds_a_nullable_latency_to_existing_models_and_downgrades(tmp_path: Path) -> None:
+    from alembic import command
+
+    from core.db.migrate import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0002")
+    with session_scope(url) as s:
+        ds = dataset_row(s)
+        s.execute(
+            text(
+                "INSERT INTO models (id, dataset_id, role, model_name, dim, artifact_path, n_params, size_bytes,"
+                " metrics, created_at) VALUES ('m', :ds, 'student', 'bpr', 4, 'models/m', 28, 112, '{}',"
+                " '2025-01-01 00:00:00')"
+            ),
+            {"ds": ds.id},
+        )
+    upgrade_head(url)
+    with session_scope(url) as s:
+        row = repo.get_model(s, "m")
+        assert row.latency is None  # never timed: the report says so
+        row.latency = {"k": 10}
+    command.downgrade(alembic_config(url), "0002")
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert "latency" not in {c["name"] for c in inspect(conn).get_columns("models")}
+        assert conn.execute(text("SELECT n_params FROM models")).scalar_one() == 28
+    engine.dispose()
+    dispose_engines()
