@@ -22,12 +22,12 @@ from tqdm import tqdm
 
 from core.config import FINAL_STATUSES as FINAL
 from core.config import JobStatus
+from core.report import format_report
 from core.settings import Settings, get_settings
 
 # Small enough for a few minutes on two CPU cores, large enough for a visible teacher-student gap.
 DEFAULTS = {"teacher": "bpr:64", "student": "bpr:8", "teacher_epochs": 30, "epochs": 20}
 HYPERPARAMETERS: dict[str, Any] = {"lr": 5e-3, "batch_size": 1024, "patience": 5}
-METRICS = ("ndcg@10", "recall@10", "hit@10", "mrr@10", "precision@10")
 SERVE_CODE = "import sys; from cli.main import main; sys.exit(main())"
 
 
@@ -228,14 +228,9 @@ def upload_dataset(client: httpx.Client, name: str, path: Path) -> dict[str, Any
         return call(client, "POST", "/datasets", files={"file": (path.name, fh)}, data={"name": name})
 
 
-def metrics_table(student: dict[str, Any], teacher: dict[str, Any] | None) -> str:
-    """Markdown rows of the student's test metrics beside the teacher's."""
-    lines = ["| metric | teacher | student |", "|---|---|---|"]
-    for key in METRICS:
-        if key in student:
-            t = f"{teacher[key]:.4f}" if teacher and key in teacher else "-"
-            lines.append(f"| {key} | {t} | {student[key]:.4f} |")
-    return "\n".join(lines)
+def report_text(client: httpx.Client, model_id: str) -> str:
+    """The student's compression report (GET /models/{id}/report) as the shared text (core.report)."""
+    return format_report(call(client, "GET", f"/models/{model_id}/report"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -271,9 +266,8 @@ def run(args: argparse.Namespace) -> int:
             return 1
         model_id = job["student_model_id"]
         call(client, "POST", f"/models/{model_id}/activate")
-        model = call(client, "GET", f"/models/{model_id}")
-        say(f"\nActivated student {model_id} ({model.get('compression_ratio') or 0:.1f}x smaller than its "
-            f"teacher). Test metrics:\n{metrics_table(model['metrics'], model.get('teacher_metrics'))}")
+        say(f"\nActivated student {model_id}. Compression report (test split; GET /models/{model_id}/report):\n"
+            f"{report_text(client, model_id)}")
         user = args.user or first_user(path)
         rec = call(client, "GET", f"/recommend/{user}", params={"k": args.k})
         say(f"\nTop-{args.k} for user {user} ({rec['source']}):")

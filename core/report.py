@@ -134,14 +134,14 @@ def format_report(report: Mapping[str, Any]) -> str:
              f"student {s['model_name']}:{s['dim']}")]
     for m in REPORT_METRICS:
         if m in s["metrics"] or m in t["metrics"]:
-            rows.append((f"test {m}", _num(t["metrics"].get(m)), _num(s["metrics"].get(m))))
+            rows.append((m, _num(t["metrics"].get(m)), _num(s["metrics"].get(m))))
     rows.append(("parameters", "-" if t["n_params"] is None else f"{t['n_params']:,}", f"{s['n_params']:,}"))
     rows.append(("weights on disk", _mb(t["size_bytes"]), _mb(s["size_bytes"])))
     (t50, t99), (s50, s99) = _latency(t["latency"]), _latency(s["latency"])
     k = (s["latency"] or t["latency"] or {}).get("k")
     rows.append((f"recommend p50 (k={k})" if k else "recommend p50", t50, s50))
     rows.append((f"recommend p99 (k={k})" if k else "recommend p99", t99, s99))
-    lines = [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines = [f"| {a} | {b} | {c} |" for a, b, c in rows]  # metrics: test split, both models on the same one
     lines.insert(1, "|---|---|---|")
     smaller = report.get("times_smaller")
     lines.append("")

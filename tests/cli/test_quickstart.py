@@ -183,15 +183,41 @@ def test_api_errors_quote_the_server_detail() -> None:
             qs.call(client, "POST", "/jobs", json={})
 
 
-def test_first_user_and_metrics_table(tmp_path: Path) -> None:
+def test_first_user(tmp_path: Path) -> None:
     path = tmp_path / "x.inter"
     path.write_text("user_id:token\titem_id:token\n196\t242\n186\t302\n")
     assert qs.first_user(path) == "196"
     (tmp_path / "empty.inter").write_text("user_id:token\titem_id:token\n")
     with pytest.raises(qs.QuickstartError, match="pass --user"):
         qs.first_user(tmp_path / "empty.inter")
-    table = qs.metrics_table({"ndcg@10": 0.2, "recall@10": 0.25}, {"ndcg@10": 0.3})
-    assert table.splitlines()[2:] == ["| ndcg@10 | 0.3000 | 0.2000 |", "| recall@10 | - | 0.2500 |"]
+
+
+def test_the_report_is_the_apis_report_as_text() -> None:
+    """The quick start prints GET /models/{id}/report through core.report's one formatter (it replaced the
+    metrics-only table: same metric rows, plus size, latency and the gap)."""
+    lat = {"p50_ms": 0.25, "p99_ms": 1.5, "queries": 200, "k": 10, "method": "faiss-flat", "servable": True}
+    side = {"model_id": "t" * 32, "model_name": "bpr", "dim": 64, "n_params": 160_000, "size_bytes": 640_000,
+            "metrics": {"ndcg@10": 0.3}, "latency": lat}
+    report = {"model_id": "s" * 32, "metric": "ndcg@10", "times_smaller": 8.0, "teacher_share": 0.8,
+              "gap_closed": None, "notes": ["gap closed unknown: no student-alone run"], "teacher": side,
+              "student": {**side, "model_id": "s" * 32, "dim": 8, "n_params": 20_000, "size_bytes": 80_000,
+                          "metrics": {"ndcg@10": 0.24, "recall@10": 0.25}}}
+    paths: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        return httpx.Response(200, json=report)
+
+    with httpx.Client(base_url="http://test", transport=httpx.MockTransport(handler)) as client:
+        text = qs.report_text(client, "s" * 32)
+    assert paths == [f"/models/{'s' * 32}/report"]
+    lines = text.splitlines()
+    assert lines[0] == "|  | teacher bpr:64 | student bpr:8 |"
+    assert lines[2:4] == ["| ndcg@10 | 0.3000 | 0.2400 |", "| recall@10 | - | 0.2500 |"]
+    assert "| parameters | 160,000 | 20,000 |" in lines and "| weights on disk | 0.640 MB | 0.080 MB |" in lines
+    assert "| recommend p99 (k=10) | 1.500 ms | 1.500 ms |" in lines
+    assert "8.0x fewer parameters than the teacher; student ndcg@10 = 80.0 % of the teacher's." in lines
+    assert lines[-1] == "Note: gap closed unknown: no student-alone run."
 
 
 @pytest.mark.slow
@@ -209,6 +235,7 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
         assert re.search(r"Top-10 for user 196 \(personalized\):", out), out
         assert len(re.findall(r"^\s+\d+\. \S+", out, flags=re.M)) == 10
         assert "Activated student" in out and "| ndcg@10 |" in out and f"http://127.0.0.1:{port}" in out
+        assert re.search(r"\| recommend p50 \(k=10\) \| [\d.]+ ms \| [\d.]+ ms \|", out), out
         health = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
         assert health["status"] == "ready"
         # Second run: the same server and the same dataset are reused.
