@@ -141,6 +141,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     k = (s["latency"] or t["latency"] or {}).get("k")
     rows.append((f"recommend p50 (k={k})" if k else "recommend p50", t50, s50))
     rows.append((f"recommend p99 (k={k})" if k else "recommend p99", t99, s99))
+    rows.append(("timed as", (t["latency"] or {}).get("method", "-"), (s["latency"] or {}).get("method", "-")))
     lines = [f"| {a} | {b} | {c} |" for a, b, c in rows]  # metrics: test split, both models on the same one
     lines.insert(1, "|---|---|---|")
     smaller = report.get("times_smaller")

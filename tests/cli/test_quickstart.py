@@ -215,7 +215,7 @@ def test_the_report_is_the_apis_report_as_text() -> None:
     assert lines[0] == "|  | teacher bpr:64 | student bpr:8 |"
     assert lines[2:4] == ["| ndcg@10 | 0.3000 | 0.2400 |", "| recall@10 | - | 0.2500 |"]
     assert "| parameters | 160,000 | 20,000 |" in lines and "| weights on disk | 0.640 MB | 0.080 MB |" in lines
-    assert "| recommend p99 (k=10) | 1.500 ms | 1.500 ms |" in lines
+    assert "| recommend p99 (k=10) | 1.500 ms | 1.500 ms |" in lines and "| timed as | faiss-flat | faiss-flat |" in lines
     assert "8.0x fewer parameters than the teacher; student ndcg@10 = 80.0 % of the teacher's." in lines
     assert lines[-1] == "Note: gap closed unknown: no student-alone run."
 
