@@ -131,3 +131,12 @@ def test_a_neumf_teacher_is_timed_by_full_scores_and_said_not_servable(tmp_path:
                    latency={"student": {**lat, "method": "faiss-flat", "servable": True}, "teacher": lat})
     report = build_report(student, _row(id="t" * 32, role="teacher", model_name="neumf"), None)
     assert any("not servable by an index" in n for n in report["notes"])
+
+
+def test_no_latency_queries_skips_the_measurement_and_says_so(settings: Settings) -> None:
+    student_id = _run(settings.model_copy(update={"report_latency_queries": 0}), "dcd")
+    with session_scope(settings.database_url) as s:
+        assert repo.get_model(s, student_id).latency is None
+        report = model_report(s, student_id)
+    assert report["student"]["latency"] is None and report["teacher"]["latency"] is None
+    assert any("latency not measured" in n for n in report["notes"])

@@ -73,3 +73,21 @@ def test_only_one_of_many_concurrent_claims_wins_on_postgres(pg_url: str) -> Non
     assert len(wins) == 1
     with session_scope(pg_url) as s:
         assert repo.get_job(s, job).worker_id == wins[0]
+
+
+def test_the_compression_report_finds_its_student_alone_run_on_postgres(pg_url: str) -> None:
+    from core.report import model_report
+    from tests.factories import model_row
+
+    upgrade_head(pg_url)
+    split = {"mode": "random", "ratios": [0.8, 0.1, 0.1]}
+    with session_scope(pg_url) as s:
+        ds = dataset_row(s).id
+        ids = {}
+        for method, ndcg in (("none", 0.2), ("dcd", 0.25)):
+            job = job_row(s, ds, status="succeeded", method=method, seed=0, split=split)
+            ids[method] = model_row(s, ds, job.id, method=method, metrics={"ndcg@10": ndcg},
+                                    teacher_metrics={"ndcg@10": 0.3}, latency={"student": None}).id
+    with session_scope(pg_url) as s:
+        report = model_report(s, ids["dcd"])
+    assert report["baseline_model_id"] == ids["none"] and report["gap_closed"] == pytest.approx(0.5)
