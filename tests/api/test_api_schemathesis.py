@@ -78,7 +78,7 @@ def _run_schemathesis(server: Server, tmp_path: Path, key: str | None, max_examp
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-12000:] + "\n--- server log ---\n" + server.log.read_text()[-4000:]
-    assert "Tested: 19" in output and " passed" in output, output[-3000:]
+    assert "Tested: 20" in output and " passed" in output, output[-3000:]
 
 
 def test_schemathesis_finds_no_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
