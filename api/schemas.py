@@ -242,7 +242,8 @@ class JobPublic(BaseModel):
     student_model_id: str | None
     result_teacher_model_id: str | None
     report: ModelReportPublic | None = Field(
-        None, description="The student's compression report (GET /models/{id}/report) once the job succeeded.")
+        None, description="The student's compression report (as GET /models/{id}/report) once the job "
+        "succeeded; in GET /jobs/{id} only (null in lists and cancel answers).")
 
 
 class JobsPublic(BaseModel):
