@@ -48,6 +48,7 @@ EXTRA_STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/models/{model_id}/report"): (409,),
     ("get", "/recommend/{user}"): (503,),
     ("post", "/recommend/batch"): (404, 503),
+    ("post", "/recommend"): (404, 503),
     ("get", "/items/{item}/similar"): (503,),
     ("get", "/readyz"): (503,),
 }
@@ -100,6 +101,15 @@ def _document_limits(schema: dict[str, Any], settings: Settings) -> None:
         f"Limits: {k_rule}; at most {props['users']['maxItems']} users (RECDISTILL_MAX_BATCH_USERS) and "
         f"users x (k + offset) at most {settings.max_batch_items} (RECDISTILL_MAX_BATCH_ITEMS); at most "
         f"{props['exclude']['maxItems']} excluded ids (RECDISTILL_MAX_EXCLUDE).")
+    foldin = schema["components"]["schemas"]["RecommendItemsCreate"]
+    fprops = foldin["properties"]
+    fprops["k"]["maximum"] = max_k
+    fprops["offset"]["maximum"] = max_k - 1
+    fprops["items"]["maxItems"] = settings.max_foldin_items
+    fprops["exclude"]["maxItems"] = settings.max_exclude
+    foldin["description"] = (
+        foldin.get("description", "") + f" Limits: {k_rule}; at most {settings.max_foldin_items} items "
+        f"(RECDISTILL_MAX_FOLDIN_ITEMS) and {settings.max_exclude} excluded ids (RECDISTILL_MAX_EXCLUDE).").strip()
     for param in paths["/recommend/{user}"]["get"].get("parameters", []):
         if param["name"] == "exclude":
             param["description"] = (param.get("description", "") + f" At most {settings.max_exclude} ids "

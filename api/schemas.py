@@ -339,10 +339,13 @@ class ScoredItem(BaseModel):
 
 
 class RecommendationPublic(BaseModel):
-    user: str
+    user: str | None = Field(description="The user asked for; null for POST /recommend (a user given by items).")
     model_id: str
-    source: Literal["personalized", "popular"]
-    fallback: bool = Field(description="True when the user is unknown and popular items were returned.")
+    source: Literal["personalized", "popular", "folded_in"] = Field(
+        description="personalized: a known user's vector; folded_in: a vector solved from the given items "
+        "(POST /recommend); popular: the fallback.")
+    fallback: bool = Field(description="True when the user (or every given item) is unknown and popular items "
+                           "were returned.")
     k: int
     offset: int
     items: list[ScoredItem]
@@ -355,6 +358,18 @@ class RecommendBatchCreate(Strict):
     exclude_seen: bool = True
     exclude: list[str] = Field(default_factory=list, max_length=10_000)
     fallback: bool = True
+
+
+class RecommendItemsCreate(Strict):
+    """A user the model has never seen, given by the items they interacted with (most recent or all)."""
+
+    items: list[str] = Field(min_length=1, description="Item ids of the user's interactions (unknown ids are "
+                             "ignored); at most RECDISTILL_MAX_FOLDIN_ITEMS. They are never recommended back.")
+    k: int = Field(10, gt=0)
+    offset: int = Field(0, ge=0)
+    exclude: list[str] = Field(default_factory=list, description="More item ids to leave out "
+                               "(at most RECDISTILL_MAX_EXCLUDE).")
+    fallback: bool = Field(True, description="No given item known: popular items (true) or 404 (false).")
 
 
 class RecommendationsPublic(BaseModel):

@@ -24,6 +24,12 @@ logger = logging.getLogger(__name__)
 BUNDLE_VERSION = 1
 _NO_CODES = np.zeros(0, dtype=np.int64)
 IndexKind = Literal["flat", "hnsw"]
+# Ridge of the new-user fold-in (``ServingBundle.recommend_items``), in units of the catalogue's mean squared
+# item-embedding norm, so that one value fits models whatever their embedding scale (scaling every
+# embedding by c scales V^T V by c^2; a ridge scaled alike leaves the ranking unchanged). Chosen on held-out
+# users' validation items of ML-100K (bench/foldin_quality.py, bench/results/foldin-ml-100k.json), never
+# on their test items.
+FOLDIN_RIDGE = 100.0
 _FILES = ("meta.json", "user_emb.npy", "item_emb.npy", "user_ids.json", "item_ids.json", "seen.npz", "popularity.npy")
 
 
@@ -45,7 +51,7 @@ class Recommendation(NamedTuple):
 
     items: list[str]
     scores: list[float]
-    source: str  # "personalized" | "popular" | "similar"
+    source: str  # "personalized" | "popular" | "similar" | "folded_in"
 
 
 def write_bundle(
@@ -211,6 +217,8 @@ class ServingBundle:
         self._popular_order = np.concatenate([listed, rest]).astype(np.int64)
         self._pop_counts = np.asarray(self.seen.sum(axis=0), dtype=np.float64).ravel()
         norms = np.linalg.norm(self.item_emb, axis=1, keepdims=True)
+        # The fold-in's ridge unit; a catalogue of zero vectors still gets a solvable system.
+        self.mean_sq_norm = max(float(np.mean(norms.astype(np.float64) ** 2)), 1e-12)
         self._item_unit = np.ascontiguousarray(self.item_emb / np.maximum(norms, 1e-12), dtype=np.float32)
         self.sim_index = faiss.IndexFlatIP(self.dim)
         self.sim_index.add(self._item_unit)
@@ -339,7 +347,7 @@ class ServingBundle:
             scores, labels = self.index.search(query, depth)
         return self._result(labels[0], scores[0], k, offset)
 
-    def _filter(self, user: int, exclude_seen: bool, excluded: np.ndarray, depth: int) -> faiss.SearchParameters:
+    def _filter(self, user: int | None, exclude_seen: bool, excluded: np.ndarray, depth: int) -> faiss.SearchParameters:
         """This thread's reusable search parameters, its bitmap set to the items the user may get.
 
         Building FAISS selector objects costs more than the search itself, so each thread builds them
@@ -357,7 +365,7 @@ class ServingBundle:
         # no users x items table in memory.
         bits = scratch.bits
         bits.fill(0xFF)
-        if exclude_seen:
+        if exclude_seen and user is not None:
             lo, hi = self._seen_ptr[user], self._seen_ptr[user + 1]
             bits[self._seen_bytes[lo:hi]] &= self._seen_inv_masks[lo:hi]
         if len(excluded):
@@ -365,6 +373,47 @@ class ServingBundle:
         if self.kind == "hnsw":
             scratch.params.efSearch = max(self.ef_search, depth)
         return scratch.params
+
+    # ------------------------------------------------------------------------------------------ fold-in
+    def fold_in(self, item_codes: np.ndarray, lam: float) -> np.ndarray:
+        """The user vector a new user with interactions ``item_codes`` would get, without retraining:
+        ``argmin_u sum_i (1 - u.v_i)^2 + lam * |u|^2 = (V^T V + lam I)^-1 V^T 1`` over the rows ``V`` of
+        those items' embeddings. One dim x dim solve (float64 for a stable Gram matrix)."""
+        if not lam > 0:
+            raise ValueError(f"lam must be > 0 (got {lam})")  # > 0 keeps the system solvable
+        v = self.item_emb[item_codes].astype(np.float64)  # [n, d]
+        gram = v.T @ v
+        gram[np.diag_indices_from(gram)] += lam
+        return np.linalg.solve(gram, v.sum(axis=0)).astype(np.float32)
+
+    def recommend_items(
+        self,
+        item_ids: Iterable[str],
+        k: int,
+        offset: int = 0,
+        exclude: Iterable[str] = (),
+        fallback: bool = True,
+        ridge: float = FOLDIN_RIDGE,
+    ) -> Recommendation:
+        """Top ``k`` for a user the model has never seen, from the items they interacted with (``fold_in`` with
+        ``lam = ridge * mean squared item-embedding norm``); those items and ``exclude`` are left out. Unknown
+        item ids are ignored; when none is known the answer is popular items, or ``UnknownIdError("item", ...)``
+        when ``fallback`` is False."""
+        excluded = self._request_exclusions(k, offset, exclude)
+        given = list(dict.fromkeys(item_ids))  # a repeated item is one interaction, not extra weight
+        codes = self._exclude_codes(given)
+        if len(excluded):
+            excluded = np.concatenate([excluded, codes])
+        else:
+            excluded = codes
+        if len(codes) == 0:
+            if not fallback:
+                raise UnknownIdError("item", given[0] if given else "")
+            return self._popular(k, offset, excluded)
+        query = self.fold_in(codes, ridge * self.mean_sq_norm)[None, :]
+        depth = min(k + offset, self.n_items)
+        scores, labels = self.index.search(query, depth, params=self._filter(None, False, excluded, depth))
+        return self._result(labels[0], scores[0], k, offset)._replace(source="folded_in")
 
     def similar(self, item_id: str, k: int) -> Recommendation:
         """The ``k`` items with the highest cosine similarity to ``item_id`` (the item itself excluded)."""

@@ -121,6 +121,13 @@ class Settings(BaseSettings):
         description="Most item ids one recommendation request may exclude (comma-separated parts of "
         "`exclude` count one each).",
     )
+    max_foldin_items: int = Field(
+        1000,
+        gt=0,
+        validation_alias="RECDISTILL_MAX_FOLDIN_ITEMS",
+        description="Most item ids in one POST /recommend (a new user's interactions, folded in by one "
+        "ridge solve).",
+    )
     max_batch_users: int = Field(
         1000,
         gt=0,

@@ -1,4 +1,5 @@
-"""``/recommend``: top-K for one user (GET) or many (POST /recommend/batch) from the active bundle.
+"""``/recommend``: top-K for one user (GET), many (POST /recommend/batch) or a user the model has never seen,
+given by their items (POST /recommend: folded in by one ridge solve), from the active bundle.
 
 The hot path avoids dependency injection and response-model re-validation: ``DirectRoute`` calls the
 endpoint with the bare ``Request``, auth, the bundle reference and k are checked inline, and the JSON body
@@ -16,9 +17,15 @@ from fastapi import APIRouter, Request, Response
 from api.auth import authorize_read
 from api.deps import Auth, check_batch, check_k, current_bundle
 from api.direct_route import DirectRoute
+from api.errors import InvalidInput, NotFound
 from api.query import bool_param, int_param, parse_exclude, parse_query
-from api.schemas import RecommendationPublic, RecommendationsPublic, RecommendBatchCreate
-from core.index import Recommendation, ServingBundle
+from api.schemas import (
+    RecommendationPublic,
+    RecommendationsPublic,
+    RecommendBatchCreate,
+    RecommendItemsCreate,
+)
+from core.index import Recommendation, ServingBundle, UnknownIdError
 
 router = APIRouter(prefix="/recommend", tags=["recommend"], route_class=DirectRoute)
 
@@ -27,9 +34,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "unknown user with fallback=false"}, 422: {"description": "bad k/offset/body"},
     503: {"description": "no active model"},
 }
+FOLDIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS, 404: {"description": "no given item is known, with fallback=false"},
+    422: {"description": "bad k/offset/body, or more items than RECDISTILL_MAX_FOLDIN_ITEMS"},
+}
 
 
-def public(user: str, rec: Recommendation, model_id: str, k: int, offset: int) -> dict[str, Any]:
+def public(user: str | None, rec: Recommendation, model_id: str, k: int, offset: int) -> dict[str, Any]:
     """One ``RecommendationPublic`` as plain data (orjson encodes it in a fraction of pydantic's time).
 
     Scores are finite: bundles refuse NaN/inf embeddings and popularity scores are counts.
@@ -94,3 +105,29 @@ def _batch_body(bundle: ServingBundle, body: RecommendBatchCreate) -> bytes:
                                   exclude=body.exclude, fallback=body.fallback)
     data = [public(u, r, bundle.model_id, body.k, body.offset) for u, r in zip(body.users, recs, strict=True)]
     return orjson.dumps({"model_id": bundle.model_id, "data": data})
+
+
+# Registered after /batch and without a path parameter, so it never shadows POST /recommend/batch.
+@router.post("", response_model=RecommendationPublic, responses=FOLDIN_ERRORS, dependencies=[Auth])
+async def recommend_new_user(request: Request, body: RecommendItemsCreate) -> Response:
+    """Top-k items for a user the model has never seen, from the items they interacted with: their vector
+    is solved against the active model's item embeddings (a ridge fold-in, no retraining), ``source`` is
+    ``folded_in`` and ``user`` null; the given items are never recommended back. Unknown item ids are
+    ignored; when none is known, popular items (``fallback``) or 404, as GET answers an unknown user."""
+    settings = request.app.state.settings
+    check_k(settings, body.k, body.offset)
+    if len(body.items) > settings.max_foldin_items:
+        raise InvalidInput(f"items: at most {settings.max_foldin_items} item ids (RECDISTILL_MAX_FOLDIN_ITEMS), "
+                           f"got {len(body.items)}", code="too_many_items")
+    if len(body.exclude) > settings.max_exclude:
+        raise InvalidInput(f"exclude: at most {settings.max_exclude} item ids, got {len(body.exclude)}",
+                           code="too_many_excluded")
+    bundle = current_bundle(request)
+    # One dim x dim solve and one search: microseconds, so on the event loop like GET /recommend/{user}.
+    try:
+        rec = bundle.recommend_items(body.items, body.k, offset=body.offset, exclude=body.exclude,
+                                     fallback=body.fallback)
+    except UnknownIdError:
+        raise NotFound(f"items: none of the {len(body.items)} item ids is in the active model's catalogue "
+                       "(fallback=false)", code="no_known_items") from None
+    return json_response(orjson.dumps(public(None, rec, bundle.model_id, body.k, body.offset)))

@@ -16,7 +16,13 @@ from core.db.session import dispose_engines, get_engine, session_factory
 from core.settings import Settings
 
 PROBES = {"/healthz", "/readyz"}
-SERVING = {"/recommend/{user}", "/recommend/batch", "/items/{item}/similar"}
+SERVING = {"/recommend/{user}", "/recommend/batch", "/recommend", "/items/{item}/similar"}
+# A valid body per route that takes one (the batch's by default).
+BODIES = {"/recommend": {"items": ["i1"]}}
+
+
+def body_for(template: str) -> dict[str, list[str]]:
+    return BODIES.get(template, {"users": ["u1"]})
 
 
 def operations(client: TestClient) -> list[tuple[str, str]]:
@@ -59,13 +65,13 @@ def test_every_route_but_the_probes_needs_the_key(keyed: tuple[TestClient, Setti
     for method, path in ops:
         template = template_of(anon, method, path)
         # A valid batch body: that route checks the key only after FastAPI validated its body.
-        res = anon.request(method, path, json={"users": ["u1"]})
+        res = anon.request(method, path, json=body_for(template))
         if template in PROBES:
             assert res.status_code in (200, 503), (method, path)
             continue
         assert res.status_code == 401, (method, path, res.status_code)
         assert res.json()["code"] == "missing_api_key" and res.headers["www-authenticate"] == "X-API-Key"
-        wrong = anon.request(method, path, headers={"X-API-Key": API_KEY + "x"}, json={"users": ["u1"]})
+        wrong = anon.request(method, path, headers={"X-API-Key": API_KEY + "x"}, json=body_for(template))
         assert wrong.status_code == 403 and wrong.json()["code"] == "invalid_api_key", (method, path)
     assert anon.get("/metrics").status_code == 401
     for public in ("/openapi.json", "/docs"):
@@ -76,7 +82,7 @@ def test_open_serving_opens_the_serving_routes_only(tmp_path: Path) -> None:
     for anon, _ in app_with(tmp_path, open_serving=True):
         for method, path in operations(anon):
             template = template_of(anon, method, path)
-            status = anon.request(method, path, json={"users": ["u1"]}).status_code
+            status = anon.request(method, path, json=body_for(template)).status_code
             if template in SERVING:
                 assert status == 503, (method, path)  # past the key check; no active model
             elif template not in PROBES:
