@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = (
     "Upload interaction data, run teacher -> student distillation jobs (DCD, RRD), register models and "
     "serve top-K recommendations from a FAISS index. Errors are JSON `{detail, code, errors?}`. With "
-    "`RECDISTILL_API_KEY` set, every endpoint but /healthz and /readyz needs the `X-API-Key` header "
+    "`RECDISTILL_API_KEY` set, every endpoint but /healthz, /readyz, the docs and the dashboard page (/) needs the `X-API-Key` header "
     "(`RECDISTILL_OPEN_SERVING=true` opens /recommend and /items/{item}/similar)."
 )
 
