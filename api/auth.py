@@ -1,7 +1,7 @@
 """Access control: one policy maps each route to an access level; ``authorize`` enforces it.
 
 With ``RECDISTILL_API_KEY`` set, every route needs the ``X-API-Key`` header except the public ones
-(health probes and the API's own documentation, which hold no data). ``RECDISTILL_OPEN_SERVING`` opens the
+(health probes, the API's own documentation and the dashboard's page and files, which hold no data). ``RECDISTILL_OPEN_SERVING`` opens the
 serving routes (``/recommend*``, ``/items/*/similar``) to anonymous clients. Checkpoint download hands out
 the weights and every raw user id of the data set, so it always needs a key, and is refused when the server
 has none. The app applies ``authorize`` to every included route as a dependency; the recommend hot path
@@ -34,7 +34,9 @@ class Access(StrEnum):
     SECRET = "secret"  # always needs a key; refused when the server has none
 
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# The dashboard's page and files are public: they hold no data, and the page asks for the key itself.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          "/docs/assets/{name}", "/", "/static/{name}"})
 SECRET_PATHS = frozenset({"/models/{model_id}/checkpoint"})
 
 

@@ -20,7 +20,7 @@ from api.ingest import IngestRunner, cleanup_upload_leftovers
 from api.limits import BodyLimitMiddleware
 from api.metrics import Metrics, MetricsMiddleware
 from api.openapi import install_openapi
-from api.routers import datasets, health, items, jobs, models, recommend
+from api.routers import dashboard, datasets, health, items, jobs, models, recommend, users
 from core.db.session import session_factory
 from core.settings import Settings, get_settings
 
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = (
     "Upload interaction data, run teacher -> student distillation jobs (DCD, RRD), register models and "
     "serve top-K recommendations from a FAISS index. Errors are JSON `{detail, code, errors?}`. With "
-    "`RECDISTILL_API_KEY` set, every endpoint but /healthz and /readyz needs the `X-API-Key` header "
+    "`RECDISTILL_API_KEY` set, every endpoint but /healthz, /readyz, the docs and the dashboard page (/) needs the `X-API-Key` header "
     "(`RECDISTILL_OPEN_SERVING=true` opens /recommend and /items/{item}/similar)."
 )
 
@@ -70,8 +70,9 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 1.0
                 await task
 
     # The access policy guards every included route; the recommend routes, spliced in below, call it inline.
+    # /docs is api.routers.dashboard's: Swagger UI from local files instead of FastAPI's CDN links.
     app = FastAPI(title="recdistill", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  dependencies=[Depends(require_access)])
+                  dependencies=[Depends(require_access)], docs_url=None)
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.holder = holder
@@ -85,7 +86,7 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 1.0
     # request (once to pick the router, once to pick its route): about 30 µs of the ~200 µs a /recommend
     # request cost in-process.
     app.router.routes[:0] = recommend.router.routes
-    for module in (items, health, datasets, jobs, models):
+    for module in (items, users, health, datasets, jobs, models, dashboard):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -377,6 +377,13 @@ class RecommendationsPublic(BaseModel):
     data: list[RecommendationPublic]
 
 
+class SeenItemsPublic(BaseModel):
+    user: str
+    model_id: str
+    count: int = Field(description="How many items the user has in the active model's training data.")
+    items: list[str] = Field(description="The first `limit` of them, in catalogue order.")
+
+
 class SimilarPublic(BaseModel):
     item: str
     model_id: str
