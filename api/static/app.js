@@ -309,7 +309,8 @@ function modelCard(m, teacher, alone, report, active) {
   rows.push(el("tr", {}, el("th", {}, "bytes on disk"), el("td", { class: "n" }, fmt.bytes(m.size_bytes)),
     el("td", { class: "n" }, teacher ? fmt.bytes(teacher.size_bytes) : "—"), el("td", { class: "n" }, alone ? fmt.bytes(alone.size_bytes) : "—")));
   if (report && report.student && report.teacher) {
-    const lat = (r) => (r && r.latency_ms ? `${fmt.num(r.latency_ms.p50, 2)} / ${fmt.num(r.latency_ms.p99, 2)} ms` : "—");
+    const lat = (r) => (r && r.latency ? `${fmt.num(r.latency.p50_ms, 3)} / ${fmt.num(r.latency.p99_ms, 3)} ms` +
+      (r.latency.servable ? "" : " (full scores)") : "—");
     rows.push(el("tr", {}, el("th", {}, "recommend p50 / p99"), el("td", { class: "n" }, lat(report.student)),
       el("td", { class: "n" }, lat(report.teacher)), el("td", {}, "")));
   }
