@@ -22,6 +22,10 @@ class DataError(ValueError):
     """A data file or its options are unusable; the message names the problem (and the line, if any)."""
 
 
+class MissingColumnError(DataError):
+    """A column the options name is not in the file's header (a caller may say how to name the columns)."""
+
+
 # --- file parsing -----------------------------------------------------------------------------------
 
 _FORMATS = ("csv", "tsv", "parquet", "inter")
@@ -114,7 +118,7 @@ def _resolve_column(path: Path, header: list[str], name: str, role: str, delimit
         seen = [d for d in (",", "\t", ";", "|") if d != delimiter and d in header[0]]
         hint = f"; the header looks {seen[0]!r}-separated, pass sep={seen[0]!r}" if seen else ""
         msg += f"; line 1 has a single field: expected delimiter {delimiter!r}{hint}"
-    raise DataError(msg)
+    raise MissingColumnError(msg)
 
 
 def open_decompressed(path: Path) -> BinaryIO:
