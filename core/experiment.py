@@ -223,6 +223,24 @@ def markdown_table(runs: list[dict[str, Any]], metrics: Sequence[str] = TABLE_ME
     return "\n".join(lines)
 
 
+def _check_model_opts(cfg: ExperimentConfig) -> None:
+    """--teacher-opt / --student-opt: each model built once on a 2 x 2 toy matrix, so that an unknown option
+    or a bad value is refused now, not when the student is built after the teacher has trained."""
+    import scipy.sparse as sp
+
+    from core.models import build_model
+
+    toy = sp.identity(2, dtype="float32", format="csr")
+    for role, spec, opts in (("teacher", cfg.teacher, cfg.teacher_model_opts),
+                             ("student", cfg.student, cfg.student_model_opts)):
+        if not opts:
+            continue
+        try:
+            build_model(spec.model, 2, 2, spec.dim, toy, **opts)
+        except (ValueError, TypeError) as exc:
+            raise ExperimentConfigError(f"--{role}-opt: {exc}") from None
+
+
 ProgressFactory = Callable[[str], Sequence[Any]]
 
 
@@ -243,6 +261,7 @@ def run_experiment(
     path = resolve(cfg.dataset)
     inter = load_interactions(path, **cfg.data_options)
     cfg.check_data(inter.n_users, inter.n_items)
+    _check_model_opts(cfg)
     result: dict[str, Any] = {
         "dataset": cfg.dataset,
         "protocol": "full",

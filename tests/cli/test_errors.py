@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import logging
 import os
 import subprocess
@@ -76,6 +77,18 @@ def test_missing_and_unreadable_files(tmp_path: Path, capsys: pytest.CaptureFixt
     garbage.write_bytes(b"\x00\x01\x02")
     line = _one_error_line(capsys, main(_experiment(garbage)))
     assert "unknown file extension" in line
+    not_gzip = tmp_path / "ratings.csv.gz"
+    not_gzip.write_bytes(b"user,item\nu1,i1\n")
+    line = _one_error_line(capsys, main(_experiment(not_gzip)))
+    assert line.startswith("error: ratings.csv.gz: not a valid .gz file (Not a gzipped file")
+    truncated = tmp_path / "cut.csv.gz"
+    truncated.write_bytes(gzip.compress(_tiny_csv(tmp_path / "t.csv").read_bytes())[:200])
+    line = _one_error_line(capsys, main(_experiment(truncated)))
+    assert line.startswith("error: cut.csv.gz: not a valid .gz file (Compressed file ended")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(bytes(range(128, 256)) * 3)
+    line = _one_error_line(capsys, main(_experiment(binary)))
+    assert "not valid UTF-8" in line
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file whatever its mode")
@@ -120,6 +133,21 @@ def test_a_list_length_too_long_for_the_data_set_before_the_teacher_trains(
 def test_bad_fit_loop_values(tiny: Path, capsys: pytest.CaptureFixture[str], no_training: None) -> None:
     line = _one_error_line(capsys, main(_experiment(tiny, "--lr", "-1")))
     assert "lr=-1.0" in line and "greater than 0" in line
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--student-opt", "foo=1"], "--student-opt: bad options for model 'bpr'"),
+        (["--student-opt", "reg=-1"], "--student-opt: reg must be a non-negative number, got -1"),
+        (["--teacher-opt", "reg=abc"], "--teacher-opt: reg must be a non-negative number, got 'abc'"),
+    ],
+)
+def test_bad_model_options_before_anything_trains(
+    tiny: Path, capsys: pytest.CaptureFixture[str], no_training: None, option: list[str], expected: str
+) -> None:
+    line = _one_error_line(capsys, main(_experiment(tiny, "--methods", "none", *option)))
+    assert line.startswith(f"error: {expected}"), line
 
 
 def test_rating_threshold_needs_rating_col(tiny: Path, capsys: pytest.CaptureFixture[str], no_training: None) -> None:
