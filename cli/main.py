@@ -44,8 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _wants_verbose(argv: Sequence[str]) -> bool:
-    # Known before parsing, so that a parse error also keeps its traceback under -v.
-    return any(a in ("-v", "--verbose") for a in argv)
+    # Known before parsing, so that a parse error also keeps its traceback under -v; -v is a top-level
+    # option, so only what comes before the command counts.
+    for arg in argv:
+        if arg in ("-v", "--verbose"):
+            return True
+        if not arg.startswith("-"):
+            return False
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
