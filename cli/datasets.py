@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cli.errors import UsageError
 from core import datasets
 from core.data import DataError
 
@@ -45,6 +46,5 @@ def run(args: argparse.Namespace) -> int:
                 f"{r['size_bytes'] / 1e6:>7.1f}  {status:<7} {r['path']}"
             )
         return 0
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)  # noqa: T201
-        return 2
+    except DataError as exc:  # a failed download or a corrupt cache: cli/main.py prints it as one line
+        raise UsageError(str(exc)) from exc

@@ -306,11 +306,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--student", type=lambda t: parse_spec(t, "--student"), default=DEFAULTS["student"],
                    help="student MODEL:DIM (default %(default)s)")
     p.add_argument("--method", choices=("dcd", "rrd", "none"), default="dcd", help="distillation method")
-    p.add_argument("--teacher-epochs", type=_positive("--teacher-epochs"), default=DEFAULTS["teacher_epochs"])
+    p.add_argument("--teacher-epochs", type=_positive("--teacher-epochs"), default=DEFAULTS["teacher_epochs"],
+                   help="teacher epochs (default %(default)s)")
     p.add_argument("--epochs", type=_positive("--epochs"), default=DEFAULTS["epochs"], help="student epochs")
     p.add_argument("--set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
                    help="another job hyperparameter (repeatable), e.g. --set lr=0.01 --set patience=3")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of both models (default 0)")
     p.add_argument("--user", help="user to recommend for (default: the file's first user)")
     p.add_argument("--k", type=_positive("--k"), default=10, help="recommendations to show")
     p.add_argument("--host", help="server address (default RECDISTILL_HOST)")

@@ -371,7 +371,14 @@ class ModelSpec(Strict):
         name, sep, dim = text.partition(":")
         if not sep or not dim.strip().isdigit() or int(dim) <= 0:
             raise ValueError(f"model spec must look like 'bpr:200' (name:positive dim), got {text!r}")
-        return cls(model=name.strip().lower(), dim=int(dim))  # type: ignore[arg-type]
+        model = name.strip().lower()
+        if model not in MODEL_NAMES:  # a plain message, not pydantic's three-line one
+            raise ValueError(f"unknown model {name.strip()!r} in {text!r}; choose one of {', '.join(MODEL_NAMES)}")
+        limit = cls.model_fields["dim"].metadata
+        max_dim = next((m.le for m in limit if getattr(m, "le", None) is not None), None)
+        if max_dim is not None and int(dim) > max_dim:
+            raise ValueError(f"dim {int(dim)} in {text!r} is above the limit {max_dim}")
+        return cls(model=model, dim=int(dim))  # type: ignore[arg-type]
 
     def __str__(self) -> str:
         return f"{self.model}:{self.dim}"

@@ -9,6 +9,7 @@ import bz2
 import csv
 import gzip
 import lzma
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,10 @@ import pandas as pd
 
 class DataError(ValueError):
     """A data file or its options are unusable; the message names the problem (and the line, if any)."""
+
+
+class MissingColumnError(DataError):
+    """A column the options name is not in the file's header (a caller may say how to name the columns)."""
 
 
 # --- file parsing -----------------------------------------------------------------------------------
@@ -114,7 +119,7 @@ def _resolve_column(path: Path, header: list[str], name: str, role: str, delimit
         seen = [d for d in (",", "\t", ";", "|") if d != delimiter and d in header[0]]
         hint = f"; the header looks {seen[0]!r}-separated, pass sep={seen[0]!r}" if seen else ""
         msg += f"; line 1 has a single field: expected delimiter {delimiter!r}{hint}"
-    raise DataError(msg)
+    raise MissingColumnError(msg)
 
 
 def open_decompressed(path: Path) -> BinaryIO:
@@ -216,6 +221,26 @@ def read_columns(
     if not path.is_file():
         raise DataError(f"no such file: {path}")
     fmt = _detect_format(path, fmt)
+    try:
+        return _read_columns(path, user_col=user_col, item_col=item_col, rating_col=rating_col,
+                             timestamp_col=timestamp_col, fmt=fmt, sep=sep)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+        # A corrupt or truncated .gz/.bz2/.xz (found while reading), or a file we may not read.
+        compressed = path.suffix.lower() in _COMPRESSION
+        what = f"not a valid {path.suffix} file" if compressed else "cannot be read"
+        raise DataError(f"{path.name}: {what} ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def _read_columns(
+    path: Path,
+    *,
+    user_col: str,
+    item_col: str,
+    rating_col: str | None,
+    timestamp_col: str | None,
+    fmt: str,
+    sep: str | None,
+) -> _Columns:
     if path.stat().st_size == 0:
         raise DataError(f"{path.name}: the file is empty")
     wanted = {"user id": user_col, "item id": item_col, "rating": rating_col, "timestamp": timestamp_col}

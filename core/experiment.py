@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.config import ModelSpec, TrainConfig, distill_config
+from pydantic import ValidationError
+
+from core.config import DISTILL_CONFIGS, DCDConfig, ModelSpec, TrainConfig, distill_config
 from core.storage import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,20 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 TABLE_METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20")
+
+
+class ExperimentConfigError(ValueError):
+    """An experiment's options are unusable (found before anything trains); the message names the option."""
+
+
+def _first_error(exc: ValidationError, prefix: str) -> str:
+    err = exc.errors()[0]
+    if not err["loc"]:  # a rule across keys (e.g. p <= m): its message names them
+        return f"{prefix}{err['ctx']['error']}"
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{prefix}{key}: unknown option"
+    return f"{prefix}{key}={err.get('input')!r}: {err['msg'].lower()}"
 
 
 @dataclass
@@ -53,13 +69,59 @@ class ExperimentConfig:
     device: str = "auto"
 
     def validate(self) -> None:
+        """Every option checked against the configs in ``core.config`` (ExperimentConfigError naming it), so
+        that a typo is refused before a teacher trains for minutes."""
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+            raise ExperimentConfigError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
         if self.student.dim >= self.teacher.dim:
-            raise ValueError(f"student dim {self.student.dim} must be below teacher dim {self.teacher.dim}")
+            raise ExperimentConfigError(
+                f"student dim {self.student.dim} must be below teacher dim {self.teacher.dim}")
         if not self.seeds:
-            raise ValueError("at least one seed is needed")
+            raise ExperimentConfigError("at least one seed is needed")
+        if any(s < 0 for s in self.seeds):
+            raise ExperimentConfigError(f"seeds must be non-negative, got {self.seeds}")
+        for role, opts in (("teacher", self.teacher_train), ("student", self.student_train)):
+            try:
+                TrainConfig(**opts)
+            except ValidationError as exc:
+                raise ExperimentConfigError(_first_error(exc, f"{role} training option ")) from None
+        for group, options in self.method_overrides.items():
+            if group not in METHODS and group not in DISTILL_CONFIGS:
+                raise ExperimentConfigError(
+                    f"--set {group}.{next(iter(options))}: unknown method {group!r}; "
+                    f"choose from {sorted(set(METHODS) | set(DISTILL_CONFIGS))}")
+            dname = METHODS[group][0] if group in METHODS else group
+            fields = sorted(set(DISTILL_CONFIGS[dname].model_fields) - {"seed"})
+            for key in options:
+                if key not in fields:
+                    raise ExperimentConfigError(
+                        f"--set {group}.{key}: {dname} has no option {key!r}; its options: {', '.join(fields)}")
+        for method in self.methods:
+            dname = METHODS[method][0]
+            try:
+                DISTILL_CONFIGS[dname](**self.distiller_options(method))
+            except ValidationError as exc:
+                raise ExperimentConfigError(_first_error(exc, f"--set {dname}.")) from None
+
+    def distiller_options(self, method: str) -> dict[str, Any]:
+        """A method's distiller options: its ablation's switches, then ``--set NAME.key``, then ``--set METHOD.key``."""
+        dname, base = METHODS[method]
+        return {**base, **self.method_overrides.get(dname, {}), **self.method_overrides.get(method, {})}
+
+    def check_data(self, n_users: int, n_items: int) -> None:
+        """The options that depend on the data set's size (its teacher lists hold at most n_items - 1 items
+        and n_users - 1 users): checked once the file is read, before the teacher trains."""
+        for method in self.methods:
+            if METHODS[method][0] != "dcd":
+                continue
+            c = DCDConfig(**self.distiller_options(method))
+            length = min(c.m if c.correction_m is None else c.correction_m, n_items - 1, n_users - 1)
+            if c.p > length:
+                raise ExperimentConfigError(
+                    f"dcd's p={c.p} (--set dcd.p) is more than the {length} entries a teacher list can hold on this data "
+                    f"set ({n_users} users, {n_items} items: M is clipped to n_items-1 and n_users-1); "
+                    f"use --set dcd.p={max(1, length // 2)} or less")
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -106,25 +168,77 @@ def summarize(runs: list[dict[str, Any]], metrics: Sequence[str] = TABLE_METRICS
     return rows
 
 
+GAP_NOTE_NOT_BETTER = (
+    "n/a (teacher ≤ student): the teacher is not better than the student trained alone (none) on NDCG@10, "
+    "so there is no gap to close; a larger or longer-trained teacher (--teacher, --teacher-max-epochs) may help."
+)
+GAP_NOTE_SPREAD = (
+    "n/a (within seed spread): the teacher-student gap is smaller than the spread across seeds (std), "
+    "so a percentage of it would be noise; run more seeds (--seeds) or a stronger teacher."
+)
+
+
+def _cell(mean: float, std: float, n: int) -> str:
+    # One run has no spread: "± 0.0000" would claim a precision that was never measured.
+    return f"{mean:.4f}" if n == 1 else f"{mean:.4f} ± {std:.4f}"
+
+
 def markdown_table(runs: list[dict[str, Any]], metrics: Sequence[str] = TABLE_METRICS) -> str:
+    """Mean (± std over seeds) of each method; "gap closed" = (method - none) / (teacher - none) on NDCG@10,
+    shown as n/a, with a footnote, when the teacher is not better than the student alone or the gap is
+    within the seed spread."""
     rows = summarize(runs, metrics)
     by_method = {r["method"]: r for r in rows}
     teacher = by_method.get("teacher")
     alone = by_method.get("none")
     key = "ndcg@10"
-    show_gap = teacher is not None and alone is not None and teacher[key][0] != alone[key][0]
+    show_gap = teacher is not None and alone is not None and key in metrics
+    gap_na = ""
+    if show_gap:
+        assert teacher is not None and alone is not None
+        gap = teacher[key][0] - alone[key][0]
+        spread = max(teacher[key][1], alone[key][1])  # 0.0 for single runs
+        if not gap > 0:
+            gap_na = GAP_NOTE_NOT_BETTER
+        elif gap <= spread:
+            gap_na = GAP_NOTE_SPREAD
     head = ["method", "n"] + list(metrics) + (["gap closed (NDCG@10)"] if show_gap else []) + ["epochs", "s/epoch"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], str(r["n"])]
-        cells += [f"{r[m][0]:.4f} ± {r[m][1]:.4f}" for m in metrics]
+        cells += [_cell(r[m][0], r[m][1], r["n"]) for m in metrics]
         if show_gap:
             assert teacher is not None and alone is not None
-            gap = (r[key][0] - alone[key][0]) / (teacher[key][0] - alone[key][0])
-            cells.append("—" if r["method"] == "teacher" else f"{100 * gap:.0f}%")
+            if r["method"] == "teacher":
+                cells.append("—")
+            elif gap_na:
+                cells.append(gap_na.split(":")[0])
+            else:
+                closed = (r[key][0] - alone[key][0]) / (teacher[key][0] - alone[key][0])
+                cells.append(f"{100 * closed:.0f}%")
         cells += [f"{r['epochs']:.0f}", f"{r['seconds_per_epoch']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if gap_na:
+        lines += ["", gap_na]
     return "\n".join(lines)
+
+
+def _check_model_opts(cfg: ExperimentConfig) -> None:
+    """--teacher-opt / --student-opt: each model built once on a 2 x 2 toy matrix, so that an unknown option
+    or a bad value is refused now, not when the student is built after the teacher has trained."""
+    import scipy.sparse as sp
+
+    from core.models import build_model
+
+    toy = sp.identity(2, dtype="float32", format="csr")
+    for role, spec, opts in (("teacher", cfg.teacher, cfg.teacher_model_opts),
+                             ("student", cfg.student, cfg.student_model_opts)):
+        if not opts:
+            continue
+        try:
+            build_model(spec.model, 2, 2, spec.dim, toy, **opts)
+        except (ValueError, TypeError) as exc:
+            raise ExperimentConfigError(f"--{role}-opt: {exc}") from None
 
 
 ProgressFactory = Callable[[str], Sequence[Any]]
@@ -146,6 +260,8 @@ def run_experiment(
     cfg.validate()
     path = resolve(cfg.dataset)
     inter = load_interactions(path, **cfg.data_options)
+    cfg.check_data(inter.n_users, inter.n_items)
+    _check_model_opts(cfg)
     result: dict[str, Any] = {
         "dataset": cfg.dataset,
         "protocol": "full",
@@ -214,8 +330,8 @@ def run_experiment(
         flush()
         lists_cache: dict = {}  # the teacher's top-M lists, computed once for every method of this seed
         for method in cfg.methods:
-            dname, base_overrides = METHODS[method]
-            dcfg = {**base_overrides, **cfg.method_overrides.get(dname, {}), **cfg.method_overrides.get(method, {})}
+            dname = METHODS[method][0]
+            dcfg = cfg.distiller_options(method)
             distiller = steps.make_distiller(dname, distill_config(dname, dcfg), teacher, data, str(device), lists_cache)
             sconf = TrainConfig(seed=seed, device=cfg.device, **cfg.student_train)
             cb = list(callbacks_for(f"seed {seed} {method}")) if callbacks_for else []
@@ -238,5 +354,6 @@ def run_experiment(
                 }
             )
             flush()
-            logger.info("seed %d %s: test %s", seed, method, result["runs"][-1]["test"])
+            # The table at the end shows the metrics; the whole dictionary is for -v.
+            logger.debug("seed %d %s: test %s", seed, method, result["runs"][-1]["test"])
     return result

@@ -85,16 +85,24 @@ def teacher_topm(
     return user_top, item_top
 
 
+# (shape, Mu, Mi) already explained: an experiment computes the lists once per seed, and the same words once
+# are enough; later ones go to DEBUG.
+_padding_explained: set[tuple[int, int, int, int]] = set()
+
+
 def _log_padding(csr: sp.csr_matrix, mu: int, mi: int) -> None:
     n_users, n_items = csr.shape
     short_users = int((n_items - np.diff(csr.indptr) < mu).sum())
     short_items = int((n_users - np.diff(csr.tocsc().indptr) < mi).sum())
     if short_users or short_items:
-        logger.warning(
-            "teacher lists: %d users and %d items have fewer unobserved candidates than M (%d/%d); "
-            "their lists end with observed entries",
-            short_users,
-            short_items,
-            mu,
-            mi,
+        key = (n_users, n_items, mu, mi)
+        level = logging.DEBUG if key in _padding_explained else logging.WARNING
+        _padding_explained.add(key)
+        logger.log(
+            level,
+            "teacher lists: M is %d items per user and %d users per item (m clipped to n_items-1 and n_users-1), "
+            "but %d users have fewer than %d items they have not interacted with, and %d items fewer than %d "
+            "such users; their lists are filled up at the end with already-observed entries. Harmless on a "
+            "small or dense data set; a smaller m (e.g. --set dcd.m=..., rrd.m=...) avoids it.",
+            mu, mi, short_users, mu, short_items, mi,
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import zipfile
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import datasets as cli_datasets
+from cli.main import main
 from core import datasets
 from core.data import DataError, load_interactions
 
@@ -157,10 +156,8 @@ def test_known_datasets_have_the_issue_counts() -> None:
 
 
 def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="recdistill")
-    cli_datasets.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.handler(args)
+    # Through cli.main: a user error is raised by the command and printed as one line there.
+    return main(list(argv))
 
 
 def test_cli_fetch_and_list(cache: Path, fake_pip: FakePip, capsys: pytest.CaptureFixture[str]) -> None:
