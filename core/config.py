@@ -183,7 +183,7 @@ _JobTrain: type[Config] = create_model(  # type: ignore[call-overload]
 class DistillConfig(Config):
     """Common options; subclasses add their own. Unknown keys are rejected."""
 
-    seed: int = Field(0, description="Seed of the distiller's own random generator (samples, Gumbel noise).")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the distiller's own random generator (samples, Gumbel noise).")
     row_fraction: float = Field(
         1.0,
         gt=0,
@@ -210,34 +210,34 @@ class DCDConfig(DistillConfig):
         description="Fraction of a batch's unique users (and unique positive items) that get the distillation "
         "terms; weights are divided by it (same expected gradient). 1.0: every row, as the released code.",
     )
-    m: int = Field(500, gt=0, description="Teacher list length M, both sides (clipped to n_items-1 / n_users-1).")
-    p: int = Field(40, gt=0, description="Entries drawn per side per set (under- and over-estimated).")
+    m: int = Field(500, gt=0, le=100_000, description="Teacher list length M, both sides (clipped to n_items-1 / n_users-1).")
+    p: int = Field(40, gt=0, le=10_000, description="Entries drawn per side per set (under- and over-estimated).")
     correction_m: int | None = Field(
-        None,
+        None, le=100_000,
         gt=0,
         description="UCD/ICD correct only the first correction_m entries of each teacher list (ranks, weights "
         "and samples within that prefix); RKD keeps the full M. None: the full list, as the spec.",
     )
-    eps: float = Field(0.1, gt=0, description="Sharpness ε of tanh(relu(±ε·d)); saturates near |d| ≈ 20-30.")
+    eps: float = Field(0.1, gt=0, le=1e6, description="Sharpness ε of tanh(relu(±ε·d)); saturates near |d| ≈ 20-30.")
     period: int = Field(
-        3, gt=0, description="Epochs between rank/weight refreshes (refresh at epoch % period == 0)."
+        3, gt=0, le=100_000, description="Epochs between rank/weight refreshes (refresh at epoch % period == 0)."
     )
     floor: float = Field(
-        1e-5, gt=0, description="Added to every weight so rows with < p positive weights can sample."
+        1e-5, gt=0, le=1e6, description="Added to every weight so rows with < p positive weights can sample."
     )
-    lambda_ucd: float = Field(1e-3, ge=0, description="Weight of the sum-reduced L_UCD.")
-    lambda_icd: float = Field(5e-4, ge=0, description="Weight of the sum-reduced L_ICD.")
-    lambda_rkd: float = Field(1e-3, ge=0, description="Weight of the sum-reduced L_RKD (user-side RRD).")
+    lambda_ucd: float = Field(1e-3, ge=0, le=1e6, description="Weight of the sum-reduced L_UCD.")
+    lambda_icd: float = Field(5e-4, ge=0, le=1e6, description="Weight of the sum-reduced L_ICD.")
+    lambda_rkd: float = Field(1e-3, ge=0, le=1e6, description="Weight of the sum-reduced L_RKD (user-side RRD).")
     use_rkd: bool = Field(True, description="Include L_RKD (the released code omits it).")
     use_ucd: bool = Field(True, description="Include the user-side correction L_UCD.")
     use_icd: bool = Field(True, description="Include the item-side correction L_ICD.")
-    rkd_k: int = Field(40, gt=0, description="RKD interesting items per user.")
-    rkd_l: int = Field(40, ge=0, description="RKD uninteresting items per user.")
-    rkd_t: float = Field(10.0, gt=0, description="RKD temperature T.")
+    rkd_k: int = Field(40, gt=0, le=10_000, description="RKD interesting items per user.")
+    rkd_l: int = Field(40, ge=0, le=10_000, description="RKD uninteresting items per user.")
+    rkd_t: float = Field(10.0, gt=0, le=1e6, description="RKD temperature T.")
     deterministic_topk: bool = Field(
         False, description="Spec §3.7: RKD's interesting list is the teacher's top-K in order (no sampling)."
     )
-    chunk: int = Field(512, gt=0, description="Rows per chunk for teacher lists and rank refreshes.")
+    chunk: int = Field(512, gt=0, le=65_536, description="Rows per chunk for teacher lists and rank refreshes.")
     correction_order: Literal["released", "teacher"] = Field(
         "released",
         description="released: UCD/ICD rank every sampled under-estimated entry (in teacher order) above every "
@@ -246,7 +246,7 @@ class DCDConfig(DistillConfig):
         "higher stays above).",
     )
     group: int = Field(
-        8,
+        8, le=1024,
         ge=1,
         description="Mini-batches per distillation step. 1: the terms of each batch's rows are added to that "
         "batch's loss (the released code). G > 1: the rows each batch selects are collected and their terms are "
@@ -255,14 +255,14 @@ class DCDConfig(DistillConfig):
         "batch (the one ending the pass over the training pairs), so no row is dropped and no group spans epochs.",
     )
     bank: int = Field(
-        8,
+        8, le=1024,
         ge=0,
         description="0: fresh samples per mini-batch (the released code). S > 0: S exact samples per row are "
         "drawn in bulk at each epoch start and each batch row uses one at random (same per-batch distribution, "
         "so the same expected gradient; samples repeat across batches). Much faster on CPU.",
     )
     bank_epochs: int | None = Field(
-        None,
+        None, le=100_000,
         ge=1,
         description="Epochs a bank is kept before it is drawn again; it is always drawn again after a rank "
         "refresh, whose weights it samples. None: one bank per refresh period; 1: a fresh bank every epoch.",
@@ -287,14 +287,14 @@ class DCDConfig(DistillConfig):
 
 class RRDConfig(DistillConfig):
     m: int = Field(500, gt=0, description="Teacher list length M (clipped to n_items-1 / n_users-1).")
-    k: int = Field(40, gt=0, description="Interesting items per user, drawn ∝ exp(-rank/T) from the top-M.")
-    l: int = Field(40, ge=0, description="Uninteresting items per user, uniform outside positives and top-M.")  # noqa: E741
-    t: float = Field(10.0, gt=0, description="Temperature T of the rank distribution exp(-rank/T).")
-    lambda_rrd: float = Field(1e-3, ge=0, description="Weight of the sum-reduced L_RRD (user side).")
+    k: int = Field(40, gt=0, le=10_000, description="Interesting items per user, drawn ∝ exp(-rank/T) from the top-M.")
+    l: int = Field(40, ge=0, le=10_000, description="Uninteresting items per user, uniform outside positives and top-M.")  # noqa: E741
+    t: float = Field(10.0, gt=0, le=1e6, description="Temperature T of the rank distribution exp(-rank/T).")
+    lambda_rrd: float = Field(1e-3, ge=0, le=1e6, description="Weight of the sum-reduced L_RRD (user side).")
     item_side: bool = Field(False, description="Add IR-RRD's item-side term (each item's top-M users).")
-    k_item: int = Field(20, gt=0, description="Interesting users per item (item side).")
-    l_item: int = Field(20, ge=0, description="Uninteresting users per item (item side).")
-    lambda_item: float = Field(5e-4, ge=0, description="Weight of the item-side term.")
+    k_item: int = Field(20, gt=0, le=10_000, description="Interesting users per item (item side).")
+    l_item: int = Field(20, ge=0, le=10_000, description="Uninteresting users per item (item side).")
+    lambda_item: float = Field(5e-4, ge=0, le=1e6, description="Weight of the item-side term.")
     deterministic_topk: bool = Field(
         False,
         description="Spec §3.7 no-sampling variant: the interesting list is the teacher's top-K in order.",

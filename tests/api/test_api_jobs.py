@@ -160,3 +160,15 @@ def test_unknown_and_bad_job_ids(client: TestClient, anon: TestClient) -> None:
     assert client.get("/jobs/..%2F..%2Fetc%2Fpasswd").status_code in (404, 422)
     assert client.get("/jobs", params={"status": "sleeping"}).status_code == 422
     assert anon.post(f"/jobs/{'1' * 32}/cancel").status_code == 401
+
+
+@pytest.mark.parametrize(("method", "key", "value"), [
+    ("dcd", "rkd_l", 10**9), ("dcd", "bank", 10**6), ("dcd", "chunk", 10**7), ("dcd", "m", 10**7),
+    ("dcd", "lambda_ucd", 1e300), ("rrd", "l", 10**9), ("rrd", "seed", 2**40),
+])
+def test_every_distiller_number_is_bounded(client: TestClient, sessions: sessionmaker[Session], method: str,
+                                           key: str, value: float) -> None:
+    # A worker would have tried to allocate what a client asked for (rkd_l = 1e9 uninteresting items per user).
+    body = job_body(add_dataset(sessions), method=method, hyperparameters={key: value})
+    res = client.post("/jobs", json=body)
+    assert res.status_code == 422 and key in res.json()["detail"], res.text
