@@ -15,6 +15,7 @@ numbers do not depend on the core count.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +50,21 @@ def run_experiment(work: Path) -> dict[str, Any]:
     return {r["method"]: {"test": r["test"], "valid": r["valid"], "epochs": r["epochs"]} for r in runs}
 
 
-def run_jobs(work: Path) -> dict[str, Any]:
+@contextlib.contextmanager
+def ml100k_service(work: Path) -> Iterator[tuple[httpx.Client, str]]:
+    """A `recdistill serve` on a fresh home under ``work`` with ML-100K uploaded: (client, data set id)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = env_for(work / "home")
     data = subprocess.run([*CLI, "datasets", "fetch", "ml-100k"], cwd=ROOT, env=env, check=True,
                           capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    log = (work / "serve.log").open("w")
-    server = subprocess.Popen([*CLI, "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=log,
-                              start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    log = work / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen([*CLI, "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=out,
+                                  start_new_session=True)
     try:
-        with httpx.Client(base_url=base, timeout=60) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             deadline = time.monotonic() + 120
             while True:
                 try:
@@ -69,29 +73,39 @@ def run_jobs(work: Path) -> dict[str, Any]:
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"server did not start; see {work / 'serve.log'}")
+                    raise RuntimeError(f"server did not start; see {log}")
                 time.sleep(0.5)
             with open(data, "rb") as fh:
                 res = client.post("/datasets", files={"file": ("ml-100k.inter", fh)}, data={"name": "ml-100k"})
             res.raise_for_status()
-            dataset = res.json()["id"]
-            out: dict[str, Any] = {}
-            for method in ("none", "dcd"):
-                res = client.post("/jobs", json={"dataset_id": dataset, "method": method, "seed": 0,
-                                                 "teacher": {"model": "bpr", "dim": 64},
-                                                 "student": {"model": "bpr", "dim": 8}, "hyperparameters": HP})
-                res.raise_for_status()
-                job_id = res.json()["id"]
-                while (job := client.get(f"/jobs/{job_id}").json())["status"] in ("queued", "running"):
-                    time.sleep(1)
-                if job["status"] != "succeeded":
-                    raise RuntimeError(f"{method} job ended {job['status']}: {job.get('error')}")
-                student = client.get(f"/models/{job['student_model_id']}").json()
-                out[method] = {"student": student["metrics"], "teacher": student["teacher_metrics"]}
-            return out
+            yield client, res.json()["id"]
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=90)
+
+
+def finished_job(client: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    """Submit a job and wait for it; its final row (RuntimeError unless it succeeded)."""
+    res = client.post("/jobs", json=body)
+    res.raise_for_status()
+    job_id = res.json()["id"]
+    while (job := client.get(f"/jobs/{job_id}").json())["status"] in ("queued", "running"):
+        time.sleep(1)
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"{body['method']} job ended {job['status']}: {job.get('error')}")
+    return job
+
+
+def run_jobs(work: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with ml100k_service(work) as (client, dataset):
+        for method in ("none", "dcd"):
+            job = finished_job(client, {"dataset_id": dataset, "method": method, "seed": 0,
+                                        "teacher": {"model": "bpr", "dim": 64}, "student": {"model": "bpr", "dim": 8},
+                                        "hyperparameters": HP})
+            student = client.get(f"/models/{job['student_model_id']}").json()
+            out[method] = {"student": student["metrics"], "teacher": student["teacher_metrics"]}
+    return out
 
 
 def main() -> None:
