@@ -164,6 +164,7 @@ def summarize(runs: list[dict[str, Any]], metrics: Sequence[str] = TABLE_METRICS
             row[m] = _mean_std([r["test"][m] for r in group if m in r["test"]])
         row["epochs"] = _mean_std([float(r.get("epochs", 0)) for r in group])[0]
         row["seconds_per_epoch"] = _mean_std([float(r.get("seconds_per_epoch", 0.0)) for r in group])[0]
+        row["capped"] = sum(r.get("stopped_by") == "cap" for r in group)
         rows.append(row)
     return rows
 
@@ -175,6 +176,12 @@ GAP_NOTE_NOT_BETTER = (
 GAP_NOTE_SPREAD = (
     "n/a (within seed spread): the teacher-student gap is smaller than the spread across seeds (std), "
     "so a percentage of it would be noise; run more seeds (--seeds) or a stronger teacher."
+)
+
+
+CAP_NOTE = (
+    "cap: that many runs hit the epoch cap before early stopping ended them, so they may be cut short; "
+    "raise --max-epochs (or --teacher-max-epochs) until patience decides."
 )
 
 
@@ -216,10 +223,13 @@ def markdown_table(runs: list[dict[str, Any]], metrics: Sequence[str] = TABLE_ME
             else:
                 closed = (r[key][0] - alone[key][0]) / (teacher[key][0] - alone[key][0])
                 cells.append(f"{100 * closed:.0f}%")
-        cells += [f"{r['epochs']:.0f}", f"{r['seconds_per_epoch']:.2f}"]
+        epochs = f"{r['epochs']:.0f}" + (f" (cap: {r['capped']}/{r['n']})" if r["capped"] else "")
+        cells += [epochs, f"{r['seconds_per_epoch']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     if gap_na:
         lines += ["", gap_na]
+    if any(r["capped"] for r in rows):
+        lines += ["", CAP_NOTE]
     return "\n".join(lines)
 
 
@@ -301,16 +311,18 @@ def run_experiment(
             teacher, manifest = load_checkpoint(teacher_dir, device="cpu")
             t_epochs = manifest.get("epochs", 0)
             t_spe = manifest.get("seconds_per_epoch", 0.0)
+            t_stopped = manifest.get("stopped_by")  # None: cached before it was recorded
             logger.info("seed %d: reusing cached teacher %s", seed, teacher_dir)
         else:
             tconf = TrainConfig(seed=seed, device=cfg.device, **cfg.teacher_train)
             teacher, fr = steps.train_model(cfg.teacher, data, tconf, None, cb, None, model_opts=cfg.teacher_model_opts)
-            t_epochs, t_spe = fr.epochs_run, fr.seconds_per_epoch
+            t_epochs, t_spe, t_stopped = fr.epochs_run, fr.seconds_per_epoch, fr.stopped_by
             if teacher_dir is not None:
                 save_checkpoint(
                     teacher_dir,
                     teacher,
-                    {"seed": seed, "epochs": t_epochs, "seconds_per_epoch": t_spe, "data_fingerprint": data.fingerprint},
+                    {"seed": seed, "epochs": t_epochs, "seconds_per_epoch": t_spe, "stopped_by": t_stopped,
+                     "data_fingerprint": data.fingerprint},
                 )
         teacher.eval()
         teacher.to(device)
@@ -323,6 +335,7 @@ def run_experiment(
                 "test": steps.test_metrics(teacher, data, "test"),
                 "valid": steps.test_metrics(teacher, data, "valid"),
                 "epochs": t_epochs,
+                "stopped_by": t_stopped,
                 "seconds_per_epoch": t_spe,
                 "seconds": time.time() - t0,
             }
@@ -349,6 +362,7 @@ def run_experiment(
                     "valid": steps.test_metrics(student, data, "valid"),
                     "epochs": fr.epochs_run,
                     "best_epoch": fr.best_epoch,
+                    "stopped_by": fr.stopped_by,
                     "seconds_per_epoch": fr.seconds_per_epoch,
                     "seconds": time.time() - t0,
                 }

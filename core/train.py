@@ -61,6 +61,12 @@ class FitResult:
     seconds_per_epoch: float = 0.0  # mean of training time per epoch (refresh + batches), evaluation excluded
     stopped_early: bool = False
 
+    @property
+    def stopped_by(self) -> str:
+        """"patience" when early stopping ended the run, "cap" when it ran out of epochs first (a run that
+        may have been cut short: its table says so)."""
+        return "patience" if self.stopped_early else "cap"
+
 
 class Callback(Protocol):
     def on_epoch_end(self, report: EpochReport) -> None: ...

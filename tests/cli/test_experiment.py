@@ -98,3 +98,19 @@ def test_helpers() -> None:
              "seconds_per_epoch": 1.0} for m, v in (("teacher", 0.4), ("none", 0.2), ("dcd", 0.35))]
     table = markdown_table(runs)
     assert "75%" in table  # (0.35 - 0.2) / (0.4 - 0.2)
+
+
+def test_runs_stopped_by_the_epoch_cap_say_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 13: no silent truncation — each run records what stopped it and the table flags the cap."""
+    data = _tiny_csv(tmp_path / "tiny.csv")
+    out = tmp_path / "capped.json"
+    args = ["experiment", "--dataset", str(data), "--user-col", "user", "--item-col", "item",
+            "--teacher", "bpr:8", "--student", "bpr:2", "--methods", "none", "--seeds", "0",
+            "--max-epochs", "2", "--patience", "10", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["stopped_by"] for r in runs] == ["cap", "cap"]
+    table = capsys.readouterr().out
+    assert "2 (cap: 1/1)" in table and "raise --max-epochs" in table
+    patient = [{**r, "stopped_by": "patience"} for r in runs]
+    assert "cap" not in markdown_table(patient).split("|")[-2] and "raise --max-epochs" not in markdown_table(patient)

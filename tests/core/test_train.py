@@ -267,3 +267,10 @@ def test_num_threads_applies_during_fit_only() -> None:
     torch.set_num_threads(2)
     fit(bpr(data), data, TrainConfig(epochs=1, batch_size=64, num_threads=1), callbacks=[ThreadSpy()])
     assert seen == [1] and torch.get_num_threads() == 2
+
+
+def test_fit_says_whether_patience_or_the_cap_stopped_it() -> None:
+    from core.train import FitResult
+
+    assert FitResult(best_epoch=1, best_valid={}, epochs_run=3, stopped_early=True).stopped_by == "patience"
+    assert FitResult(best_epoch=3, best_valid={}, epochs_run=3).stopped_by == "cap"
