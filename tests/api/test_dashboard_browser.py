@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver; .ci/run does)",
 )
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -77,7 +78,9 @@ def _shot(driver: webdriver.Chrome, tmp_path: Path, name: str) -> None:
 
 def test_upload_train_activate_and_recommend_in_a_browser(server: Server, browser: webdriver.Chrome,
                                                           tmp_path: Path) -> None:
-    wait = WebDriverWait(browser, 20)
+    # The jobs table is redrawn every 2 s while a job runs: an element read between two redraws goes stale,
+    # so every wait looks it up again instead of failing.
+    wait = WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,))
     csv = tmp_path / "ratings.csv"
     csv.write_text(two_taste_csv(n_users=60, n_items=40, per_user=10))
     browser.get(server.url + "/")
@@ -115,12 +118,11 @@ def test_upload_train_activate_and_recommend_in_a_browser(server: Server, browse
         box.send_keys(value)
     browser.find_element(By.CSS_SELECTOR, "#job-form button").click()
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#jobs-table tbody tr")))
-    WebDriverWait(browser, 240).until(
-        lambda d: d.find_element(By.CSS_SELECTOR, "#jobs-table tbody tr").get_attribute("data-status")
-        in ("succeeded", "failed", "cancelled"))
-    job_row = browser.find_element(By.CSS_SELECTOR, "#jobs-table tbody tr")
-    assert job_row.get_attribute("data-status") == "succeeded", browser.find_element(By.ID, "job-detail").text
-    assert "100 %" in job_row.text
+    status = WebDriverWait(browser, 240, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: (s := d.find_element(By.CSS_SELECTOR, "#jobs-table tbody tr").get_attribute("data-status"))
+        in ("succeeded", "failed", "cancelled") and s)
+    assert status == "succeeded", browser.find_element(By.ID, "job-detail").text
+    wait.until(lambda d: "100 %" in d.find_element(By.CSS_SELECTOR, "#jobs-table tbody tr").text)
     for chart in ("loss-chart", "ndcg-chart"):
         for series in ("teacher", "student"):
             path = browser.find_element(By.CSS_SELECTOR, f"svg#{chart} path.line.{series}")
