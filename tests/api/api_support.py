@@ -122,6 +122,20 @@ def add_model(
     return model_id
 
 
+def job_body(dataset_id: str, **over: Any) -> dict[str, Any]:
+    """A valid POST /jobs body (tiny DCD job); keyword arguments replace its fields."""
+    body: dict[str, Any] = {
+        "dataset_id": dataset_id,
+        "teacher": {"model": "bpr", "dim": 64},
+        "student": {"model": "bpr", "dim": 8},
+        "method": "dcd",
+        "hyperparameters": {"epochs": 3, "lr": 0.01},
+        "seed": 7,
+    }
+    body.update(over)
+    return body
+
+
 def count_rows(sessions: sessionmaker[Session], table: type[Base]) -> int:
     with sessions() as s:
         return s.query(table).count()

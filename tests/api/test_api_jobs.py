@@ -5,26 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from api_support import RecordingQueue, add_dataset, add_model, count_rows
+from api_support import RecordingQueue, add_dataset, add_model, count_rows, job_body
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import repo
 from core.db.models import Job
 from core.settings import Settings
-
-
-def job_body(dataset_id: str, **over: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "dataset_id": dataset_id,
-        "teacher": {"model": "bpr", "dim": 64},
-        "student": {"model": "bpr", "dim": 8},
-        "method": "dcd",
-        "hyperparameters": {"epochs": 3, "lr": 0.01},
-        "seed": 7,
-    }
-    body.update(over)
-    return body
 
 
 def test_create_job_queues_it(

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from api_support import add_dataset, count_rows
+from api_support import job_body as shared_job_body
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,16 +16,7 @@ from core.db.models import Dataset, Job
 
 
 def job_body(dataset_id: str, **over: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "dataset_id": dataset_id,
-        "teacher": {"model": "bpr", "dim": 64},
-        "student": {"model": "bpr", "dim": 8},
-        "method": "dcd",
-        "hyperparameters": {"epochs": 3},
-        "seed": 7,
-    }
-    body.update(over)
-    return body
+    return shared_job_body(dataset_id, **{"hyperparameters": {"epochs": 3}, **over})
 
 
 def post_json(client: TestClient, path: str, body: Any) -> Any:
