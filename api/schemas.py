@@ -169,6 +169,7 @@ class DatasetsPublic(BaseModel):
 class StudentSpec(ModelSpec):
     model: ModelName = Field(description="Architecture name; a student must be dot-product servable.",
                              json_schema_extra={"enum": list(SERVABLE_MODEL_NAMES)})
+    dim: int = Field(gt=0, le=4096, description="Embedding dimension.")  # type: ignore[assignment]
 
 
 class JobCreate(Strict):
@@ -210,7 +211,7 @@ class JobCreate(Strict):
     def _teacher(self) -> JobCreate:
         if (self.teacher is None) == (self.teacher_model_id is None):
             raise ValueError("give exactly one of teacher {model, dim} or teacher_model_id")
-        if self.teacher is not None and self.student.dim >= self.teacher.dim:
+        if self.teacher is not None and not self.teacher.is_wider_than(self.student.dim or 0):
             raise ValueError(f"student.dim ({self.student.dim}) must be below teacher.dim ({self.teacher.dim})")
         return self
 

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dataset", required=True,
                    help=f"a cached data set name ({', '.join(sorted(KNOWN))}) or the path of an interactions file")
-    p.add_argument("--teacher", default="bpr:200", help="teacher MODEL:DIM (default bpr:200)")
+    p.add_argument("--teacher", default="bpr:200", help="teacher MODEL:DIM, or ease:L2 for the closed-form EASE teacher (default bpr:200)")
     p.add_argument("--student", default="bpr:20", help="student MODEL:DIM, DIM below the teacher's (default bpr:20)")
     p.add_argument("--methods", default="none,rrd,dcd", help=f"comma list from {','.join(METHODS)}")
     p.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")

@@ -22,12 +22,15 @@ from pydantic import (
 )
 
 # ----------------------------------------------------------------------------------------------- names
-MODEL_NAMES: tuple[str, ...] = ("bpr", "neumf", "lightgcn")
+MODEL_NAMES: tuple[str, ...] = ("bpr", "neumf", "lightgcn", "ease")
+# Solved in closed form, sized by the catalogue (no dim): the number in their spec is the L2 weight.
+CLOSED_FORM_MODEL_NAMES: tuple[str, ...] = ("ease",)
+EASE_DEFAULT_L2 = 1000.0  # the calibration's best on ML-1M validation (docs/results.md)
 # Students are served through a FAISS inner-product index, so they must score by a dot product.
 SERVABLE_MODEL_NAMES: tuple[str, ...] = ("bpr", "lightgcn")
 METHOD_NAMES: tuple[str, ...] = ("none", "rrd", "dcd")
 
-ModelName = Literal["bpr", "neumf", "lightgcn"]
+ModelName = Literal["bpr", "neumf", "lightgcn", "ease"]
 MethodName = Literal["none", "rrd", "dcd"]
 
 
@@ -363,25 +366,75 @@ def check_hyperparameters(method: str, hp: dict[str, Any], strict: bool = True) 
 # ----------------------------------------------------------------------------------------------- specs
 class ModelSpec(Strict):
     model: ModelName = Field(description="Architecture name.")
-    dim: int = Field(gt=0, le=4096, description="Embedding dimension.")
+    dim: int | None = Field(None, gt=0, le=4096, validate_default=True,
+                            description="Embedding dimension (required; absent for ease, sized by the catalogue).")
+    l2: float | None = Field(None, gt=0, le=1e7, validate_default=True, description="ease only: the L2 weight "
+                             f"of its closed form (default {EASE_DEFAULT_L2:g}).")
+
+    # Field validators (not one model rule) so that an error is located at teacher.dim / teacher.l2.
+    @field_validator("dim")
+    @classmethod
+    def _dim(cls, v: int | None, info: ValidationInfo) -> int | None:
+        model = info.data.get("model")
+        if model in CLOSED_FORM_MODEL_NAMES and v is not None:
+            raise ValueError(f"{model} has no dim (its size is the catalogue's); give l2 instead")
+        if model is not None and model not in CLOSED_FORM_MODEL_NAMES and v is None:
+            raise ValueError(f"required for {model}")
+        return v
+
+    @field_validator("l2")
+    @classmethod
+    def _l2(cls, v: float | None, info: ValidationInfo) -> float | None:
+        model = info.data.get("model")
+        if model in CLOSED_FORM_MODEL_NAMES:
+            return EASE_DEFAULT_L2 if v is None else v
+        if model is not None and v is not None:
+            raise ValueError(f"applies to ease only, not {model} (use the model option reg)")
+        return v
+
+    @property
+    def closed_form(self) -> bool:
+        return self.model in CLOSED_FORM_MODEL_NAMES
+
+    def build_args(self, n_items: int) -> tuple[int, dict[str, Any]]:
+        """(dim, model options) for ``build_model``: a closed-form model is n_items wide and takes its l2."""
+        if self.closed_form:
+            return n_items, {"l2": self.l2}
+        assert self.dim is not None
+        return self.dim, {}
+
+    def is_wider_than(self, dim: int) -> bool:
+        """A student of ``dim`` is smaller than this teacher (a closed-form teacher is catalogue-wide)."""
+        return self.closed_form or (self.dim is not None and self.dim > dim)
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
-        """``"bpr:200"`` (a command-line argument) -> ModelSpec(model="bpr", dim=200)."""
-        name, sep, dim = text.partition(":")
-        if not sep or not dim.strip().isdigit() or int(dim) <= 0:
-            raise ValueError(f"model spec must look like 'bpr:200' (name:positive dim), got {text!r}")
+        """``"bpr:200"`` -> ModelSpec(model="bpr", dim=200); ``"ease:1000"`` -> ModelSpec(model="ease", l2=1000)
+        (a command-line argument)."""
+        name, sep, value = text.partition(":")
         model = name.strip().lower()
         if model not in MODEL_NAMES:  # a plain message, not pydantic's three-line one
             raise ValueError(f"unknown model {name.strip()!r} in {text!r}; choose one of {', '.join(MODEL_NAMES)}")
+        if model in CLOSED_FORM_MODEL_NAMES:
+            if not sep:
+                return cls(model=model)  # type: ignore[arg-type]
+            try:
+                l2 = float(value)
+            except ValueError:
+                l2 = float("nan")
+            if not 0 < l2 <= 1e7:
+                raise ValueError(f"model spec must look like '{model}:1000' (name:L2 weight in (0, 1e7]), got {text!r}")
+            return cls(model=model, l2=l2)  # type: ignore[arg-type]
+        if not sep or not value.strip().isdigit() or int(value) <= 0:
+            raise ValueError(f"model spec must look like 'bpr:200' (name:positive dim), got {text!r}")
         limit = cls.model_fields["dim"].metadata
         max_dim = next((m.le for m in limit if getattr(m, "le", None) is not None), None)
-        if max_dim is not None and int(dim) > max_dim:
-            raise ValueError(f"dim {int(dim)} in {text!r} is above the limit {max_dim}")
-        return cls(model=model, dim=int(dim))  # type: ignore[arg-type]
+        if max_dim is not None and int(value) > max_dim:
+            raise ValueError(f"dim {int(value)} in {text!r} is above the limit {max_dim}")
+        return cls(model=model, dim=int(value))  # type: ignore[arg-type]
 
     def __str__(self) -> str:
-        return f"{self.model}:{self.dim}"
+        return f"{self.model}:{self.l2:g}" if self.closed_form else f"{self.model}:{self.dim}"
 
 
 class SplitSpec(Strict):
@@ -468,12 +521,14 @@ class JobSpec(BaseModel):
 
 
 def _model_spec(spec: dict[str, Any] | ModelSpec | None, role: str) -> ModelSpec | None:
-    """A {model, dim} spec names a registered model and a positive dim (ValueError naming the field)."""
+    """A {model, dim} (or {model: "ease", l2}) spec names a registered model (ValueError naming the field)."""
     if spec is None or isinstance(spec, ModelSpec):
         return spec
     if spec.get("model") not in MODEL_NAMES:
         raise ValueError(f"{role}.model {spec.get('model')!r} is unknown; choose one of {sorted(MODEL_NAMES)}")
-    dim = spec.get("dim")
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
-        raise ValueError(f"{role}.dim must be a positive integer, got {dim!r}")
-    return ModelSpec.model_validate(spec, strict=False)
+    try:
+        return ModelSpec.model_validate(spec, strict=False)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"{role}.{where}: {err['msg'].removeprefix('Value error, ')}") from None

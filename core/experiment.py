@@ -74,7 +74,9 @@ class ExperimentConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ExperimentConfigError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
-        if self.student.dim >= self.teacher.dim:
+        if self.student.closed_form:
+            raise ExperimentConfigError(f"student {self.student} is solved in closed form and cannot be distilled into")
+        if not self.teacher.is_wider_than(self.student.dim or 0):
             raise ExperimentConfigError(
                 f"student dim {self.student.dim} must be below teacher dim {self.teacher.dim}")
         if not self.seeds:
@@ -246,7 +248,8 @@ def _check_model_opts(cfg: ExperimentConfig) -> None:
         if not opts:
             continue
         try:
-            build_model(spec.model, 2, 2, spec.dim, toy, **opts)
+            dim, spec_opts = spec.build_args(2)
+            build_model(spec.model, 2, 2, dim, toy, **spec_opts, **opts)
         except (ValueError, TypeError) as exc:
             raise ExperimentConfigError(f"--{role}-opt: {exc}") from None
 
@@ -302,7 +305,7 @@ def run_experiment(
         ).hexdigest()[:8]
         teacher_dir = (
             Path(cfg.teacher_cache)
-            / f"{Path(str(path)).stem}-{cfg.teacher.model}{cfg.teacher.dim}-seed{seed}-{data.fingerprint[:12]}-{tkey}"
+            / f"{Path(str(path)).stem}-{str(cfg.teacher).replace(':', '')}-seed{seed}-{data.fingerprint[:12]}-{tkey}"
             if cfg.teacher_cache
             else None
         )

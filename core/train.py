@@ -60,11 +60,14 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds_per_epoch: float = 0.0  # mean of training time per epoch (refresh + batches), evaluation excluded
     stopped_early: bool = False
+    closed_form: bool = False
 
     @property
     def stopped_by(self) -> str:
         """"patience" when early stopping ended the run, "cap" when it ran out of epochs first (a run that
-        may have been cut short: its table says so)."""
+        may have been cut short: its table says so), "closed_form" for a model solved in one step."""
+        if self.closed_form:
+            return "closed_form"
         return "patience" if self.stopped_early else "cap"
 
 
@@ -178,6 +181,27 @@ def fit(
         torch.set_num_threads(threads_before)
 
 
+def _solve(
+    model: Recommender, data: SplitData, config: TrainConfig, callbacks: Sequence[Callback],
+    eval_ks: tuple[int, ...], device: torch.device,
+) -> FitResult:
+    """A closed-form model (EASE): one solve, reported as a single epoch so progress and history read alike."""
+    t0, c0 = time.perf_counter(), time.thread_time()
+    model.solve()
+    model.to(device)
+    train_seconds, train_cpu_seconds = time.perf_counter() - t0, time.thread_time() - c0
+    valid = evaluate(model, data, "valid", ks=eval_ks) if data.valid.nnz > 0 else {}
+    seconds = time.perf_counter() - t0
+    history = [{"epoch": 1, "losses": {}, "valid": valid, "seconds": seconds, "train_seconds": train_seconds,
+                "train_cpu_seconds": train_cpu_seconds}]
+    best = valid.get(config.monitor)
+    report = EpochReport(1, 1, {}, valid, 1, best, seconds, 0.0, stopped=True)
+    for cb in callbacks:
+        cb.on_epoch_end(report)
+    return FitResult(best_epoch=1, best_valid=dict(valid), epochs_run=1, history=history,
+                     seconds_per_epoch=train_seconds, closed_form=True)
+
+
 def _fit(
     model: Recommender, data: SplitData, config: TrainConfig, distiller: ExtraLoss | None,
     callbacks: Sequence[Callback], checkpoint_dir: str | Path | None, resume: bool,
@@ -186,6 +210,8 @@ def _fit(
     k_monitor = int(config.monitor.split("@")[1])
     eval_ks = tuple(sorted(set(config.eval_ks) | {k_monitor}))
     device = resolve_device(config.device)
+    if model.closed_form:
+        return _solve(model, data, config, callbacks, eval_ks, device)
     model.to(device)
     seed_everything(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]

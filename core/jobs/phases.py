@@ -89,6 +89,12 @@ class ProgressWriter:
                 for h in result.history
             ]
         )
+        # No silent truncation: the phase's last entry says what ended it ("cap": raise epochs and rerun).
+        if result.history:
+            self.history[-1]["stopped_by"] = result.stopped_by
+        if result.stopped_by == "cap":
+            log.warning("job %s: %s phase stopped at its epoch cap (%d) before patience did; it may be undertrained",
+                        self.ctx.job_id, self.phase, result.epochs_run)
         self.ctx.write(
             history=self.history, epoch=result.epochs_run, progress=self.ctx.progress(self.phase, 1.0)
         )
@@ -184,6 +190,8 @@ def _train_teacher(ctx: JobContext, spec: JobSpec, data: SplitData, history: lis
         "seed": spec.seed,
         "metrics": metrics,
         "best_epoch": result.best_epoch,
+        "epochs": result.epochs_run,
+        "stopped_by": result.stopped_by,
         "train": train.model_dump(),
     }
     teacher_id = record_model(
@@ -191,6 +199,7 @@ def _train_teacher(ctx: JobContext, spec: JobSpec, data: SplitData, history: lis
         ModelRole.TEACHER,
         spec.teacher,
         lambda folder, _: steps.save_model(folder, model, data, manifest),
+        dim=model.dim,
         n_params=steps.n_params(model),
         id_field="result_teacher_model_id",
         job_update={},
@@ -250,6 +259,8 @@ def _publish_student(
         "metrics": metrics,
         "teacher_metrics": teacher_metrics,
         "best_epoch": result.best_epoch,
+        "epochs": result.epochs_run,
+        "stopped_by": result.stopped_by,
         "hyperparameters": spec.hyperparameters,
     }
 
@@ -265,6 +276,7 @@ def _publish_student(
         ModelRole.STUDENT,
         spec.student,
         save,
+        dim=student.dim,
         n_params=params,
         id_field="student_model_id",
         job_update={

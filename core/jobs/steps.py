@@ -66,8 +66,9 @@ def train_model(
 ) -> tuple[Recommender, FitResult]:
     """Build ``spec`` (with the model's own ``model_opts``) and fit it, resuming from ``checkpoint_dir`` when a
     state is there."""
-    model = build_model(spec.model, data.n_users, data.n_items, spec.dim, train=data.train, seed=config.seed,
-                        **(model_opts or {}))
+    dim, spec_opts = spec.build_args(data.n_items)
+    model = build_model(spec.model, data.n_users, data.n_items, dim, train=data.train, seed=config.seed,
+                        **spec_opts, **(model_opts or {}))
     result = fit(
         model,
         data,
@@ -118,7 +119,9 @@ def test_metrics(model: Recommender, data: SplitData, split: str = "test") -> di
 
 
 def n_params(model: Recommender) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
+    """Learned numbers: what a checkpoint stores (parameters, and persistent buffers such as a closed-form
+    model's weights; LightGCN's cached adjacency is derived, not stored)."""
+    return int(sum(t.numel() for t in model.state_dict().values()))
 
 
 def save_model(folder: Path, model: Recommender, data: SplitData, manifest: dict[str, Any]) -> int:
@@ -202,12 +205,12 @@ def measure_latency(
         return _percentiles(seconds, f"faiss-{kind}", True, k)
     model.eval()
     seen = all_interactions(data)
-    device = next(model.parameters()).device
+    device = next(iter(model.state_dict().values())).device  # a closed-form model has buffers, no parameters
     for n, user in enumerate(users.tolist()):
         start = time.perf_counter()
         scores = model.full_scores(torch.tensor([user], device=device))[0]
         row = seen.indices[seen.indptr[user] : seen.indptr[user + 1]]
-        scores[torch.as_tensor(row, device=device, dtype=torch.long)] = -torch.inf
+        scores[torch.as_tensor(row, device=scores.device, dtype=torch.long)] = -torch.inf
         torch.topk(scores, min(k, data.n_items)).indices.cpu()
         if n >= _WARMUP:
             seconds.append(time.perf_counter() - start)

@@ -9,10 +9,11 @@ import torch
 
 from core.models.base import Recommender
 from core.models.bpr import BPRMF
+from core.models.ease import EASE
 from core.models.lightgcn import LightGCN
 from core.models.neumf import NeuMF
 
-MODELS: dict[str, type[Recommender]] = {"bpr": BPRMF, "neumf": NeuMF, "lightgcn": LightGCN}
+MODELS: dict[str, type[Recommender]] = {"bpr": BPRMF, "neumf": NeuMF, "lightgcn": LightGCN, "ease": EASE}
 
 
 def build_model(
@@ -41,4 +42,4 @@ def build_model(
         raise ValueError(f"bad options for model {name!r}: {exc}") from exc
 
 
-__all__ = ["MODELS", "Recommender", "BPRMF", "NeuMF", "LightGCN", "build_model"]
+__all__ = ["MODELS", "Recommender", "BPRMF", "NeuMF", "LightGCN", "EASE", "build_model"]

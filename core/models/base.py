@@ -21,6 +21,8 @@ class Recommender(nn.Module):
     is_dot_product: ClassVar[bool] = True
     #: True when the constructor needs the training matrix (``train=``), e.g. graph models.
     needs_train: ClassVar[bool] = False
+    #: True when the model is computed in one closed-form step (``solve()``) instead of by gradient epochs.
+    closed_form: ClassVar[bool] = False
 
     def __init__(self, n_users: int, n_items: int, dim: int) -> None:
         super().__init__()
@@ -34,6 +36,10 @@ class Recommender(nn.Module):
     def options(self) -> dict[str, Any]:
         """Constructor keyword options (beyond n_users, n_items, dim) needed to rebuild this model."""
         return {}
+
+    def solve(self) -> None:
+        """Closed-form models only: compute the weights from the training matrix given at construction."""
+        raise TypeError(f"model {self.name!r} is trained by gradient steps, not solved in closed form")
 
     def begin_step(self) -> None:
         """Called by the trainer before every mini-batch; models with per-step caches clear them here."""

@@ -39,6 +39,17 @@ def test_method_specific_hyperparameters_are_kept(client: TestClient, sessions: 
     assert res.status_code == 201, res.text
 
 
+def test_an_ease_teacher_is_accepted_with_its_l2_or_the_default(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    ds = add_dataset(sessions)
+    res = client.post("/jobs", json=job_body(ds, teacher={"model": "ease", "l2": 300}))
+    assert res.status_code == 201, res.text
+    assert res.json()["teacher"] == {"model": "ease", "dim": None, "l2": 300.0}
+    res = client.post("/jobs", json=job_body(ds, teacher={"model": "ease"}))
+    assert res.status_code == 201 and res.json()["teacher"]["l2"] == 1000.0
+
+
 def test_reuse_a_trained_teacher(
     client: TestClient, sessions: sessionmaker[Session], settings: Settings
 ) -> None:
@@ -84,6 +95,12 @@ def test_reuse_a_trained_teacher(
         ({"dataset_id": "f" * 32}, 404, "f" * 32),
         ({"teacher": None, "teacher_model_id": "e" * 32}, 404, "e" * 32),
         ({"colour": "red"}, 422, "colour"),
+        ({"teacher": {"model": "ease", "dim": 64}}, 422, "teacher.dim"),
+        ({"teacher": {"model": "ease", "l2": 0}}, 422, "teacher.l2"),
+        ({"teacher": {"model": "ease", "l2": 1e300}}, 422, "teacher.l2"),
+        ({"teacher": {"model": "bpr", "dim": 64, "l2": 5.0}}, 422, "teacher.l2"),
+        ({"teacher": {"model": "bpr"}}, 422, "teacher.dim"),
+        ({"student": {"model": "ease", "l2": 5.0}}, 422, "student"),
     ],
 )
 def test_bad_job_requests(

@@ -162,6 +162,8 @@ def test_rating_threshold_needs_rating_col(tiny: Path, capsys: pytest.CaptureFix
         ("bpr", "--teacher: model spec must look like 'bpr:200'"),
         ("bpr:0", "--teacher: model spec must look like 'bpr:200'"),
         ("bpr:100000", "--teacher: dim 100000 in 'bpr:100000' is above the limit 4096"),
+        ("ease:abc", "--teacher: model spec must look like 'ease:1000'"),
+        ("ease:0", "--teacher: model spec must look like 'ease:1000'"),
     ],
 )
 def test_bad_teacher_spec(tiny: Path, capsys: pytest.CaptureFixture[str], spec: str, expected: str) -> None:

@@ -114,3 +114,16 @@ def test_runs_stopped_by_the_epoch_cap_say_so(tmp_path: Path, capsys: pytest.Cap
     assert "2 (cap: 1/1)" in table and "raise --max-epochs" in table
     patient = [{**r, "stopped_by": "patience"} for r in runs]
     assert "cap" not in markdown_table(patient).split("|")[-2] and "raise --max-epochs" not in markdown_table(patient)
+
+
+def test_experiment_with_an_ease_teacher(tmp_path: Path) -> None:
+    data = _tiny_csv(tmp_path / "tiny.csv")
+    out = tmp_path / "res.json"
+    assert main(["experiment", "--dataset", str(data), "--user-col", "user", "--item-col", "item",
+                 "--teacher", "ease:50", "--student", "bpr:2", "--methods", "none", "--max-epochs", "2",
+                 "--no-progress", "--out", str(out)]) == 0
+    teacher, student = json.loads(out.read_text())["runs"]
+    assert (teacher["teacher"], teacher["epochs"], teacher["stopped_by"]) == ("ease:50", 1, "closed_form")
+    assert student["stopped_by"] in ("cap", "patience")
+    assert main(["experiment", "--dataset", str(data), "--user-col", "user", "--item-col", "item",
+                 "--teacher", "bpr:8", "--student", "ease:5", "--methods", "none", "--no-progress"]) == 2

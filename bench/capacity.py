@@ -1,0 +1,209 @@
+"""The size-quality curve: how small a student can go, and what each distillation method keeps of its teacher.
+
+Three stages, every run its own `recdistill experiment` process (resumable: a run whose file exists is kept):
+1. the teacher: each candidate of the grid's "teachers" on seed 0; the best validation NDCG@10 is chosen;
+2. the settings: each method's candidates at dim "select_dim" on seed 0; the best validation NDCG@10 is chosen;
+3. the curve: every student dim x method (its chosen setting) x seed.
+Nothing is chosen on test. The result, bench/results/capacity-<dataset>.json, has the shape
+{dataset, protocol, command, teacher: {model, dim, params, bytes, test}, runs: [{method, student_dim, params,
+bytes, seed, valid, test, epochs, stopped_by}], selection: {...}}. Plot it with scripts/plot_capacity.py.
+
+  python bench/capacity.py --dataset ml-1m --dims 5,10,20,40 --seeds 0,1,2 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+REPORTED = ("ndcg@10", "recall@10", "ndcg@20", "recall@20")
+MONITOR = "ndcg@10"
+FLOAT_BYTES = 4  # students are stored and served as float32
+
+
+def run(cmd: list[str], log: Path, env: dict[str, str]) -> int:
+    with log.open("w") as fh:
+        fh.write(" ".join(shlex.quote(c) for c in cmd) + "\n")
+        fh.flush()
+        return subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def runs_of(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text())["runs"] if path.exists() else []
+
+
+class Sweep:
+    def __init__(self, args: argparse.Namespace, grid: dict[str, Any]) -> None:
+        self.args, self.grid = args, grid
+        self.work = Path(args.workdir) / args.dataset
+        for sub in ("logs", "runs"):
+            (self.work / sub).mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+                    "PYTHONUNBUFFERED": "1"}
+
+    def command(self, teacher: str, dim: int, method: str, seed: int, extra: list[str], name: str
+                ) -> tuple[list[str], Path, Path]:
+        out = self.work / "runs" / f"{name}.json"
+        cmd = [sys.executable, "-m", "cli", "experiment", "--dataset", self.args.dataset, "--teacher", teacher,
+               "--student", f"{self.grid['student_model']}:{dim}", "--methods", method, "--seeds", str(seed),
+               "--device", self.args.device, "--no-progress", "--out", str(out), *self.grid["common"], *extra]
+        return cmd, self.work / "logs" / f"{name}.log", out
+
+    def run_all(self, jobs: list[tuple[list[str], Path, Path]]) -> None:
+        todo = [(c, log) for c, log, out in jobs if not out.exists()]
+        with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
+            codes = list(pool.map(lambda j: run(j[0], j[1], self.env), todo))
+        failed = [log.name for (_, log), code in zip(todo, codes, strict=True) if code]
+        if failed:
+            raise SystemExit(f"failed runs (see {self.work / 'logs'}): {failed}")
+
+    def choose_teacher(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        jobs = [self.command(t["spec"], self.grid["select_dim"], "", 0, t.get("args", []), f"teacher-{t['label']}")
+                for t in self.grid["teachers"]]
+        self.run_all(jobs)
+        seen = []
+        for t, (_, _, out) in zip(self.grid["teachers"], jobs, strict=True):
+            r = runs_of(out)[0]
+            seen.append({"label": t["label"], "spec": t["spec"], "valid": r["valid"][MONITOR],
+                         "test": r["test"][MONITOR], "epochs": r["epochs"], "stopped_by": r["stopped_by"]})
+        best = max(seen, key=lambda c: c["valid"])
+        print(f"teacher: {best['spec']} (validation NDCG@10 {best['valid']:.4f})", flush=True)
+        return best, seen
+
+    def choose_settings(self, teacher: str) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+        dim = self.grid["select_dim"]
+        jobs, where = [], []
+        for label, cands in self.grid["methods"].items():
+            for c in cands:
+                jobs.append(self.command(teacher, dim, c["method"], 0, c.get("args", []), f"{c['label']}-d{dim}-s0"))
+                where.append((label, c))
+        self.run_all(jobs)
+        chosen: dict[str, dict[str, Any]] = {}
+        tried: dict[str, list[dict[str, Any]]] = {}
+        for (label, c), (_, _, out) in zip(where, jobs, strict=True):
+            r = next(r for r in runs_of(out) if r["method"] != "teacher")
+            tried.setdefault(label, []).append({"label": c["label"], "args": c.get("args", []),
+                                                "valid": r["valid"][MONITOR]})
+            if label not in chosen or r["valid"][MONITOR] > chosen[label]["valid"]:
+                chosen[label] = {**c, "valid": r["valid"][MONITOR]}
+        for label, c in chosen.items():
+            print(f"{label}: {c['label']} (validation NDCG@10 {c['valid']:.4f} at dim {dim}, seed 0)", flush=True)
+        return chosen, tried
+
+    def curve(self, teacher: str, chosen: dict[str, dict[str, Any]]) -> list[tuple[str, int, int, Path]]:
+        jobs, keys = [], []
+        for dim in self.args.dims:
+            for seed in self.args.seeds:
+                for label, c in chosen.items():
+                    jobs.append(self.command(teacher, dim, c["method"], seed, c.get("args", []),
+                                             f"{c['label']}-d{dim}-s{seed}"))
+                    keys.append((label, dim, seed, jobs[-1][2]))
+        # Longest first would balance the pool best, but grouping by dim lets a partial sweep show whole dims.
+        self.run_all(jobs)
+        return keys
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--dims", default="5,10,20,40", type=lambda s: [int(x) for x in s.split(",")])
+    ap.add_argument("--seeds", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
+    ap.add_argument("--grid", default=str(ROOT / "bench/grids/capacity.json"))
+    ap.add_argument("--jobs", type=int, default=2, help="parallel processes")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument("--workdir", default=str(ROOT / "var/capacity"))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    grid = json.loads(Path(args.grid).read_text())
+    t0 = time.time()
+    sweep = Sweep(args, grid)
+    teacher, teachers_tried = sweep.choose_teacher()
+    chosen, settings_tried = sweep.choose_settings(teacher["spec"])
+    keys = sweep.curve(teacher["spec"], chosen)
+
+    from core.data import load_interactions
+    from core.datasets import resolve
+
+    inter = load_interactions(resolve(args.dataset))
+    n_users, n_items = inter.n_users, inter.n_items
+    teacher_runs = []
+    runs = []
+    for label, dim, seed, out in keys:
+        found = runs_of(out)
+        t = next(r for r in found if r["method"] == "teacher")
+        s = next(r for r in found if r["method"] != "teacher")
+        if label == "none":  # one teacher row per seed (every method of a seed solves the same teacher)
+            teacher_runs.append({"seed": seed, "student_dim": dim, "test": t["test"]})
+        params = (n_users + n_items) * dim
+        runs.append({
+            "method": label, "setting": chosen[label]["label"], "student_dim": dim, "params": params,
+            "bytes": params * FLOAT_BYTES, "seed": seed,
+            "valid": {k: s["valid"][k] for k in REPORTED}, "test": {k: s["test"][k] for k in REPORTED},
+            "epochs": s["epochs"], "best_epoch": s.get("best_epoch"), "stopped_by": s["stopped_by"],
+            "seconds_per_epoch": s["seconds_per_epoch"],
+        })
+    # The teacher of a seed is the same at every student dim (it never sees the student): keep one per seed.
+    per_seed = {r["seed"]: r["test"] for r in teacher_runs}
+    spec = teacher["spec"]
+    t_params = n_items * n_items if spec.startswith("ease") else None
+    if t_params is None:  # an embedding teacher: (users + items) x dim
+        t_params = (n_users + n_items) * int(spec.split(":")[1])
+    result = {
+        "dataset": args.dataset,
+        "protocol": "full ranking of every unobserved item; random 80/10/10 split per user, one split per seed; "
+                    "teacher and settings chosen on validation NDCG@10 of seed 0 (see selection); student BPR-MF",
+        "command": "python bench/capacity.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "grid": grid,
+        "n_users": n_users, "n_items": n_items,
+        "teacher": {
+            "model": spec, "dim": n_items if spec.startswith("ease") else int(spec.split(":")[1]),
+            "params": t_params, "bytes": t_params * FLOAT_BYTES,
+            "test": {k: sum(t[k] for t in per_seed.values()) / len(per_seed) for k in REPORTED},
+            "test_per_seed": {str(s): {k: t[k] for k in REPORTED} for s, t in sorted(per_seed.items())},
+        },
+        "selection": {"teachers": teachers_tried, "settings": settings_tried,
+                      "chosen": {k: v["label"] for k, v in chosen.items()}},
+        "runs": runs,
+        "seconds": round(time.time() - t0),
+    }
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"capacity-{args.dataset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(summary(result))
+    print(f"written to {out}")
+    return 0
+
+
+def summary(result: dict[str, Any]) -> str:
+    """Mean ± std of test NDCG@10 per (method, dim), and its share of the teacher's."""
+    import statistics
+
+    teacher = result["teacher"]["test"][MONITOR]
+    lines = [f"teacher {result['teacher']['model']}: NDCG@10 {teacher:.4f}",
+             "| method | dim | n | NDCG@10 | of teacher | capped |", "|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in result["runs"]:
+        groups.setdefault((r["method"], r["student_dim"]), []).append(r)
+    for (method, dim), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        vals = [r["test"][MONITOR] for r in rs]
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        mean = statistics.fmean(vals)
+        capped = sum(r["stopped_by"] == "cap" for r in rs)
+        lines.append(f"| {method} | {dim} | {len(rs)} | {mean:.4f} ± {sd:.4f} | {100 * mean / teacher:.1f} % | {capped} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
