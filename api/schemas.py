@@ -189,7 +189,8 @@ class JobCreate(Strict):
         default_factory=dict,
         description="Fit-loop keys (epochs, batch_size, lr, weight_decay, patience, eval_every), the same with a "
         "teacher_ prefix for the teacher, and the method's distiller keys (DCD: m, p, eps, period, lambda_ucd, "
-        "lambda_icd, lambda_rkd, ...; RRD: m, k, l, t, lambda_rrd, ...). Unknown keys are refused by name.",
+        "lambda_icd, lambda_rkd, ...; RRD: m, k, l, t, lambda_rrd, ...; HetComp: teachers, ensemble_epochs, stages, k, "
+        "lambda_easy, lambda_hard, ...). Unknown keys are refused by name.",
     )
     seed: int = Field(0, ge=0, le=2**31 - 1)
     split: SplitSpec = Field(default_factory=SplitSpec)

@@ -28,10 +28,10 @@ CLOSED_FORM_MODEL_NAMES: tuple[str, ...] = ("ease",)
 EASE_DEFAULT_L2 = 1000.0  # the calibration's best on ML-1M validation (docs/results.md)
 # Students are served through a FAISS inner-product index, so they must score by a dot product.
 SERVABLE_MODEL_NAMES: tuple[str, ...] = ("bpr", "lightgcn")
-METHOD_NAMES: tuple[str, ...] = ("none", "rrd", "dcd")
+METHOD_NAMES: tuple[str, ...] = ("none", "rrd", "dcd", "hetcomp")
 
 ModelName = Literal["bpr", "neumf", "lightgcn", "ease"]
-MethodName = Literal["none", "rrd", "dcd"]
+MethodName = Literal["none", "rrd", "dcd", "hetcomp"]
 
 
 class JobStatus(StrEnum):
@@ -305,8 +305,41 @@ class RRDConfig(DistillConfig):
     chunk: int = Field(512, gt=0, description="Users per chunk when computing the teacher lists.")
 
 
+class HetCompConfig(DistillConfig):
+    """HetComp (Kang et al., WWW 2023): distil an ensemble of heterogeneous teachers through ranking targets that
+    go from easy to hard along each teacher's training trajectory (docs/hetcomp.md)."""
+
+    row_fraction: float = Field(0.25, gt=0, le=1, description=(
+        "Fraction of a batch's unique users that get the term (weighted back): each scores every item for its "
+        "user, and a user sits in many batches of an epoch. 1.0 = every user, as the authors' code."))
+    teachers: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=lambda: ["bpr:64", "lightgcn:64"], min_length=0, max_length=4,
+        description="Teachers trained beside the job's teacher to form the ensemble, as MODEL:DIM (or ease:L2); "
+                    "each one's trajectory is recorded while it trains.")
+    ensemble_epochs: int = Field(100, ge=1, le=1000, description="Epoch cap of each ensemble teacher (patience 10 "
+                                                                 "on validation NDCG@10 stops it first).")
+    ensemble_lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate of the ensemble teachers.")
+    stages: int = Field(4, ge=2, le=8, description="Checkpoints per teacher trajectory (easy to hard).")
+    k: int = Field(100, ge=2, le=1000, description="Length of the ensemble's ranking target (unobserved items).")
+    positives: int = Field(10, ge=1, le=1000, description="Observed items per user ranked by the ensemble.")
+    temperature: float = Field(10.0, gt=0, le=1e6, description="Rank importance exp(-rank / T) in the ensemble.")
+    period: int = Field(10, ge=1, le=10_000, description="Epochs between two updates of the selected stages (DKC).")
+    alpha: float = Field(1.05, ge=1.0, le=100.0, description="DKC threshold: a teacher stays at its stage while the "
+                                                                "student closes the distance to the next by at most this factor.")
+    ndcg_k: int = Field(50, ge=1, le=1000, description="List length of the student-to-stage NDCG distance.")
+    lambda_easy: float = Field(1e-2, ge=0, le=1e6, description="Weight of the overall-ranking loss (before the last stage).")
+    lambda_hard: float = Field(5e-3, ge=0, le=1e6, description="Weight of the listwise loss (once every teacher is at its last stage).")
+    chunk: int = Field(512, gt=0, le=65_536, description="Users per chunk when computing lists.")
+
+    @field_validator("teachers")
+    @classmethod
+    def _teachers(cls, v: list[str]) -> list[str]:
+        return [str(ModelSpec.parse(t)) for t in v]
+
+
 #: Each method's distiller config (``core.distill.DISTILLERS`` holds the distillers of the same names).
-DISTILL_CONFIGS: dict[str, type[DistillConfig]] = {"none": DistillConfig, "rrd": RRDConfig, "dcd": DCDConfig}
+DISTILL_CONFIGS: dict[str, type[DistillConfig]] = {
+    "none": DistillConfig, "rrd": RRDConfig, "dcd": DCDConfig, "hetcomp": HetCompConfig}
 # The distiller's seed is the job's seed, never a hyperparameter of its own.
 _JOB_SET_KEYS = frozenset({"seed"})
 

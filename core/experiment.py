@@ -27,6 +27,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "none": ("none", {}),
     "rrd": ("rrd", {}),
     "dcd": ("dcd", {}),
+    "hetcomp": ("hetcomp", {}),
     "dcd-no-ucd": ("dcd", {"use_ucd": False}),
     "dcd-no-icd": ("dcd", {"use_icd": False}),
     "dcd-no-rkd": ("dcd", {"use_rkd": False}),
@@ -348,7 +349,10 @@ def run_experiment(
         for method in cfg.methods:
             dname = METHODS[method][0]
             dcfg = cfg.distiller_options(method)
-            distiller = steps.make_distiller(dname, distill_config(dname, dcfg), teacher, data, str(device), lists_cache)
+            distiller = steps.make_distiller(
+                dname, distill_config(dname, dcfg), teacher, data, str(device), lists_cache,
+                trajectory_cache=Path(cfg.teacher_cache) if cfg.teacher_cache else None,
+                callbacks_for=(lambda what, seed=seed: callbacks_for(f"seed {seed} {what}")) if callbacks_for else None)
             sconf = TrainConfig(seed=seed, device=cfg.device, **cfg.student_train)
             cb = list(callbacks_for(f"seed {seed} {method}")) if callbacks_for else []
             t0 = time.time()

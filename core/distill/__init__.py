@@ -1,4 +1,4 @@
-"""Distillation: teacher top-M lists, RRD and DCD, their samplers and losses; the ``DISTILLERS`` registry."""
+"""Distillation: teacher top-M lists, RRD, DCD and HetComp, their samplers and losses; the ``DISTILLERS`` registry."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from typing import Any
 from core.config import DistillConfig, distill_config
 from core.distill.base import Distiller, NoneDistiller
 from core.distill.dcd import RELEASED_PROCEDURE, DCDDistiller
+from core.distill.hetcomp import HetCompDistiller, Trajectory
 from core.distill.losses import relaxed_ranking_loss
 from core.distill.rrd import RRDDistiller
 from core.distill.topm import teacher_topm
 
-DISTILLERS: dict[str, type[Distiller]] = {"none": NoneDistiller, "rrd": RRDDistiller, "dcd": DCDDistiller}
+DISTILLERS: dict[str, type[Distiller]] = {
+    "none": NoneDistiller, "rrd": RRDDistiller, "dcd": DCDDistiller, "hetcomp": HetCompDistiller}
 
 
 def build_distiller(name: str, **cfg: Any) -> Distiller:
@@ -27,6 +29,8 @@ def distiller_for(name: str, config: DistillConfig) -> Distiller:
 __all__ = [
     "DISTILLERS",
     "DCDDistiller",
+    "HetCompDistiller",
+    "Trajectory",
     "Distiller",
     "NoneDistiller",
     "RELEASED_PROCEDURE",

@@ -17,12 +17,13 @@ import scipy.sparse as sp
 import torch
 
 from core.checkpoint import MODEL_FILE, load_checkpoint, save_checkpoint
-from core.config import DistillConfig, ModelSpec, SplitSpec
+from core.config import DistillConfig, HetCompConfig, ModelSpec, SplitSpec
 from core.data import SplitData, load_interactions, split
 from core.distill import distiller_for
 from core.distill.base import ListsCache
 from core.eval import evaluate
 from core.index import IndexKind, ServingBundle, write_bundle
+from core.jobs import trajectory
 from core.models import build_model
 from core.models.base import Recommender
 from core.storage import size_of
@@ -89,14 +90,21 @@ def make_distiller(
     data: SplitData,
     device: str,
     lists_cache: ListsCache | None = None,
+    trajectory_cache: Path | None = None,
+    callbacks_for: Callable[[str], Sequence[Callback]] | None = None,
 ) -> Any:
     """The method's distiller over its (validated) config, prepared against the frozen teacher (``lists_cache``:
-    the teacher's top-M lists shared by every distiller of one teacher and split)."""
+    the teacher's top-M lists shared by every distiller of one teacher and split). HetComp first trains its
+    ensemble's other teachers, recording their trajectories (``trajectory_cache``: a folder that keeps them)."""
     distiller = distiller_for(method, config)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    distiller.prepare(teacher, data, resolve_device(device), lists_cache)
+    resolved = resolve_device(device)
+    if isinstance(config, HetCompConfig):
+        distiller.use_trajectories(trajectory.trajectories(
+            teacher, data, config, resolved, config.seed, trajectory_cache, callbacks_for))
+    distiller.prepare(teacher, data, resolved, lists_cache)
     return distiller
 
 

@@ -50,6 +50,14 @@ def test_an_ease_teacher_is_accepted_with_its_l2_or_the_default(
     assert res.status_code == 201 and res.json()["teacher"]["l2"] == 1000.0
 
 
+def test_a_hetcomp_job_is_accepted_with_its_ensemble(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    body = job_body(add_dataset(sessions), method="hetcomp",
+                    hyperparameters={"teachers": ["bpr:32", "ease:500"], "ensemble_epochs": 20, "lambda_easy": 0.001})
+    res = client.post("/jobs", json=body)
+    assert res.status_code == 201, res.text
+    assert res.json()["hyperparameters"]["teachers"] == ["bpr:32", "ease:500"]
+
+
 def test_reuse_a_trained_teacher(
     client: TestClient, sessions: sessionmaker[Session], settings: Settings
 ) -> None:
@@ -169,6 +177,8 @@ def test_unknown_and_bad_job_ids(client: TestClient, anon: TestClient) -> None:
 @pytest.mark.parametrize(("method", "key", "value"), [
     ("dcd", "rkd_l", 10**9), ("dcd", "bank", 10**6), ("dcd", "chunk", 10**7), ("dcd", "m", 10**7),
     ("dcd", "lambda_ucd", 1e300), ("rrd", "l", 10**9), ("rrd", "seed", 2**40),
+    ("hetcomp", "k", 10**6), ("hetcomp", "ensemble_epochs", 10**6), ("hetcomp", "stages", 100),
+    ("hetcomp", "teachers", ["bpr:8"] * 5), ("hetcomp", "teachers", ["foo:8"]), ("hetcomp", "teachers", ["bpr:9999999"]),
 ])
 def test_every_distiller_number_is_bounded(client: TestClient, sessions: sessionmaker[Session], method: str,
                                            key: str, value: float) -> None:

@@ -1,0 +1,128 @@
+"""HetComp's teacher trajectories: each ensemble teacher's ranking lists from easy (early) to hard (final).
+
+A gradient teacher is trained here with its top-k lists recorded after every epoch; its stages are the lists at
+1/2^(S-1), ..., 1/4, 1/2 and all of its best epoch (the weights ``fit`` keeps). A closed-form teacher (EASE)
+has no trajectory, so its stages are solves along a regularisation path, L2 x 2^(S-1) down to L2 (a heavier
+ridge ranks closer to popularity: the easier ranking). The job's own teacher, already trained, joins with its
+final lists at every stage when it was trained by gradient steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from core.config import HetCompConfig, ModelSpec, TrainConfig
+from core.data import SplitData
+from core.distill.hetcomp import Trajectory, observed_order, top_unobserved
+from core.models import build_model
+from core.models.base import Recommender
+from core.train import EpochReport, fit
+
+log = logging.getLogger(__name__)
+
+PATIENCE = 10  # ensemble teachers stop when validation NDCG@10 has not improved for this many epochs
+
+
+class _Recorder:
+    """Records the model's top-k lists after every epoch (int32 on the CPU: U x k x 4 bytes an epoch)."""
+
+    def __init__(self, model: Recommender, data: SplitData, k: int, chunk: int, device: torch.device) -> None:
+        self.model, self.train, self.k, self.chunk, self.device = model, data.train.tocsr(), k, chunk, device
+        self.lists: list[torch.Tensor] = []
+
+    def on_epoch_end(self, report: EpochReport) -> None:
+        self.lists.append(top_unobserved(self.model, self.train, self.k, self.chunk, self.device).to("cpu", torch.int32))
+
+
+def stage_epochs(best_epoch: int, stages: int) -> list[int]:
+    """Epochs whose lists are the stages: best/2^(S-1), ..., best/2, best (at least 1, never repeated down)."""
+    return [max(1, round(best_epoch / 2 ** (stages - 1 - s))) for s in range(stages)]
+
+
+def _closed_form_path(spec: ModelSpec, data: SplitData, config: HetCompConfig, device: torch.device,
+                      final: Recommender | None = None) -> Trajectory:
+    k = min(config.k, data.n_items - 1)
+    assert spec.l2 is not None
+    stages = []
+    for s in range(config.stages):
+        l2 = spec.l2 * 2 ** (config.stages - 1 - s)
+        if s == config.stages - 1 and final is not None:
+            model = final
+        else:
+            model = build_model(spec.model, data.n_users, data.n_items, data.n_items, train=data.train, l2=l2)
+            model.solve()
+        stages.append(top_unobserved(model, data.train.tocsr(), k, config.chunk, "cpu"))
+    return Trajectory(str(spec), stages, observed_order(model, data.train, config.positives, config.chunk))
+
+
+def _trained(spec: ModelSpec, data: SplitData, config: HetCompConfig, seed: int, device: torch.device,
+             callbacks: Sequence[Any]) -> Trajectory:
+    k = min(config.k, data.n_items - 1)
+    dim, opts = spec.build_args(data.n_items)
+    model = build_model(spec.model, data.n_users, data.n_items, dim, train=data.train, seed=seed, **opts)
+    recorder = _Recorder(model, data, k, config.chunk, device)
+    train = TrainConfig(epochs=config.ensemble_epochs, lr=config.ensemble_lr, patience=PATIENCE, seed=seed,
+                        device=str(device))
+    result = fit(model, data, train, callbacks=[recorder, *callbacks])
+    epochs = stage_epochs(result.best_epoch, config.stages)
+    log.info("hetcomp teacher %s: best epoch %d of %d (%s); stages at epochs %s", spec, result.best_epoch,
+             result.epochs_run, result.stopped_by, epochs)
+    stages = [recorder.lists[e - 1].long() for e in epochs]
+    return Trajectory(str(spec), stages, observed_order(model, data.train, config.positives, config.chunk))
+
+
+def _cache_file(cache: Path, spec: str, data: SplitData, config: HetCompConfig, seed: int) -> Path:
+    keys = {k: getattr(config, k) for k in ("ensemble_epochs", "ensemble_lr", "stages", "k", "positives", "chunk")}
+    digest = hashlib.sha256(json.dumps([spec, keys, seed], sort_keys=True).encode()).hexdigest()[:12]
+    return cache / f"hetcomp-{spec.replace(':', '')}-seed{seed}-{data.fingerprint[:12]}-{digest}.safetensors"
+
+
+def trajectories(
+    teacher: Recommender,
+    data: SplitData,
+    config: HetCompConfig,
+    device: torch.device,
+    seed: int,
+    cache: Path | None = None,
+    callbacks_for: Any = None,
+) -> list[Trajectory]:
+    """The ensemble: the job's teacher and every ``config.teachers`` entry; ``cache``: a folder where the
+    trained teachers' trajectories are kept and reused (same spec, data, options and seed)."""
+    k = min(config.k, data.n_items - 1)
+    out: list[Trajectory] = []
+    if teacher.closed_form:
+        spec = ModelSpec.model_validate({"model": teacher.name, **teacher.options()})
+        out.append(_closed_form_path(spec, data, config, device, final=teacher))
+    else:
+        final = top_unobserved(teacher, data.train.tocsr(), k, config.chunk, device).cpu()
+        out.append(Trajectory(teacher.name, [final] * config.stages,
+                              observed_order(teacher, data.train, config.positives, config.chunk)))
+    for text in config.teachers:
+        spec = ModelSpec.parse(text)
+        path = _cache_file(cache, text, data, config, seed) if cache is not None else None
+        if path is not None and path.is_file():
+            tensors = load_file(str(path))
+            out.append(Trajectory(text, [tensors[f"stage{s}"] for s in range(config.stages)], tensors["observed"]))
+            log.info("hetcomp teacher %s: reusing %s", text, path)
+            continue
+        if spec.closed_form:
+            traj = _closed_form_path(spec, data, config, device)
+        else:
+            callbacks = list(callbacks_for(f"hetcomp teacher {text}")) if callbacks_for else []
+            traj = _trained(spec, data, config, seed, device, callbacks)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".partial")
+            save_file({**{f"stage{s}": t.contiguous().cpu() for s, t in enumerate(traj.stages)},
+                       "observed": traj.observed.contiguous().cpu()}, str(tmp))
+            tmp.replace(path)
+        out.append(traj)
+    return out
