@@ -39,6 +39,13 @@ def run(cmd: list[str], log: Path, env: dict[str, str]) -> int:
         return subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
 
+def done(cmd: list[str], out: Path) -> bool:
+    """A run is done when its file holds its student (a teacher-only run: its teacher); a run killed halfway
+    leaves a file with the teacher row only, and runs again."""
+    teacher_only = cmd[cmd.index("--methods") + 1] == ""
+    return any(teacher_only or r["method"] != "teacher" for r in runs_of(out))
+
+
 def runs_of(path: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text())["runs"] if path.exists() else []
 
@@ -57,11 +64,15 @@ class Sweep:
         out = self.work / "runs" / f"{name}.json"
         cmd = [sys.executable, "-m", "cli", "experiment", "--dataset", self.args.dataset, "--teacher", teacher,
                "--student", f"{self.grid['student_model']}:{dim}", "--methods", method, "--seeds", str(seed),
-               "--device", self.args.device, "--no-progress", "--out", str(out), *self.grid["common"], *extra]
+               "--device", self.args.device, "--no-progress", "--out", str(out),
+               # Teachers (and HetComp's ensemble trajectories) are kept per seed and reused by every run.
+               "--teacher-cache", str(self.work / "teachers"), *self.grid["common"], *extra]
         return cmd, self.work / "logs" / f"{name}.log", out
 
     def run_all(self, jobs: list[tuple[list[str], Path, Path]]) -> None:
-        todo = [(c, log) for c, log, out in jobs if not out.exists()]
+        if self.args.merge_only:
+            return
+        todo = [(c, log) for c, log, out in jobs if not done(c, out)]
         with ThreadPoolExecutor(max_workers=self.args.jobs) as pool:
             codes = list(pool.map(lambda j: run(j[0], j[1], self.env), todo))
         failed = [log.name for (_, log), code in zip(todo, codes, strict=True) if code]
@@ -85,6 +96,8 @@ class Sweep:
         dim = self.grid["select_dim"]
         jobs, where = [], []
         for label, cands in self.grid["methods"].items():
+            if self.args.methods and label not in self.args.methods:
+                continue
             for c in cands:
                 jobs.append(self.command(teacher, dim, c["method"], 0, c.get("args", []), f"{c['label']}-d{dim}-s0"))
                 where.append((label, c))
@@ -92,7 +105,10 @@ class Sweep:
         chosen: dict[str, dict[str, Any]] = {}
         tried: dict[str, list[dict[str, Any]]] = {}
         for (label, c), (_, _, out) in zip(where, jobs, strict=True):
-            r = next(r for r in runs_of(out) if r["method"] != "teacher")
+            found = [r for r in runs_of(out) if r["method"] != "teacher"]
+            if not found:  # --merge-only before this candidate ran: the method is left out
+                continue
+            r = found[0]
             tried.setdefault(label, []).append({"label": c["label"], "args": c.get("args", []),
                                                 "valid": r["valid"][MONITOR]})
             if label not in chosen or r["valid"][MONITOR] > chosen[label]["valid"]:
@@ -101,16 +117,22 @@ class Sweep:
             print(f"{label}: {c['label']} (validation NDCG@10 {c['valid']:.4f} at dim {dim}, seed 0)", flush=True)
         return chosen, tried
 
-    def curve(self, teacher: str, chosen: dict[str, dict[str, Any]]) -> list[tuple[str, int, int, Path]]:
+    def curve(self, teacher: str, chosen: dict[str, dict[str, Any]], run: bool = True
+              ) -> list[tuple[str, int, int, Path]]:
+        """Every (dim, seed, method) run, seed by seed (a sweep cut short still holds whole curves of its first
+        seeds); ``run``: False only lists them (--merge-only)."""
         jobs, keys = [], []
-        for dim in self.args.dims:
-            for seed in self.args.seeds:
+        only = self.grid.get("method_dims", {})
+        for seed in self.args.seeds:
+            for dim in self.args.dims:
                 for label, c in chosen.items():
+                    if label in only and dim not in only[label]:
+                        continue
                     jobs.append(self.command(teacher, dim, c["method"], seed, c.get("args", []),
                                              f"{c['label']}-d{dim}-s{seed}"))
                     keys.append((label, dim, seed, jobs[-1][2]))
-        # Longest first would balance the pool best, but grouping by dim lets a partial sweep show whole dims.
-        self.run_all(jobs)
+        if run:
+            self.run_all(jobs)
         return keys
 
 
@@ -125,27 +147,39 @@ def main() -> int:
     ap.add_argument("--workdir", default=str(ROOT / "var/capacity"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--methods", default=None, type=lambda s: s.split(","),
+                    help="only these methods of the grid (default: all)")
+    ap.add_argument("--merge-only", action="store_true",
+                    help="write the result from the runs already done (the missing ones are listed in it)")
     args = ap.parse_args()
     grid = json.loads(Path(args.grid).read_text())
-    t0 = time.time()
     sweep = Sweep(args, grid)
     teacher, teachers_tried = sweep.choose_teacher()
     chosen, settings_tried = sweep.choose_settings(teacher["spec"])
-    keys = sweep.curve(teacher["spec"], chosen)
+    keys = sweep.curve(teacher["spec"], chosen, run=not args.merge_only)
 
     from core.data import load_interactions
     from core.datasets import resolve
 
     inter = load_interactions(resolve(args.dataset))
     n_users, n_items = inter.n_users, inter.n_items
+    common = grid["common"]
+    min_epochs = int(common[common.index("--min-epochs") + 1]) if "--min-epochs" in common else 0
     teacher_runs = []
     runs = []
+    missing = []
     for label, dim, seed, out in keys:
         found = runs_of(out)
+        students = [r for r in found if r["method"] != "teacher"]
+        if not students:  # not run yet, or still running (the teacher row is written first)
+            missing.append(out.stem)
+            continue
         t = next(r for r in found if r["method"] == "teacher")
-        s = next(r for r in found if r["method"] != "teacher")
-        if label == "none":  # one teacher row per seed (every method of a seed solves the same teacher)
-            teacher_runs.append({"seed": seed, "student_dim": dim, "test": t["test"]})
+        s = students[0]
+        if s["stopped_by"] == "patience" and s["epochs"] < min_epochs:
+            raise SystemExit(f"{out} stopped at epoch {s['epochs']}, before --min-epochs {min_epochs}: it was run "
+                             "under an older protocol; delete it and run again")
+        teacher_runs.append({"seed": seed, "test": t["test"]})
         params = (n_users + n_items) * dim
         runs.append({
             "method": label, "setting": chosen[label]["label"], "student_dim": dim, "params": params,
@@ -164,7 +198,8 @@ def main() -> int:
         "dataset": args.dataset,
         "protocol": "full ranking of every unobserved item; random 80/10/10 split per user, one split per seed; "
                     "teacher and settings chosen on validation NDCG@10 of seed 0 (see selection); student BPR-MF",
-        "command": "python bench/capacity.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": "python bench/capacity.py " + " ".join(
+            shlex.quote(a) for a in sys.argv[1:] if a != "--merge-only"),
         "grid": grid,
         "n_users": n_users, "n_items": n_items,
         "teacher": {
@@ -176,7 +211,7 @@ def main() -> int:
         "selection": {"teachers": teachers_tried, "settings": settings_tried,
                       "chosen": {k: v["label"] for k, v in chosen.items()}},
         "runs": runs,
-        "seconds": round(time.time() - t0),
+        "missing": missing,
     }
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"capacity-{args.dataset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

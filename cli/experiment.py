@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep only users and items with at least this many interactions (default 0: all)")
     p.add_argument("--max-epochs", type=int, default=None, help="epoch cap for teacher and students")
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience (evaluations)")
+    p.add_argument("--min-epochs", type=int, default=None,
+                   help="no early stop before this epoch (a small model's popularity plateau can outlast patience)")
     p.add_argument("--batch-size", type=int, default=None, help="training pairs per mini-batch")
     p.add_argument("--lr", type=float, default=None, help="learning rate (teacher and students)")
     p.add_argument("--weight-decay", type=float, default=None, help="Adam weight decay (teacher and students)")
@@ -68,6 +70,8 @@ def _train_opts(args: argparse.Namespace, teacher: bool) -> dict[str, Any]:
         opts["epochs"] = args.max_epochs
     if args.patience is not None:
         opts["patience"] = args.patience
+    if args.min_epochs is not None:
+        opts["min_epochs"] = args.min_epochs
     if args.batch_size is not None:
         opts["batch_size"] = args.batch_size
     if args.lr is not None:

@@ -142,6 +142,9 @@ class TrainConfig(Config):
     patience: int = Field(
         20, ge=0, description="evaluations without improvement before stopping; 0 = never stop"
     )
+    min_epochs: int = Field(
+        0, ge=0, description="early stopping may end a run only from this epoch on: a small model can sit on a "
+        "popularity plateau for tens of epochs before it personalises, and patience alone would stop it there")
     eval_every: int = Field(1, ge=1, description="validate every this many epochs (and after the last)")
     eval_ks: tuple[int, ...] = Field((10, 20), description="cut-offs computed on the validation split")
     monitor: str = Field("ndcg@10", description="validation metric that selects the best epoch")
@@ -162,13 +165,13 @@ class TrainConfig(Config):
 
 
 #: The fit-loop keys a job's hyperparameters may set; ``teacher_<key>`` overrides the teacher's loop.
-TRAIN_KEYS: tuple[str, ...] = ("epochs", "batch_size", "lr", "weight_decay", "patience", "eval_every")
+TRAIN_KEYS: tuple[str, ...] = ("epochs", "batch_size", "lr", "weight_decay", "patience", "min_epochs", "eval_every")
 TEACHER_PREFIX = "teacher_"
 #: Upper bounds of a job's fit-loop keys: a client's number must not hold a worker for years (the fit loop
 #: itself takes any value, e.g. a diverging lr in the tests).
 JOB_TRAIN_MAX: dict[str, float] = {
     "epochs": 100_000, "batch_size": 10_000_000, "lr": 10, "weight_decay": 10, "patience": 100_000,
-    "eval_every": 100_000,
+    "min_epochs": 100_000, "eval_every": 100_000,
 }
 # TrainConfig's job keys, each with its own type and bounds plus the job's upper bound.
 _JobTrain: type[Config] = create_model(  # type: ignore[call-overload]

@@ -242,7 +242,7 @@ def _fit(
         valid: dict[str, float] = {}
         if has_valid and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
             valid = evaluate(model, data, "valid", ks=eval_ks)
-            state.observe(epoch + 1, valid, config.monitor, config.patience, model)
+            state.observe(epoch + 1, valid, config.monitor, config.patience, model, config.min_epochs)
         elif not has_valid:
             state.best_epoch = epoch + 1
         state.epoch = epoch + 1

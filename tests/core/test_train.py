@@ -106,6 +106,18 @@ def test_eval_every_counts_patience_in_evaluations(monkeypatch: pytest.MonkeyPat
     assert result.best_epoch == 2 and result.epochs_run == 6 and len(calls) == 3
 
 
+def test_min_epochs_holds_early_stopping_through_a_plateau(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = small_data()
+    # A popularity plateau: the metric peaks at epoch 1, sags for a while, then the model personalises.
+    script = iter([0.3, 0.2, 0.2, 0.2, 0.2, 0.2, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: {"ndcg@10": next(script)})
+    stopped = fit(bpr(data), data, TrainConfig(epochs=13, batch_size=64, patience=3))
+    assert (stopped.epochs_run, stopped.best_epoch) == (4, 1)
+    script = iter([0.3, 0.2, 0.2, 0.2, 0.2, 0.2, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    held = fit(bpr(data), data, TrainConfig(epochs=13, batch_size=64, patience=3, min_epochs=7))
+    assert (held.epochs_run, held.best_epoch, held.stopped_by) == (11, 8, "patience")
+
+
 def test_non_finite_loss_is_reported_with_epoch_and_batch() -> None:
     data = small_data()
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch \d+/"):
