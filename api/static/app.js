@@ -150,7 +150,7 @@ $("#job-form").addEventListener("submit", async (ev) => {
     const job = await api("/jobs", { method: "POST", body: {
       dataset_id: $("#job-dataset").value,
       method: $("#job-method").value,
-      teacher: { model: $("#job-teacher-model").value, dim: Number($("#job-teacher-dim").value) },
+      teacher: teacherSpec($("#job-teacher-model").value, Number($("#job-teacher-dim").value)),
       student: { model: $("#job-student-model").value, dim: Number($("#job-student-dim").value) },
       hyperparameters: { epochs, teacher_epochs: epochs, ...extra },
     } });
@@ -158,6 +158,16 @@ $("#job-form").addEventListener("submit", async (ev) => {
     showError(null);
     await loadJobs();
   } catch (err) { showError(err); }
+});
+
+// EASE is solved in closed form and sized by the catalogue: its number is the L2 weight, not a dim.
+function teacherSpec(model, value) {
+  return model === "ease" ? { model, l2: value } : { model, dim: value };
+}
+$("#job-teacher-model").addEventListener("change", () => {
+  const ease = $("#job-teacher-model").value === "ease";
+  $("#job-teacher-size").textContent = ease ? "L2" : "dim";
+  $("#job-teacher-dim").value = ease ? 1000 : 32;
 });
 
 async function loadJobs() {
