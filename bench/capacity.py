@@ -222,22 +222,39 @@ def main() -> int:
 
 
 def summary(result: dict[str, Any]) -> str:
-    """Mean ± std of test NDCG@10 per (method, dim), and its share of the teacher's."""
+    """Markdown: the teachers tried (validation, test, size) and, per student dim, each method's test NDCG@10
+    (mean ± std over seeds), its share of the teacher's and the runs the epoch cap stopped."""
     import statistics
 
-    teacher = result["teacher"]["test"][MONITOR]
-    lines = [f"teacher {result['teacher']['model']}: NDCG@10 {teacher:.4f}",
-             "| method | dim | n | NDCG@10 | of teacher | capped |", "|---|---|---|---|---|---|"]
+    teacher = result["teacher"]
+    t_ndcg = teacher["test"][MONITOR]
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in result["runs"]:
         groups.setdefault((r["method"], r["student_dim"]), []).append(r)
-    for (method, dim), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    alone20 = [r["test"][MONITOR] for r in groups.get(("none", 20), []) if r["seed"] == 0]
+    lines = ["| teacher candidate | valid NDCG@10 (seed 0) | test NDCG@10 (seed 0) | lead over dim-20 alone |",
+             "|---|---|---|---|"]
+    for c in result["selection"]["teachers"]:
+        lead = f"{100 * (c['test'] / alone20[0] - 1):+.1f} %" if alone20 else "—"
+        lines.append(f"| {c['spec']} | {c['valid']:.4f} | {c['test']:.4f} | {lead} |")
+    lines += ["", f"Teacher {teacher['model']} ({teacher['params']:,} numbers, {teacher['bytes'] / 1e6:.1f} MB): "
+              f"test NDCG@10 {t_ndcg:.4f} (mean of {len(teacher['test_per_seed'])} seeds).", "",
+              "| student dim | size | method | n | test NDCG@10 | of teacher | Recall@10 | capped |",
+              "|---|---|---|---|---|---|---|---|"]
+    for (method, dim), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], list(STYLE_ORDER).index(kv[0][0]))):
         vals = [r["test"][MONITOR] for r in rs]
+        rec = [r["test"]["recall@10"] for r in rs]
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
         mean = statistics.fmean(vals)
         capped = sum(r["stopped_by"] == "cap" for r in rs)
-        lines.append(f"| {method} | {dim} | {len(rs)} | {mean:.4f} ± {sd:.4f} | {100 * mean / teacher:.1f} % | {capped} |")
+        lines.append(f"| {dim} | {rs[0]['bytes'] / 1e6:.2f} MB | {method} | {len(rs)} | {mean:.4f} ± {sd:.4f} | "
+                     f"{100 * mean / t_ndcg:.1f} % | {statistics.fmean(rec):.4f} | {capped} |")
+    if result.get("missing"):
+        lines += ["", f"Not run yet: {', '.join(result['missing'])}."]
     return "\n".join(lines)
+
+
+STYLE_ORDER = ("none", "rrd", "dcd", "hetcomp")
 
 
 if __name__ == "__main__":

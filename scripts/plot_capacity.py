@@ -17,6 +17,32 @@ STYLE = {"none": ("alone", "tab:gray", "o"), "rrd": ("RRD", "tab:blue", "s"), "d
          "hetcomp": ("HetComp", "tab:green", "^")}
 
 
+README_DIMS = (10, 20)  # the README's table: the dims the bars are set at
+
+
+def cell(result: dict, method: str, dim: int) -> str:
+    """Test NDCG@10 of a method at a dim as the README prints it: mean ± std (n), or — when not run."""
+    vals = [r["test"]["ndcg@10"] for r in result["runs"] if r["method"] == method and r["student_dim"] == dim]
+    if not vals:
+        return "—"
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.fmean(vals):.4f} ± {sd:.4f} ({len(vals)})"
+
+
+def readme_rows() -> list[list[str]]:
+    """The README's results rows: data set, dim, teacher, then each method's cell."""
+    rows = []
+    for name in DATASETS:
+        path = ROOT / "bench/results" / f"capacity-{name}.json"
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        teacher = f"{result['teacher']['model']} {result['teacher']['test']['ndcg@10']:.4f}"
+        for dim in README_DIMS:
+            rows.append([name, str(dim), teacher, *(cell(result, m, dim) for m in STYLE)])
+    return rows
+
+
 def curve(result: dict, method: str) -> tuple[list[float], list[float], list[float]]:
     by_dim: dict[int, list[dict]] = {}
     for r in result["runs"]:
@@ -34,7 +60,12 @@ def curve(result: dict, method: str) -> tuple[list[float], list[float], list[flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "docs/capacity.png", help="PNG to write")
+    parser.add_argument("--table", action="store_true", help="print the README's results rows instead")
     args = parser.parse_args()
+    if args.table:
+        for row in readme_rows():
+            print("| " + " | ".join(row) + " |")
+        return
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display

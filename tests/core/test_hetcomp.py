@@ -36,8 +36,8 @@ def test_importance_and_list_ndcg() -> None:
 
 
 def test_stage_epochs_run_from_early_to_best() -> None:
-    assert trajectory.stage_epochs(40, 4) == [5, 10, 20, 40]
-    assert trajectory.stage_epochs(3, 4) == [1, 1, 2, 3]
+    assert trajectory.stage_epochs(40, 4) == [10, 20, 30, 40]
+    assert trajectory.stage_epochs(3, 4) == [1, 2, 2, 3]
 
 
 def _trajectories(data, stages: int = 3) -> list[Trajectory]:  # type: ignore[no-untyped-def]
