@@ -142,7 +142,9 @@ def execute(ctx: JobContext) -> None:
     # Enter the phase before prepare(): computing the teacher's top-M lists can take a while on big data.
     writer = ProgressWriter(ctx, JobPhase.DISTILL, history)
     writer.start(spec.student_train.epochs)
-    distiller = steps.make_distiller(spec.method, spec.distiller, teacher.model, data, device)
+    # HetComp trains its ensemble's teachers here (minutes): a cancel is honoured during that too.
+    distiller = steps.make_distiller(spec.method, spec.distiller, teacher.model, data, device,
+                                     should_cancel=ctx.should_cancel)
     student, result = steps.train_model(
         spec.student,
         data,

@@ -92,6 +92,7 @@ def make_distiller(
     lists_cache: ListsCache | None = None,
     trajectory_cache: Path | None = None,
     callbacks_for: Callable[[str], Sequence[Callback]] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
 ) -> Any:
     """The method's distiller over its (validated) config, prepared against the frozen teacher (``lists_cache``:
     the teacher's top-M lists shared by every distiller of one teacher and split). HetComp first trains its
@@ -103,7 +104,7 @@ def make_distiller(
     resolved = resolve_device(device)
     if isinstance(config, HetCompConfig):
         distiller.use_trajectories(trajectory.trajectories(
-            teacher, data, config, resolved, config.seed, trajectory_cache, callbacks_for))
+            teacher, data, config, resolved, config.seed, trajectory_cache, callbacks_for, should_cancel))
     distiller.prepare(teacher, data, resolved, lists_cache)
     return distiller
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +70,14 @@ def _closed_form_path(spec: ModelSpec, data: SplitData, config: HetCompConfig, d
 
 
 def _trained(spec: ModelSpec, data: SplitData, config: HetCompConfig, seed: int, device: torch.device,
-             callbacks: Sequence[Any]) -> Trajectory:
+             callbacks: Sequence[Any], should_cancel: Callable[[], bool] | None) -> Trajectory:
     k = min(config.k, data.n_items - 1)
     dim, opts = spec.build_args(data.n_items)
     model = build_model(spec.model, data.n_users, data.n_items, dim, train=data.train, seed=seed, **opts)
     recorder = _Recorder(model, data, k, config.chunk, device)
     train = TrainConfig(epochs=config.ensemble_epochs, lr=config.ensemble_lr, patience=PATIENCE,
                         min_epochs=MIN_EPOCHS, seed=seed, device=str(device))
-    result = fit(model, data, train, callbacks=[recorder, *callbacks])
+    result = fit(model, data, train, callbacks=[recorder, *callbacks], should_cancel=should_cancel)
     epochs = stage_epochs(result.best_epoch, config.stages)
     log.info("hetcomp teacher %s: best epoch %d of %d (%s); stages at epochs %s", spec, result.best_epoch,
              result.epochs_run, result.stopped_by, epochs)
@@ -99,6 +99,7 @@ def trajectories(
     seed: int,
     cache: Path | None = None,
     callbacks_for: Any = None,
+    should_cancel: Callable[[], bool] | None = None,
 ) -> list[Trajectory]:
     """The ensemble: the job's teacher and every ``config.teachers`` entry; ``cache``: a folder where the
     trained teachers' trajectories are kept and reused (same spec, data, options and seed)."""
@@ -123,7 +124,7 @@ def trajectories(
             traj = _closed_form_path(spec, data, config, device)
         else:
             callbacks = list(callbacks_for(f"hetcomp teacher {text}")) if callbacks_for else []
-            traj = _trained(spec, data, config, seed, device, callbacks)
+            traj = _trained(spec, data, config, seed, device, callbacks, should_cancel)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".partial")

@@ -157,3 +157,13 @@ def test_a_hetcomp_job_succeeds(settings: Settings) -> None:
     assert run_job(job_id, settings, worker_id="w1") == "succeeded"
     with session_scope(settings.database_url) as s:
         assert repo.get_job(s, job_id).student_model_id
+
+
+def test_a_cancel_stops_the_ensemble_training() -> None:
+    from core.train import TrainingCancelled
+
+    data = small_data()
+    teacher = build_model("bpr", data.n_users, data.n_items, 4, seed=0)
+    config = HetCompConfig(**{**SMALL, "teachers": ["bpr:4"], "ensemble_epochs": 50})
+    with pytest.raises(TrainingCancelled):
+        trajectory.trajectories(teacher, data, config, torch.device("cpu"), seed=0, should_cancel=lambda: True)
