@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import repo
-from core.index import BundleError, IndexKind, ServingBundle
+from core.index import BundleError, IndexSpec, ServingBundle
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +34,11 @@ def bundle_dir(artifact_dir: Path, artifact_path: str) -> Path:
 class IndexHolder:
     """Holds the active ``ServingBundle`` (or None) and the activation id it came from."""
 
-    def __init__(self, sessions: sessionmaker[Session], artifact_dir: Path, kind: IndexKind = "flat") -> None:
+    def __init__(self, sessions: sessionmaker[Session], artifact_dir: Path, index: IndexSpec = IndexSpec()) -> None:
         self.sessions = sessions
         self.artifact_dir = artifact_dir
-        self.kind: IndexKind = kind
+        # Only for version 1 bundles (no saved index, one is built at load); others bring their own.
+        self.index = index
         self.bundle: ServingBundle | None = None
         self.activation_id: int | None = None
         # Serialises loads (poller vs POST /activate) so one activation is loaded once.
@@ -45,12 +46,12 @@ class IndexHolder:
         self._failed: dict[int, float] = {}
 
     def load_model(self, session: Session, model_id: str) -> ServingBundle:
-        """Load (but do not install) the bundle of ``model_id``."""
+        """Load (but do not install) the bundle of ``model_id``: memory-mapped, its index built by the worker."""
         try:
             model = repo.get_model(session, model_id)
         except repo.NotFoundError as exc:
             raise BundleError(f"model {model_id} has no row") from exc
-        return ServingBundle.load(bundle_dir(self.artifact_dir, model.artifact_path), kind=self.kind)
+        return ServingBundle.load(bundle_dir(self.artifact_dir, model.artifact_path), self.index)
 
     def install(self, bundle: ServingBundle | None, activation_id: int | None) -> None:
         """Swap in ``bundle`` (a single reference assignment; readers never see a half state)."""

@@ -22,6 +22,7 @@ from api.metrics import Metrics, MetricsMiddleware
 from api.openapi import install_openapi
 from api.routers import dashboard, datasets, health, items, jobs, models, recommend, users
 from core.db.session import session_factory
+from core.index import IndexSpec
 from core.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 1.0
     """Build an app bound to ``settings`` (default: the environment's)."""
     settings = settings or get_settings()
     sessions = session_factory(settings.database_url)
-    holder = IndexHolder(sessions, settings.artifact_dir, kind=settings.index)
+    holder = IndexHolder(sessions, settings.artifact_dir, IndexSpec.of(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -254,6 +254,17 @@ class JobsPublic(BaseModel):
 
 
 # ----------------------------------------------------------------------------------------------- models
+class IndexPublic(BaseModel):
+    """The FAISS index saved in a student's serving bundle, built by its worker."""
+
+    kind: str = Field(description="flat (exact inner product), ivf (IVF-flat) or hnsw (both approximate).")
+    params: dict[str, int] = Field(description="ivf: nlist, nprobe; hnsw: m, ef_search; flat: none.")
+    recall_at_10: float | None = Field(description="Approximate kinds: mean recall@10 against exact search on "
+                                       "recall_queries of the model's own users at these params; null for flat.")
+    recall_queries: int = Field(description="Users the recall was measured on (0 for flat).")
+    build_s: float = Field(description="Seconds the worker took to build and tune the index.")
+
+
 class ModelPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -272,6 +283,9 @@ class ModelPublic(BaseModel):
     compression_ratio: float | None
     created_at: datetime
     active: bool = False
+    index: IndexPublic | None = Field(None, description="GET /models/{id} only, for a student: the index its "
+                                      "serving bundle holds; null elsewhere and for bundles built before it was "
+                                      "recorded (version 1: the index is built when loaded).")
 
 
 class LatencyPublic(BaseModel):
@@ -281,9 +295,11 @@ class LatencyPublic(BaseModel):
     p99_ms: float = Field(description="99th-percentile milliseconds per recommend call.")
     queries: int = Field(description="Timed calls (RECDISTILL_REPORT_LATENCY_QUERIES).")
     k: int = Field(description="Items asked per call.")
-    method: str = Field(description="What was timed: faiss-flat / faiss-hnsw (ServingBundle.recommend, as "
+    method: str = Field(description="What was timed: faiss-flat / faiss-ivf / faiss-hnsw (ServingBundle.recommend, as "
                         "served) or full-scores (a model no index can serve: all scores + top-k).")
     servable: bool = Field(description="Whether the model can be served by the FAISS index.")
+    index: IndexPublic | None = Field(None, description="The index timed (the student's is the one saved in its "
+                                      "bundle); null for full-scores and for jobs before it was recorded.")
 
 
 class ReportSidePublic(BaseModel):

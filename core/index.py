@@ -1,6 +1,7 @@
-"""FAISS serving bundle: write a model's embeddings + id maps + seen items, load them, search top-K.
+"""FAISS serving bundle: write a model's embeddings + id maps + seen items + built index, load them
+memory-mapped, search top-K with seen/excluded items filtered inside FAISS.
 
-No torch here: the API process loads bundles written by the worker (numpy/JSON/npz files only).
+No torch here: the API process loads bundles written by the worker (numpy/JSON/FAISS files only).
 """
 
 from __future__ import annotations
@@ -9,28 +10,39 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
 import scipy.sparse as sp
 
+from core import ann
+from core.ann import IndexInfo, IndexKind, IndexSpec
+from core.idmap import IdMap
 from core.storage import atomic_dir
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_VERSION = 1
+# 2: the FAISS index is built by the worker and saved in the bundle (index.faiss, its parameters and recall in
+# meta.json), and every array is a memory-mappable .npy (id maps, seen items, popular order) so API processes
+# share one copy. Version 1 bundles (arrays + JSON id lists, index built at load) are still read.
+BUNDLE_VERSION = 2
 _NO_CODES = np.zeros(0, dtype=np.int64)
-IndexKind = Literal["flat", "hnsw"]
 # Ridge of the new-user fold-in (``ServingBundle.recommend_items``), in units of the catalogue's mean squared
 # item-embedding norm, so that one value fits models whatever their embedding scale (scaling every
 # embedding by c scales V^T V by c^2; a ridge scaled alike leaves the ranking unchanged). Chosen on held-out
 # users' validation items of ML-100K (bench/foldin_quality.py, bench/results/foldin-ml-100k.json), never
 # on their test items.
 FOLDIN_RIDGE = 100.0
-_FILES = ("meta.json", "user_emb.npy", "item_emb.npy", "user_ids.json", "item_ids.json", "seen.npz", "popularity.npy")
+_FILES_V1 = ("meta.json", "user_emb.npy", "item_emb.npy", "user_ids.json", "item_ids.json", "seen.npz", "popularity.npy")
+# Arrays of a version 2 bundle, each loaded memory-mapped (read-only).
+_ARRAYS = ("user_emb", "item_emb", "item_unit", "popularity", "popular_order", "pop_counts", "seen_indptr",
+           "seen_indices", "seen_ptr", "seen_bytes", "seen_masks")
+_FILES = ("meta.json", "comma_widths.json", ann.INDEX_FILE, *(f"{a}.npy" for a in _ARRAYS),
+          *IdMap.files("user"), *IdMap.files("item"))
 
 
 class BundleError(ValueError):
@@ -54,6 +66,20 @@ class Recommendation(NamedTuple):
     source: str  # "personalized" | "popular" | "similar" | "folded_in"
 
 
+class BuiltIndex(NamedTuple):
+    """A FAISS index over a bundle's item embeddings and what was built (kind, parameters, recall@10)."""
+
+    index: faiss.Index
+    info: IndexInfo
+
+
+def build_index(item_emb: np.ndarray, user_emb: np.ndarray, spec: IndexSpec | IndexKind) -> BuiltIndex:
+    """The index ``spec`` picks for these items (a kind: that one), tuned and its recall@10 measured on these
+    users' vectors."""
+    spec = spec if isinstance(spec, IndexSpec) else IndexSpec(choice=spec)
+    return BuiltIndex(*ann.build(np.ascontiguousarray(item_emb, dtype=np.float32), user_emb, spec))
+
+
 def write_bundle(
     dir: str | os.PathLike[str],
     user_emb: np.ndarray,
@@ -63,30 +89,46 @@ def write_bundle(
     seen: sp.spmatrix | sp.sparray,
     popularity: np.ndarray,
     model_id: str,
+    index: IndexSpec | IndexKind = IndexSpec(),
+    built: BuiltIndex | None = None,
 ) -> Path:
-    """Write a serving bundle into ``dir`` atomically (``core.storage.atomic_dir``: a whole-folder swap)."""
+    """Write a serving bundle into ``dir`` atomically (``core.storage.atomic_dir``: a whole-folder swap), with
+    its FAISS index (``built``, else built here from ``index``) so that loading it builds nothing."""
     target = Path(dir)
-    user_emb = np.ascontiguousarray(user_emb, dtype=np.float32)
-    item_emb = np.ascontiguousarray(item_emb, dtype=np.float32)
-    seen_csr = sp.csr_matrix(seen, dtype=np.float32)
-    popularity = np.asarray(popularity, dtype=np.int64)
-    _check_arrays(user_emb, item_emb, len(user_ids), len(item_ids), seen_csr, popularity)
+    parts = _Parts.derive(user_emb, item_emb, user_ids, item_ids, seen, popularity)
+    if built is None:
+        built = build_index(parts.arrays["item_emb"], parts.arrays["user_emb"], index)
+    if built.index.ntotal != parts.n_items or built.index.d != parts.dim:
+        raise BundleError(f"index holds {built.index.ntotal} x {built.index.d}, items are {parts.n_items} x {parts.dim}")
     with atomic_dir(target) as tmp:  # readers see the old bundle or the whole new one
-        np.save(tmp / "user_emb.npy", user_emb, allow_pickle=False)
-        np.save(tmp / "item_emb.npy", item_emb, allow_pickle=False)
-        np.save(tmp / "popularity.npy", popularity, allow_pickle=False)
-        sp.save_npz(tmp / "seen.npz", seen_csr, compressed=True)
-        (tmp / "user_ids.json").write_text(json.dumps([str(u) for u in user_ids]))
-        (tmp / "item_ids.json").write_text(json.dumps([str(i) for i in item_ids]))
+        for name, arr in parts.arrays.items():
+            np.save(tmp / f"{name}.npy", arr, allow_pickle=False)
+        parts.users.save(tmp, "user")
+        parts.items.save(tmp, "item")
+        (tmp / "comma_widths.json").write_text(json.dumps(parts.comma_widths))
+        ann.save(built.index, tmp)
         meta = {
             "version": BUNDLE_VERSION,
             "model_id": model_id,
-            "dim": int(item_emb.shape[1]),
-            "n_users": int(user_emb.shape[0]),
-            "n_items": int(item_emb.shape[0]),
+            "dim": parts.dim,
+            "n_users": parts.n_users,
+            "n_items": parts.n_items,
+            "mean_sq_norm": parts.mean_sq_norm,
+            "index": built.info.to_json(),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     return target
+
+
+def read_index_info(dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The "index" entry of a bundle's meta.json (kind, params, recall@10, build_s); None for a version 1
+    bundle (its index is built when loaded) or when the bundle is missing or unreadable."""
+    try:
+        meta = json.loads((Path(dir) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    info = meta.get("index") if isinstance(meta, dict) else None
+    return dict(info) if isinstance(info, dict) else None
 
 
 def _check_arrays(
@@ -115,20 +157,6 @@ def _check_arrays(
         raise BundleError("embeddings contain NaN or inf")
 
 
-def _build_index(emb: np.ndarray, kind: IndexKind, hnsw_m: int, ef_search: int) -> faiss.Index:
-    dim = emb.shape[1]
-    if kind == "flat":
-        index: faiss.Index = faiss.IndexFlatIP(dim)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = max(2 * hnsw_m, 80)
-        index.hnsw.efSearch = ef_search
-    else:
-        raise BundleError(f"unknown index kind {kind!r}: expected 'flat' or 'hnsw'")
-    index.add(emb)
-    return index
-
-
 def _clear_bits(bits: np.ndarray, codes: np.ndarray) -> None:
     """Clear the bits of ``codes`` (any order, duplicates allowed) in a little-endian bitmap."""
     if len(codes) == 0:
@@ -143,12 +171,12 @@ def _clear_bits(bits: np.ndarray, codes: np.ndarray) -> None:
     bits[byte[starts]] &= ~np.bitwise_or.reduceat(mask, starts)
 
 
-def _comma_id_widths(item_index: dict[str, int]) -> dict[str, tuple[int, ...]]:
+def _comma_id_widths(item_ids: Iterable[str]) -> dict[str, tuple[int, ...]]:
     """For item ids that contain commas: their first piece (left-stripped) -> their piece counts, longest
     first. A comma-separated exclude list is split back into ids by trying only these runs of pieces, so
     parsing stays linear in the list whatever the catalogue (see ``api.routers.recommend.parse_exclude``)."""
     widths: dict[str, set[int]] = {}
-    for item in item_index:
+    for item in item_ids:
         if "," in item:
             pieces = item.split(",")
             widths.setdefault(pieces[0].lstrip(), set()).add(len(pieces))
@@ -178,50 +206,112 @@ def _seen_byte_masks(seen: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.nd
     return indptr, (ukeys % n_bytes).astype(np.int64), inv_masks
 
 
+class _Parts(NamedTuple):
+    """Everything a bundle serves from besides its index: the arrays of ``_ARRAYS`` (derived once, when the
+    bundle is written, and memory-mapped when it is loaded), the id maps and the comma-id widths."""
+
+    arrays: dict[str, np.ndarray]
+    users: IdMap
+    items: IdMap
+    comma_widths: dict[str, tuple[int, ...]]
+    mean_sq_norm: float
+
+    @property
+    def n_users(self) -> int:
+        return int(self.arrays["user_emb"].shape[0])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.arrays["item_emb"].shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.arrays["item_emb"].shape[1])
+
+    @classmethod
+    def derive(cls, user_emb: np.ndarray, item_emb: np.ndarray, user_ids: Sequence[str], item_ids: Sequence[str],
+               seen: sp.spmatrix | sp.sparray, popularity: np.ndarray) -> _Parts:
+        user_emb = np.ascontiguousarray(user_emb, dtype=np.float32)
+        item_emb = np.ascontiguousarray(item_emb, dtype=np.float32)
+        seen_csr = sp.csr_matrix(seen, dtype=np.float32)
+        seen_csr.sum_duplicates()
+        popularity = np.asarray(popularity, dtype=np.int64)
+        _check_arrays(user_emb, item_emb, len(user_ids), len(item_ids), seen_csr, popularity)
+        raw_items = [str(i) for i in item_ids]
+        try:
+            users, items = IdMap.from_ids([str(u) for u in user_ids]), IdMap.from_ids(raw_items)
+        except ValueError as exc:
+            raise BundleError(f"user_ids or item_ids: {exc}") from exc
+        seen_ptr, seen_bytes, seen_masks = _seen_byte_masks(seen_csr)
+        # Popular fallback: first occurrences in popularity order, then unlisted items in code order.
+        n_items = item_emb.shape[0]
+        _, first = np.unique(popularity, return_index=True)
+        listed = popularity[np.sort(first)]
+        rest = np.setdiff1d(np.arange(n_items), listed, assume_unique=True)
+        norms = np.linalg.norm(item_emb, axis=1, keepdims=True)
+        arrays = {
+            "user_emb": user_emb,
+            "item_emb": item_emb,
+            "item_unit": np.ascontiguousarray(item_emb / np.maximum(norms, 1e-12), dtype=np.float32),
+            "popularity": popularity,
+            "popular_order": np.concatenate([listed, rest]).astype(np.int64),
+            "pop_counts": np.bincount(seen_csr.indices, minlength=n_items).astype(np.float64),
+            "seen_indptr": seen_csr.indptr.astype(np.int64),
+            "seen_indices": seen_csr.indices.astype(np.int32),
+            "seen_ptr": seen_ptr,
+            "seen_bytes": seen_bytes,
+            "seen_masks": seen_masks,
+        }
+        # The fold-in's ridge unit; a catalogue of zero vectors still gets a solvable system.
+        mean_sq_norm = max(float(np.mean(norms.astype(np.float64) ** 2)), 1e-12)
+        return cls(arrays, users, items, _comma_id_widths(raw_items), mean_sq_norm)
+
+    @classmethod
+    def load(cls, path: Path, meta: dict[str, Any]) -> _Parts:
+        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in _ARRAYS}
+        widths = json.loads((path / "comma_widths.json").read_text())
+        return cls(arrays, IdMap.load(path, "user"), IdMap.load(path, "item"),
+                   {str(k): tuple(int(n) for n in v) for k, v in widths.items()}, float(meta["mean_sq_norm"]))
+
+
 class ServingBundle:
-    """A loaded bundle: FAISS inner-product index over item embeddings, id maps, seen items, popularity."""
+    """A loaded bundle: FAISS inner-product index over item embeddings, id maps, seen items, popularity.
+
+    Built from arrays (``index`` picks the FAISS index, ``built`` passes one already built) or loaded from a
+    written bundle with ``load``, where every array and the index are memory-mapped.
+    """
 
     def __init__(
         self,
         user_emb: np.ndarray,
         item_emb: np.ndarray,
-        user_ids: list[str],
-        item_ids: list[str],
-        seen: sp.csr_matrix,
+        user_ids: Sequence[str],
+        item_ids: Sequence[str],
+        seen: sp.spmatrix | sp.sparray,
         popularity: np.ndarray,
         model_id: str,
-        kind: IndexKind = "flat",
-        hnsw_m: int = 32,
-        ef_search: int = 128,
+        index: IndexSpec | IndexKind = "flat",
+        built: BuiltIndex | None = None,
     ) -> None:
-        self.user_emb = np.ascontiguousarray(user_emb, dtype=np.float32)
-        self.item_emb = np.ascontiguousarray(item_emb, dtype=np.float32)
-        self.seen = sp.csr_matrix(seen)
-        self.popularity = np.asarray(popularity, dtype=np.int64)
-        _check_arrays(self.user_emb, self.item_emb, len(user_ids), len(item_ids), self.seen, self.popularity)
-        self.user_ids = list(user_ids)
-        self.item_ids = np.asarray(item_ids, dtype=object)
-        self.user_index = {u: i for i, u in enumerate(self.user_ids)}
-        self.item_index = {it: i for i, it in enumerate(item_ids)}
-        self.comma_id_widths = _comma_id_widths(self.item_index)
+        parts = _Parts.derive(user_emb, item_emb, user_ids, item_ids, seen, popularity)
+        if built is None:
+            built = build_index(parts.arrays["item_emb"], parts.arrays["user_emb"], index)
+        self._assemble(parts, model_id, built)
+
+    def _assemble(self, parts: _Parts, model_id: str, built: BuiltIndex) -> None:
+        a = parts.arrays
+        self.user_emb, self.item_emb, self._item_unit = a["user_emb"], a["item_emb"], a["item_unit"]
+        self.popularity, self._popular_order, self._pop_counts = a["popularity"], a["popular_order"], a["pop_counts"]
+        self._seen_indptr, self._seen_indices = a["seen_indptr"], a["seen_indices"]
+        self._seen_ptr, self._seen_bytes, self._seen_inv_masks = a["seen_ptr"], a["seen_bytes"], a["seen_masks"]
+        self.user_ids = self.user_index = parts.users  # an IdMap: ids[code], .get(id), `id in`
+        self.item_ids = self.item_index = parts.items
+        self.comma_id_widths = parts.comma_widths
+        self.mean_sq_norm = parts.mean_sq_norm
         self.model_id = model_id
-        self.kind: IndexKind = kind
-        self.ef_search = ef_search
-        self.index = _build_index(self.item_emb, kind, hnsw_m, ef_search)
+        self.index, self.index_info = built
+        self.kind: IndexKind = built.info.kind
         self._scratch = threading.local()
-        self._seen_ptr, self._seen_bytes, self._seen_inv_masks = _seen_byte_masks(self.seen)
-        # Popular fallback: first occurrences in popularity order, then unlisted items in code order.
-        _, first = np.unique(self.popularity, return_index=True)
-        listed = self.popularity[np.sort(first)]
-        rest = np.setdiff1d(np.arange(self.n_items), listed, assume_unique=True)
-        self._popular_order = np.concatenate([listed, rest]).astype(np.int64)
-        self._pop_counts = np.asarray(self.seen.sum(axis=0), dtype=np.float64).ravel()
-        norms = np.linalg.norm(self.item_emb, axis=1, keepdims=True)
-        # The fold-in's ridge unit; a catalogue of zero vectors still gets a solvable system.
-        self.mean_sq_norm = max(float(np.mean(norms.astype(np.float64) ** 2)), 1e-12)
-        self._item_unit = np.ascontiguousarray(self.item_emb / np.maximum(norms, 1e-12), dtype=np.float32)
-        self.sim_index = faiss.IndexFlatIP(self.dim)
-        self.sim_index.add(self._item_unit)
 
     @property
     def n_items(self) -> int:
@@ -235,22 +325,70 @@ class ServingBundle:
     def dim(self) -> int:
         return int(self.item_emb.shape[1])
 
-    def set_ef_search(self, ef_search: int) -> None:
-        """HNSW only: candidates explored per query (higher: better recall, slower)."""
-        if self.kind != "hnsw":
-            raise BundleError("ef_search applies to hnsw indexes only")
-        self.ef_search = ef_search
-        self.index.hnsw.efSearch = ef_search
+    @property
+    def seen(self) -> sp.csr_matrix:
+        """All seen items as a users x items CSR matrix (a copy: for tools and tests, not the request path)."""
+        indices = np.asarray(self._seen_indices)
+        return sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, np.asarray(self._seen_indptr)),
+                             shape=(self.n_users, self.n_items))
+
+    def seen_codes(self, user: int) -> np.ndarray:
+        """The item codes ``user`` (a code) has seen, ascending."""
+        return np.sort(self._seen_indices[self._seen_indptr[user] : self._seen_indptr[user + 1]])
+
+    def set_breadth(self, value: int) -> None:
+        """Approximate indexes only: the search breadth (IVF nprobe, HNSW efSearch); higher is better recall,
+        slower. The bundle's recall@10 was measured at the breadth it was built with."""
+        name = {"ivf": "nprobe", "hnsw": "ef_search"}.get(self.kind)
+        if name is None:
+            raise BundleError(f"search breadth applies to approximate indexes, not {self.kind}")
+        params = {**self.index_info.params, name: int(value)}
+        self.index_info = self.index_info._replace(params=params)
+        ann.set_breadth(self.index, self.kind, params)
 
     @classmethod
-    def load(cls, dir: str | os.PathLike[str], kind: IndexKind = "flat", **index_opts: int) -> ServingBundle:
-        """Load a bundle written by ``write_bundle``; raises ``BundleError`` naming what is wrong."""
+    def load(cls, dir: str | os.PathLike[str], index: IndexSpec = IndexSpec()) -> ServingBundle:
+        """Load a bundle written by ``write_bundle``, memory-mapped; raises ``BundleError`` naming what is wrong.
+
+        ``index`` only matters for a version 1 bundle, which holds no index: one is built here (what every
+        load did before version 2; a large catalogue then takes a while: re-export the model to avoid it)."""
         path = Path(dir)
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except FileNotFoundError:
+            raise BundleError(f"serving bundle {path} is missing meta.json") from None
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"serving bundle {path} is unreadable: {exc}") from exc
+        version = meta.get("version") if isinstance(meta, dict) else None
+        if version == 1:
+            return cls._load_v1(path, meta, index)
+        if version != BUNDLE_VERSION:
+            raise BundleError(f"serving bundle {path} has version {version!r}, expected {BUNDLE_VERSION} (or 1)")
         missing = [name for name in _FILES if not (path / name).is_file()]
         if missing:
             raise BundleError(f"serving bundle {path} is missing {', '.join(missing)}")
         try:
-            meta = json.loads((path / "meta.json").read_text())
+            info = IndexInfo.from_json(meta["index"])
+            parts = _Parts.load(path, meta)
+            built = BuiltIndex(ann.load(path, info), info)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise BundleError(f"serving bundle {path} is unreadable: {exc}") from exc
+        if (parts.n_users, parts.n_items, parts.dim) != (meta["n_users"], meta["n_items"], meta["dim"]) or (
+            built.index.ntotal != parts.n_items
+        ):
+            raise BundleError(f"serving bundle {path}: arrays or index disagree with meta.json's sizes")
+        bundle = cls.__new__(cls)
+        bundle._assemble(parts, str(meta["model_id"]), built)
+        logger.info("loaded %s bundle of model %s: %d users x %d items, dim %d (memory-mapped)",
+                    bundle.kind, bundle.model_id, bundle.n_users, bundle.n_items, bundle.dim)
+        return bundle
+
+    @classmethod
+    def _load_v1(cls, path: Path, meta: dict[str, Any], index: IndexSpec) -> ServingBundle:
+        missing = [name for name in _FILES_V1 if not (path / name).is_file()]
+        if missing:
+            raise BundleError(f"serving bundle {path} is missing {', '.join(missing)}")
+        try:
             user_ids = json.loads((path / "user_ids.json").read_text())
             item_ids = json.loads((path / "item_ids.json").read_text())
             user_emb = np.load(path / "user_emb.npy", allow_pickle=False)
@@ -259,31 +397,31 @@ class ServingBundle:
             seen = sp.load_npz(path / "seen.npz").tocsr()
         except (OSError, ValueError) as exc:
             raise BundleError(f"serving bundle {path} is unreadable: {exc}") from exc
-        if meta.get("version") != BUNDLE_VERSION:
-            raise BundleError(f"serving bundle {path} has version {meta.get('version')!r}, expected {BUNDLE_VERSION}")
-        bundle = cls(user_emb, item_emb, user_ids, item_ids, seen, popularity, str(meta["model_id"]), kind, **index_opts)
-        logger.info("loaded %s bundle of model %s: %d users x %d items, dim %d",
-                    kind, bundle.model_id, bundle.n_users, bundle.n_items, bundle.dim)
+        start = time.perf_counter()
+        bundle = cls(user_emb, item_emb, user_ids, item_ids, seen, popularity, str(meta["model_id"]), index)
+        logger.warning("serving bundle %s is version 1 (no saved index): built a %s index over %d items at load "
+                       "in %.1f s, in this process only; re-export the model for a memory-mapped bundle",
+                       path, bundle.kind, bundle.n_items, time.perf_counter() - start)
         return bundle
 
     # ----------------------------------------------------------------------------------------- recommend
     def _exclude_codes(self, exclude: Iterable[str]) -> np.ndarray:
-        codes = [self.item_index[i] for i in exclude if i in self.item_index]
-        return np.asarray(codes, dtype=np.int64)
+        codes = self.item_index.codes([str(i) for i in exclude])
+        return codes[codes >= 0]
 
     def _popular(self, k: int, offset: int, excluded: np.ndarray) -> Recommendation:
         order = self._popular_order
         if len(excluded):
             order = order[~np.isin(order, excluded)]
         codes = order[offset : offset + k]
-        return Recommendation(self.item_ids[codes].tolist(), self._pop_counts[codes].tolist(), "popular")
+        return Recommendation(self.item_ids.take(codes), self._pop_counts[codes].tolist(), "popular")
 
     def _result(self, labels: np.ndarray, scores: np.ndarray, k: int, offset: int) -> Recommendation:
         if len(labels) and labels[-1] < 0:  # FAISS pads missing hits with -1 at the end
             keep = labels >= 0
             labels, scores = labels[keep], scores[keep]
         labels, scores = labels[offset : offset + k], scores[offset : offset + k]
-        return Recommendation(self.item_ids[labels].tolist(), scores.astype(np.float64).tolist(), "personalized")
+        return Recommendation(self.item_ids.take(labels), scores.astype(np.float64).tolist(), "personalized")
 
     def recommend(
         self,
@@ -322,7 +460,7 @@ class ServingBundle:
         users would have to go k + (most items any of them has seen) deep and filter afterwards, which
         measured 2.5x slower per user on an ML-1M-sized bundle.
         """
-        codes = [self.user_index.get(u) for u in user_ids]
+        codes = [None if c < 0 else int(c) for c in self.user_index.codes([str(u) for u in user_ids])]
         if not fallback:
             for user_id, code in zip(user_ids, codes, strict=True):
                 if code is None:
@@ -339,40 +477,87 @@ class ServingBundle:
         return self._exclude_codes(exclude) if exclude else _NO_CODES
 
     def _search_user(self, code: int, k: int, offset: int, exclude_seen: bool, excluded: np.ndarray) -> Recommendation:
-        depth = min(k + offset, self.n_items)
         query = self.user_emb[code : code + 1]  # [1, d]
-        if exclude_seen or len(excluded):
-            scores, labels = self.index.search(query, depth, params=self._filter(code, exclude_seen, excluded, depth))
-        else:
-            scores, labels = self.index.search(query, depth)
+        return self._search(query, k, offset, code if exclude_seen else None, excluded)
+
+    def _search(self, query: np.ndarray, k: int, offset: int, user: int | None, excluded: np.ndarray) -> Recommendation:
+        """Top ``k + offset`` of ``query`` among the items not seen by ``user`` (a code, or None) nor excluded.
+
+        An approximate index looks at part of the catalogue, and filters may leave it fewer hits than asked
+        for; then the search runs again exactly (every IVF list; numpy for HNSW), so a user who has seen most
+        of the probed items still gets a full page."""
+        depth = min(k + offset, self.n_items)
+        filtered = user is not None or len(excluded) > 0
+        params = self._filter(user, excluded, depth) if filtered else self._plain(depth)
+        scores, labels = self.index.search(query, depth, params=params)
+        if labels[0, -1] < 0 and self.kind == "ivf":
+            params.nprobe = self.index_info.params["nlist"]  # every list: exact
+            scores, labels = self.index.search(query, depth, params=params)
+        elif labels[0, -1] < 0 and self.kind == "hnsw":
+            scores, labels = self._exact(query, depth, filtered)
         return self._result(labels[0], scores[0], k, offset)
 
-    def _filter(self, user: int | None, exclude_seen: bool, excluded: np.ndarray, depth: int) -> faiss.SearchParameters:
+    def _exact(self, query: np.ndarray, depth: int, filtered: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``depth`` over the allowed items in numpy: HNSW's fallback, since a graph walk through a
+        mostly blocked catalogue may not reach enough allowed items however wide its beam."""
+        scores = (self.item_emb @ query[0]).astype(np.float32)  # [n_items]
+        if filtered:
+            allowed = np.unpackbits(self._scratch.bits, bitorder="little")[: self.n_items].astype(bool)
+            scores[~allowed] = -np.inf
+        top = np.argpartition(-scores, depth - 1)[:depth] if depth < self.n_items else np.arange(self.n_items)
+        top = top[np.lexsort((top, -scores[top]))]
+        top = top[np.isfinite(scores[top])]
+        return scores[top][None, :], top[None, :].astype(np.int64)
+
+    def _params(self) -> faiss.SearchParameters:
+        """This thread's reusable search parameters over its own scratch bitmap (see ``_filter``)."""
+        scratch = self._scratch
+        if not hasattr(scratch, "params"):
+            scratch.bits = np.zeros((self.n_items + 7) // 8, dtype=np.uint8)
+            scratch.selector = faiss.IDSelectorBitmap(len(scratch.bits), faiss.swig_ptr(scratch.bits))
+            if self.kind == "ivf":
+                scratch.params = faiss.SearchParametersIVF(sel=scratch.selector)
+                scratch.plain = faiss.SearchParametersIVF()
+            elif self.kind == "hnsw":
+                scratch.params = faiss.SearchParametersHNSW(sel=scratch.selector)
+                scratch.plain = faiss.SearchParametersHNSW()
+            else:
+                scratch.params = faiss.SearchParameters(sel=scratch.selector)
+                scratch.plain = None
+        return scratch.params
+
+    def _breadth(self, params: faiss.SearchParameters | None, depth: int) -> None:
+        """The tuned breadth (what recall@10 was measured at), or wider when more than 10 hits are asked for."""
+        if self.kind == "ivf":
+            params.nprobe = self.index_info.params["nprobe"]
+        elif self.kind == "hnsw":
+            params.efSearch = max(self.index_info.params["ef_search"], depth)
+
+    def _plain(self, depth: int) -> faiss.SearchParameters | None:
+        self._params()
+        plain = self._scratch.plain
+        if plain is not None:
+            self._breadth(plain, depth)
+        return plain
+
+    def _filter(self, user: int | None, excluded: np.ndarray, depth: int) -> faiss.SearchParameters:
         """This thread's reusable search parameters, its bitmap set to the items the user may get.
 
         Building FAISS selector objects costs more than the search itself, so each thread builds them
         once over its own scratch bitmap; a search runs to completion before the thread reuses it.
         """
-        scratch = self._scratch
-        if not hasattr(scratch, "params"):
-            scratch.bits = np.zeros((self.n_items + 7) // 8, dtype=np.uint8)
-            scratch.selector = faiss.IDSelectorBitmap(len(scratch.bits), faiss.swig_ptr(scratch.bits))
-            if self.kind == "hnsw":
-                scratch.params = faiss.SearchParametersHNSW(sel=scratch.selector, efSearch=self.ef_search)
-            else:
-                scratch.params = faiss.SearchParameters(sel=scratch.selector)
+        params = self._params()
         # The allowed-items bitmap is built per request from the user's CSR row: O(items/8 + seen) time and
         # no users x items table in memory.
-        bits = scratch.bits
+        bits = self._scratch.bits
         bits.fill(0xFF)
-        if exclude_seen and user is not None:
+        if user is not None:
             lo, hi = self._seen_ptr[user], self._seen_ptr[user + 1]
             bits[self._seen_bytes[lo:hi]] &= self._seen_inv_masks[lo:hi]
         if len(excluded):
             _clear_bits(bits, excluded)
-        if self.kind == "hnsw":
-            scratch.params.efSearch = max(self.ef_search, depth)
-        return scratch.params
+        self._breadth(params, depth)
+        return params
 
     # ------------------------------------------------------------------------------------------ fold-in
     def fold_in(self, item_codes: np.ndarray, lam: float) -> np.ndarray:
@@ -411,9 +596,7 @@ class ServingBundle:
                 raise UnknownIdError("item", given[0] if given else "")
             return self._popular(k, offset, excluded)
         query = self.fold_in(codes, ridge * self.mean_sq_norm)[None, :]
-        depth = min(k + offset, self.n_items)
-        scores, labels = self.index.search(query, depth, params=self._filter(None, False, excluded, depth))
-        return self._result(labels[0], scores[0], k, offset)._replace(source="folded_in")
+        return self._search(query, k, offset, None, excluded)._replace(source="folded_in")
 
     def similar(self, item_id: str, k: int) -> Recommendation:
         """The ``k`` items with the highest cosine similarity to ``item_id`` (the item itself excluded)."""
@@ -423,7 +606,8 @@ class ServingBundle:
         if code is None:
             raise UnknownIdError("item", item_id)
         depth = min(k + 1, self.n_items)
-        scores, labels = self.sim_index.search(self._item_unit[[code]], depth)
+        # Exact, straight over the memory-mapped unit vectors (no second index held per process).
+        scores, labels = faiss.knn(np.array(self._item_unit[[code]]), self._item_unit, depth, faiss.METRIC_INNER_PRODUCT)
         keep = (labels[0] >= 0) & (labels[0] != code)
         labels, sc = labels[0][keep][:k], scores[0][keep][:k]
-        return Recommendation(self.item_ids[labels].tolist(), sc.astype(np.float64).tolist(), "similar")
+        return Recommendation(self.item_ids.take(labels), sc.astype(np.float64).tolist(), "similar")

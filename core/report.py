@@ -127,6 +127,16 @@ def _latency(lat: Mapping[str, Any] | None) -> tuple[str, str]:
     return f"{lat['p50_ms']:.3f} ms", f"{lat['p99_ms']:.3f} ms"
 
 
+def _index(info: Mapping[str, Any] | None) -> str:
+    """"ivf nlist=1000 nprobe=32, recall@10 0.985": the index timed and, when approximate, its measured recall."""
+    if not info:
+        return "-"
+    params = " ".join(f"{k}={v}" for k, v in sorted(info.get("params", {}).items()))
+    text = f"{info['kind']} {params}".strip()
+    recall = info.get("recall_at_10")
+    return text if recall is None else f"{text}, recall@10 {recall:.3f}"
+
+
 def format_report(report: Mapping[str, Any]) -> str:
     """The report as a markdown table and a few lines (the CLI's view of the API's ``ModelReportPublic``)."""
     s, t = report["student"], report["teacher"]
@@ -142,6 +152,8 @@ def format_report(report: Mapping[str, Any]) -> str:
     rows.append((f"recommend p50 (k={k})" if k else "recommend p50", t50, s50))
     rows.append((f"recommend p99 (k={k})" if k else "recommend p99", t99, s99))
     rows.append(("timed as", (t["latency"] or {}).get("method", "-"), (s["latency"] or {}).get("method", "-")))
+    if (s["latency"] or {}).get("index") or (t["latency"] or {}).get("index"):
+        rows.append(("index", _index((t["latency"] or {}).get("index")), _index((s["latency"] or {}).get("index"))))
     lines = [f"| {a} | {b} | {c} |" for a, b, c in rows]  # metrics: test split, both models on the same one
     lines.insert(1, "|---|---|---|")
     smaller = report.get("times_smaller")

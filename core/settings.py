@@ -154,10 +154,30 @@ class Settings(BaseSettings):
         description="Seconds a request body may stall (no bytes arriving) before the request is answered "
         "408 and its connection closed.",
     )
-    index: Literal["flat", "hnsw"] = Field(
-        "flat",
+    index: Literal["auto", "flat", "ivf", "hnsw"] = Field(
+        "auto",
         validation_alias="RECDISTILL_INDEX",
-        description="FAISS index kind: flat (exact inner product) or hnsw (approximate, large catalogues).",
+        description="FAISS index the worker builds into each serving bundle: auto (flat up to "
+        "RECDISTILL_INDEX_EXACT_MAX_ITEMS items, ivf above), flat (exact inner product), ivf (IVF-flat, "
+        "approximate: seconds to build at 1M items) or hnsw (approximate; ~10 min to build at 1M items on 2 "
+        "cores). API processes load the index saved in the bundle.",
+    )
+    index_exact_max_items: int = Field(
+        100_000,
+        ge=0,
+        le=100_000_000,
+        validation_alias="RECDISTILL_INDEX_EXACT_MAX_ITEMS",
+        description="With RECDISTILL_INDEX=auto: catalogues up to this many items get the exact (flat) index, "
+        "larger ones an approximate one (exact search costs ~30 ms a query at 1M items x 32 dims).",
+    )
+    index_target_recall: float = Field(
+        0.95,
+        ge=0.5,
+        le=1.0,
+        validation_alias="RECDISTILL_INDEX_TARGET_RECALL",
+        description="Approximate indexes: the recall@10 against exact search (on 500 of the model's own users) "
+        "the worker tunes the search breadth (IVF nprobe, HNSW efSearch) to reach; the recall reached is "
+        "stored in the bundle and shown by GET /models/{id}.",
     )
     host: str = Field(
         "127.0.0.1", validation_alias="RECDISTILL_HOST", description="Address `recdistill serve` binds."

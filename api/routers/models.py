@@ -17,11 +17,18 @@ from starlette.background import BackgroundTask
 from api.deps import HolderDep, PageLimit, PageOffset, SessionDep, SettingsDep
 from api.errors import Conflict, NotFound
 from api.holder import bundle_dir
-from api.schemas import ID_PATTERN, ActivationPublic, ModelPublic, ModelReportPublic, ModelsPublic
-from core.config import ModelRoleName
+from api.schemas import (
+    ID_PATTERN,
+    ActivationPublic,
+    IndexPublic,
+    ModelPublic,
+    ModelReportPublic,
+    ModelsPublic,
+)
+from core.config import ModelRole, ModelRoleName
 from core.db import repo
 from core.db.models import Model
-from core.index import BundleError
+from core.index import BundleError, read_index_info
 from core.report import model_report
 
 logger = logging.getLogger(__name__)
@@ -55,8 +62,18 @@ def list_models(
 
 
 @router.get("/{model_id}", response_model=ModelPublic)
-def get_model(model_id: ModelId, session: SessionDep) -> ModelPublic:
-    return _public(repo.get_model(session, model_id), _active_id(session))
+def get_model(model_id: ModelId, session: SessionDep, settings: SettingsDep) -> ModelPublic:
+    """A model's row, and for a served student the FAISS index its bundle holds (kind, parameters, recall@10
+    against exact search measured when the bundle was built)."""
+    row = repo.get_model(session, model_id)
+    out = _public(row, _active_id(session))
+    if row.role == ModelRole.STUDENT and row.artifact_path:
+        try:
+            info = read_index_info(bundle_dir(settings.artifact_dir, row.artifact_path))
+        except BundleError:
+            info = None
+        out.index = None if info is None else IndexPublic.model_validate(info)
+    return out
 
 
 @router.get("/{model_id}/report", response_model=ModelReportPublic)

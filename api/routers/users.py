@@ -28,6 +28,5 @@ async def seen_items(
     code = bundle.user_index.get(user)
     if code is None:
         raise NotFound(f"unknown user id {user!r}", code="unknown_user")
-    row = bundle.seen.indices[bundle.seen.indptr[code]:bundle.seen.indptr[code + 1]]
-    return SeenItemsPublic(user=user, model_id=bundle.model_id, count=len(row),
-                           items=[str(bundle.item_ids[i]) for i in sorted(row)[:limit]])
+    row = bundle.seen_codes(code)
+    return SeenItemsPublic(user=user, model_id=bundle.model_id, count=len(row), items=bundle.item_ids.take(row[:limit]))

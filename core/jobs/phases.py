@@ -16,6 +16,7 @@ from core.data import SplitData
 from core.db import repo
 from core.db.models import utcnow
 from core.db.session import session_scope
+from core.index import BuiltIndex, IndexSpec
 from core.jobs import steps
 from core.jobs.context import JobContext, record_model
 from core.models.base import Recommender
@@ -224,7 +225,8 @@ def _load_teacher(ctx: JobContext, teacher_id: str, data: SplitData) -> Teacher:
 
 
 def _measure_latency(
-    ctx: JobContext, spec: JobSpec, data: SplitData, student: Recommender, teacher: Recommender
+    ctx: JobContext, spec: JobSpec, data: SplitData, student: Recommender, teacher: Recommender,
+    built: BuiltIndex | None,
 ) -> dict[str, Any] | None:
     """The compression report's latency: the student's index and the teacher's (an index when it is a
     dot-product model, its full_scores top-K otherwise), timed on the same random users after evaluation, so
@@ -232,10 +234,10 @@ def _measure_latency(
     queries = ctx.settings.report_latency_queries
     if queries <= 0:
         return None
-    kind = ctx.settings.index
+    index = IndexSpec.of(ctx.settings)
     measured = {
-        "student": steps.measure_latency(student, data, queries, kind, k=REPORT_K, seed=spec.seed),
-        "teacher": steps.measure_latency(teacher, data, queries, kind, k=REPORT_K, seed=spec.seed),
+        "student": steps.measure_latency(student, data, queries, index, k=REPORT_K, seed=spec.seed, built=built),
+        "teacher": steps.measure_latency(teacher, data, queries, index, k=REPORT_K, seed=spec.seed),
     }
     log.info("job %s: recommend p50 student %.3f ms, teacher %.3f ms (%s)", ctx.job_id,
              measured["student"]["p50_ms"], measured["teacher"]["p50_ms"], measured["teacher"]["method"])
@@ -266,12 +268,17 @@ def _publish_student(
         "hyperparameters": spec.hyperparameters,
     }
 
+    # The student's index is built once, here in the worker (all cores), saved in its bundle and timed for the
+    # report; API processes only map it.
+    index = IndexSpec.of(ctx.settings)
+    built = steps.serving_index(steps.bundle_arrays(student, data), index) if student.is_dot_product else None
+
     def save(folder: Path, student_id: str) -> int:
         size = steps.save_model(folder, student, data, manifest)
-        steps.export_bundle(folder / "serving", student, data, student_id)
+        steps.export_bundle(folder / "serving", student, data, student_id, index, built)
         return size
 
-    latency = _measure_latency(ctx, spec, data, student, teacher.model)
+    latency = _measure_latency(ctx, spec, data, student, teacher.model, built)
     params = steps.n_params(student)
     student_id = record_model(
         ctx,

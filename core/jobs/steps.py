@@ -22,7 +22,7 @@ from core.data import SplitData, load_interactions, split
 from core.distill import distiller_for
 from core.distill.base import ListsCache
 from core.eval import evaluate
-from core.index import IndexKind, ServingBundle, write_bundle
+from core.index import BuiltIndex, IndexKind, IndexSpec, ServingBundle, build_index, write_bundle
 from core.jobs import trajectory
 from core.models import build_model
 from core.models.base import Recommender
@@ -153,7 +153,7 @@ def all_interactions(data: SplitData) -> sp.csr_matrix:
 
 
 @torch.no_grad()
-def _bundle_arrays(model: Recommender, data: SplitData) -> dict[str, Any]:
+def bundle_arrays(model: Recommender, data: SplitData) -> dict[str, Any]:
     """What a serving bundle holds for a dot-product model: embeddings, id maps, seen items, popularity."""
     if not model.is_dot_product:
         raise ValueError(f"model {model.name!r} is not a dot-product model and cannot be served")
@@ -170,9 +170,17 @@ def _bundle_arrays(model: Recommender, data: SplitData) -> dict[str, Any]:
     }
 
 
-def export_bundle(folder: Path, model: Recommender, data: SplitData, model_id: str) -> None:
-    """Write the serving bundle (embeddings, id maps, seen items, popularity) for a dot-product model."""
-    write_bundle(folder, model_id=model_id, **_bundle_arrays(model, data))
+def serving_index(arrays: dict[str, Any], spec: IndexSpec | IndexKind) -> BuiltIndex:
+    """Build (and tune) the FAISS index of a bundle's arrays once, with every core FAISS may use: the same index
+    is saved into the bundle and timed for the report."""
+    return build_index(arrays["item_emb"], arrays["user_emb"], spec)
+
+
+def export_bundle(folder: Path, model: Recommender, data: SplitData, model_id: str,
+                  spec: IndexSpec | IndexKind = IndexSpec(), built: BuiltIndex | None = None) -> None:
+    """Write the serving bundle (embeddings, id maps, seen items, popularity and its FAISS index) for a
+    dot-product model; ``built`` is the index already built over these arrays, else one is built to ``spec``."""
+    write_bundle(folder, model_id=model_id, index=spec, built=built, **bundle_arrays(model, data))
 
 
 def _percentiles(seconds: list[float], method: str, servable: bool, k: int) -> dict[str, Any]:
@@ -189,14 +197,16 @@ def _percentiles(seconds: list[float], method: str, servable: bool, k: int) -> d
 
 @torch.no_grad()
 def measure_latency(
-    model: Recommender, data: SplitData, queries: int, kind: IndexKind, k: int = 10, seed: int = 0
+    model: Recommender, data: SplitData, queries: int, spec: IndexSpec | IndexKind, k: int = 10, seed: int = 0,
+    built: BuiltIndex | None = None,
 ) -> dict[str, Any]:
     """p50/p99 of ``queries`` (at least 1) single-user top-``k`` answers for random users, warm (a few untimed calls first).
 
-    A dot-product model is timed through ``ServingBundle.recommend`` on an index of ``kind`` over the same
-    arrays its exported bundle holds (what the API would serve); any other model through ``full_scores`` with
-    seen items masked and a top-k, since it cannot be served by an index. Users come from a numpy Generator of
-    its own, so no random stream that training or evaluation reads is touched.
+    A dot-product model is timed through ``ServingBundle.recommend`` on its serving index (``built``, else one
+    built to ``spec`` over the same arrays its exported bundle holds: what the API would serve), and the result
+    names that index (kind, parameters, recall@10); any other model through ``full_scores`` with seen items
+    masked and a top-k, since it cannot be served by an index. Users come from a numpy Generator of its own,
+    so no random stream that training or evaluation reads is touched.
     """
     if queries <= 0:
         raise ValueError(f"queries must be at least 1, got {queries}")
@@ -204,14 +214,15 @@ def measure_latency(
     users = rng.integers(0, data.n_users, size=queries + _WARMUP)
     seconds: list[float] = []
     if model.is_dot_product:
-        bundle = ServingBundle(model_id="latency", kind=kind, **_bundle_arrays(model, data))
+        arrays = bundle_arrays(model, data)
+        bundle = ServingBundle(model_id="latency", index=spec, built=built or serving_index(arrays, spec), **arrays)
         ids = [bundle.user_ids[u] for u in users]
         for n, user in enumerate(ids):
             start = time.perf_counter()
             bundle.recommend(user, k)
             if n >= _WARMUP:
                 seconds.append(time.perf_counter() - start)
-        return _percentiles(seconds, f"faiss-{kind}", True, k)
+        return {**_percentiles(seconds, f"faiss-{bundle.kind}", True, k), "index": bundle.index_info.to_json()}
     model.eval()
     seen = all_interactions(data)
     device = next(iter(model.state_dict().values())).device  # a closed-form model has buffers, no parameters

@@ -72,8 +72,10 @@ def add_model(
     dim: int = 8,
     seed: int = 0,
     with_bundle: bool = True,
+    index: str = "auto",
 ) -> str:
-    """A job + model row and, for students, a real serving bundle from random embeddings (no torch)."""
+    """A job + model row and, for students, a real serving bundle from random embeddings (no torch), its
+    FAISS index of kind ``index``."""
     dataset_id = dataset_id or add_dataset(sessions)
     with sessions() as s:
         job = job_row(
@@ -118,6 +120,7 @@ def add_model(
             seen,
             pop,
             model_id,
+            index=index,  # type: ignore[arg-type]
         )
     return model_id
 

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from api_support import RecordingQueue, add_dataset, add_model, build_app
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -149,18 +150,25 @@ def test_names_match_the_torch_registries() -> None:
     assert res.returncode == 0, res.stderr
 
 
-def test_hnsw_index_serves_through_the_api(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_index_built_into_the_bundle_serves_through_the_api(tmp_path: Path, kind: str) -> None:
+    """The worker-side index kind travels in the bundle: the API serves it whatever its own RECDISTILL_INDEX,
+    and GET /models/{id} shows the kind, its parameters and the recall@10 measured when it was built."""
     from api_support import API_KEY, make_settings
 
     from core.db.models import Base
     from core.db.session import get_engine, session_factory
 
-    hnsw = make_settings(tmp_path / "h", index="hnsw")
-    hnsw.ensure_dirs()
-    Base.metadata.create_all(get_engine(hnsw.database_url))
-    mid = add_model(session_factory(hnsw.database_url), hnsw)
-    with TestClient(build_app(hnsw, RecordingQueue()), headers={"X-API-Key": API_KEY}) as c:
+    settings = make_settings(tmp_path / "h", index="flat")
+    settings.ensure_dirs()
+    Base.metadata.create_all(get_engine(settings.database_url))
+    mid = add_model(session_factory(settings.database_url), settings, n_items=400, index=kind)
+    with TestClient(build_app(settings, RecordingQueue()), headers={"X-API-Key": API_KEY}) as c:
         assert c.post(f"/models/{mid}/activate").status_code == 200
         body = c.get("/recommend/u3", params={"k": 5}).json()
         assert len(body["items"]) == 5 and body["source"] == "personalized"
-        assert 'index="hnsw"' in c.get("/metrics").text
+        assert f'index="{kind}"' in c.get("/metrics").text
+        index = c.get(f"/models/{mid}").json()["index"]
+        assert index["kind"] == kind and index["recall_at_10"] >= 0.95 and index["recall_queries"] == 40
+        assert set(index["params"]) == ({"nlist", "nprobe"} if kind == "ivf" else {"m", "ef_search"})
+        assert c.get("/models").json()["data"][0]["index"] is None  # listed rows do not read bundles

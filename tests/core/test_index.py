@@ -1,4 +1,5 @@
-"""Serving bundle: round trip, top-K against a numpy argsort, seen/exclude filtering, paging, fallback, HNSW."""
+"""Serving bundle: round trip, top-K against a numpy argsort, seen/exclude filtering, paging, fallback, the
+index chosen by size and its recall, memory-mapped loading, version 1 bundles."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from core.index import BundleError, ServingBundle, UnknownIdError, write_bundle
+from core.ann import IndexSpec, choose_kind
+from core.index import BundleError, ServingBundle, UnknownIdError, read_index_info, write_bundle
 
 
 def make_bundle_arrays(n_users: int = 30, n_items: int = 50, dim: int = 8, seed: int = 0) -> dict:
@@ -201,26 +203,123 @@ def structured_embeddings(n_users: int, n_items: int, dim: int, seed: int) -> tu
     return users.astype(np.float32), items.astype(np.float32)
 
 
-def test_hnsw_recall_at_10_against_exact(tmp_path: Path) -> None:
-    users, items = structured_embeddings(500, 2000, 20, seed=1)
-    arrays = {
+def structured_arrays(n_users: int = 500, n_items: int = 2000, dim: int = 20, density: float = 0.0) -> dict:
+    users, items = structured_embeddings(n_users, n_items, dim, seed=1)
+    seen = sp.random(n_users, n_items, density=density, random_state=2, format="csr", dtype=np.float32)
+    seen.data[:] = 1.0
+    return {
         "user_emb": users,
         "item_emb": items,
-        "user_ids": [f"u{i}" for i in range(500)],
-        "item_ids": [f"i{j}" for j in range(2000)],
-        "seen": sp.csr_matrix((500, 2000), dtype=np.float32),
-        "popularity": np.arange(2000, dtype=np.int64),
+        "user_ids": [f"u{i}" for i in range(n_users)],
+        "item_ids": [f"i{j}" for j in range(n_items)],
+        "seen": seen,
+        "popularity": np.arange(n_items, dtype=np.int64),
         "model_id": "h" * 32,
     }
-    out = write_bundle(tmp_path / "serving", **arrays)
-    exact = ServingBundle.load(out, kind="flat")
-    hnsw = ServingBundle.load(out, kind="hnsw")
-    ids = arrays["user_ids"][:200]
-    truth = exact.recommend_batch(ids, k=10)
-    approx = hnsw.recommend_batch(ids, k=10)
-    recall = np.mean([len(set(a.items) & set(t.items)) / 10 for a, t in zip(approx, truth, strict=True)])
-    assert recall >= 0.95
-    assert all(len(a.items) == 10 for a in approx)
+
+
+def test_kind_is_chosen_by_size_unless_overridden() -> None:
+    assert choose_kind(100_000, IndexSpec()) == "flat" and choose_kind(100_001, IndexSpec()) == "ivf"
+    assert choose_kind(50, IndexSpec(exact_max_items=10)) == "ivf"
+    assert choose_kind(10**6, IndexSpec(choice="flat")) == "flat"
+    assert choose_kind(5, IndexSpec(choice="hnsw")) == "hnsw"
+
+
+@pytest.mark.parametrize(("spec", "kind"), [(IndexSpec(exact_max_items=2000), "flat"),
+                                            (IndexSpec(exact_max_items=1999), "ivf"),
+                                            (IndexSpec(choice="hnsw"), "hnsw")])
+def test_bundle_holds_the_chosen_index_and_its_measured_recall(tmp_path: Path, spec: IndexSpec, kind: str) -> None:
+    arrays = structured_arrays()
+    out = write_bundle(tmp_path / "serving", **arrays, index=spec)
+    info = json.loads((out / "meta.json").read_text())["index"]
+    assert info == read_index_info(out) and info["kind"] == kind and (out / "index.faiss").is_file()
+    loaded = ServingBundle.load(out, IndexSpec(choice="flat"))  # the API's setting does not rebuild it
+    assert loaded.kind == kind and loaded.index_info.to_json() == info
+    if kind == "flat":
+        assert info["recall_at_10"] is None and info["params"] == {}
+        return
+    assert info["recall_at_10"] >= 0.95 and info["recall_queries"] == 500
+    # The stored recall is what the served index reaches at its stored breadth (no seen items here).
+    exact = ServingBundle(**arrays, index="flat")
+    ids = arrays["user_ids"]
+    truth = [set(r.items) for r in exact.recommend_batch(ids, k=10)]
+    got = loaded.recommend_batch(ids, k=10)
+    recall = np.mean([len(set(g.items) & t) / 10 for g, t in zip(got, truth, strict=True)])
+    assert recall == pytest.approx(info["recall_at_10"], abs=1e-9) and all(len(g.items) == 10 for g in got)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_filters_stay_exact_inside_an_approximate_search(tmp_path: Path, kind: str) -> None:
+    arrays = structured_arrays(n_users=60, density=0.2)
+    seen = arrays["seen"].tolil()
+    seen[0, :] = 1.0  # user 0 has seen all but 12 items: the probed lists hold fewer than k unseen ones
+    seen[0, np.arange(5, 2000, 166)] = 0.0
+    arrays["seen"] = seen.tocsr()
+    bundle = ServingBundle.load(write_bundle(tmp_path / "serving", **arrays, index=kind))
+    blocked_ids = [f"i{j}" for j in range(0, 2000, 7)]
+    for user in range(60):
+        seen_codes = set(arrays["seen"][user].indices.tolist())
+        rec = bundle.recommend(f"u{user}", 20, exclude=blocked_ids)
+        assert len(rec.items) == min(20, 2000 - len(seen_codes | set(range(0, 2000, 7))))
+        assert not {int(i[1:]) for i in rec.items} & (seen_codes | set(range(0, 2000, 7)))
+    # User 0's 12 unseen items, every one of them, best first: the filtered search widened to all lists.
+    assert bundle.recommend("u0", 20).items == reference(arrays, 0, 20, blocked=set(arrays["seen"][0].indices))
+    if kind == "ivf":  # probing every list is exact: filtered answers equal the numpy reference
+        bundle.set_breadth(bundle.index_info.params["nlist"])
+        for user in range(1, 60):
+            blocked = set(arrays["seen"][user].indices.tolist()) | set(range(0, 2000, 7))
+            assert bundle.recommend(f"u{user}", 10, exclude=blocked_ids).items == reference(arrays, user, 10,
+                                                                                              blocked=blocked)
+
+
+def test_load_is_memory_mapped(tmp_path: Path, arrays: dict) -> None:
+    """Arrays, id maps and the FAISS index are mapped from the bundle's files (shared by every process through
+    the page cache), not read into private memory."""
+    out = write_bundle(tmp_path / "serving", **arrays, index="ivf")
+    bundle = ServingBundle.load(out)
+    for arr in (bundle.user_emb, bundle.item_emb, bundle._seen_indices, bundle._seen_bytes, bundle._popular_order):
+        assert isinstance(arr, np.memmap) and not arr.flags.writeable
+    maps = Path("/proc/self/maps").read_text()
+    for name in ("index.faiss", "item_ids.npy", "user_sorted.npy", "item_unit.npy"):
+        assert str(out.resolve() / name) in maps, name
+    assert bundle.recommend("u1", 5).items == ServingBundle(**arrays, index="ivf").recommend("u1", 5).items
+
+
+def write_v1_bundle(folder: Path, arrays: dict) -> Path:
+    """A bundle as version 1 wrote it (arrays + JSON id lists, no index), as found in existing artifact folders."""
+    folder.mkdir()
+    np.save(folder / "user_emb.npy", arrays["user_emb"])
+    np.save(folder / "item_emb.npy", arrays["item_emb"])
+    np.save(folder / "popularity.npy", arrays["popularity"])
+    sp.save_npz(folder / "seen.npz", sp.csr_matrix(arrays["seen"]), compressed=True)
+    (folder / "user_ids.json").write_text(json.dumps(arrays["user_ids"]))
+    (folder / "item_ids.json").write_text(json.dumps(arrays["item_ids"]))
+    meta = {"version": 1, "model_id": arrays["model_id"], "dim": 8, "n_users": 30, "n_items": 50}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_version_1_bundles_keep_serving_with_an_index_built_at_load(tmp_path: Path, arrays: dict) -> None:
+    out = write_v1_bundle(tmp_path / "serving", arrays)
+    old = ServingBundle.load(out, IndexSpec(exact_max_items=10))
+    assert old.kind == "ivf" and old.index_info.recall_at_10 is not None and read_index_info(out) is None
+    exact = ServingBundle.load(out)
+    assert exact.kind == "flat" and exact.recommend("u2", 7).items == reference(
+        arrays, 2, 7, blocked=set(arrays["seen"][2].indices))
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "version": 3}))
+    with pytest.raises(BundleError, match="version 3"):
+        ServingBundle.load(out)
+
+
+def test_ids_with_odd_characters_round_trip(tmp_path: Path, arrays: dict) -> None:
+    ids = ["a", "a\x00", "", "Godfather, The (1972)", "ü" * 40] + [f"i{j}" for j in range(45)]
+    bundle = ServingBundle.load(write_bundle(tmp_path / "serving", **{**arrays, "item_ids": ids}))
+    assert [bundle.item_ids[c] for c in range(50)] == ids
+    assert [bundle.item_index.get(i) for i in ids] == list(range(50)) and bundle.item_index.get("a\x00\x00") is None
+    assert "Godfather, The (1972)" in bundle.item_index and bundle.comma_id_widths == {"Godfather": (2,)}
+    with pytest.raises(BundleError, match="not unique"):
+        write_bundle(tmp_path / "dup", **{**arrays, "item_ids": ["x"] * 50})
 
 
 def test_seen_byte_masks_equal_a_dense_bitmap() -> None:

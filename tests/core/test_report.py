@@ -67,6 +67,22 @@ def test_a_tiny_job_records_latency_and_its_report_has_every_field(settings: Set
     assert "recommend p50 (k=10)" in text and "2.0x fewer parameters" in text and "gap closed unknown" in text
 
 
+def test_the_report_and_the_bundle_name_the_same_index_and_its_recall(settings: Settings) -> None:
+    """RECDISTILL_INDEX=ivf: the worker builds the student's IVF index once; the bundle holds it, the report's
+    student latency was timed on it and names it with its recall@10 (the text report too)."""
+    from core.index import ServingBundle, read_index_info
+
+    student_id = _run(settings.model_copy(update={"index": "ivf"}), "dcd")
+    with session_scope(settings.database_url) as s:
+        report = model_report(s, student_id)
+        folder = settings.artifact_dir / repo.get_model(s, student_id).artifact_path / "serving"
+    info = read_index_info(folder)
+    assert info is not None and info["kind"] == "ivf" and info["recall_at_10"] >= 0.95
+    assert report["student"]["latency"]["index"] == info and report["student"]["latency"]["method"] == "faiss-ivf"
+    assert ServingBundle.load(folder).index_info.to_json() == info
+    assert f"recall@10 {info['recall_at_10']:.3f}" in format_report(report)
+
+
 def test_gap_closed_comes_from_a_student_alone_run_on_the_same_split(settings: Settings) -> None:
     from core.storage import ArtifactStore
     from tests.factories import file_dataset_row, job_row, two_taste_csv

@@ -27,7 +27,7 @@ def test_defaults_describe_the_embedded_mode(tmp_path: Path, monkeypatch: pytest
     assert s.artifact_dir == tmp_path.resolve() / "var" / "artifacts"
     assert s.embedded_broker
     assert s.api_key is None and s.open_serving is False
-    assert s.max_k == 1000 and s.port == 8000 and s.index == "flat"
+    assert s.max_k == 1000 and s.port == 8000 and s.index == "auto" and s.index_exact_max_items == 100_000
 
 
 def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,7 +58,11 @@ def test_home_is_not_read_from_the_shell_home(monkeypatch: pytest.MonkeyPatch, t
 @pytest.mark.parametrize(
     ("key", "value", "field"),
     [
-        ("RECDISTILL_INDEX", "ivf", "RECDISTILL_INDEX"),
+        ("RECDISTILL_INDEX", "ivfpq", "RECDISTILL_INDEX"),
+        ("RECDISTILL_INDEX_EXACT_MAX_ITEMS", "-1", "RECDISTILL_INDEX_EXACT_MAX_ITEMS"),
+        ("RECDISTILL_INDEX_EXACT_MAX_ITEMS", "100000001", "RECDISTILL_INDEX_EXACT_MAX_ITEMS"),
+        ("RECDISTILL_INDEX_TARGET_RECALL", "0.4", "RECDISTILL_INDEX_TARGET_RECALL"),
+        ("RECDISTILL_INDEX_TARGET_RECALL", "1.5", "RECDISTILL_INDEX_TARGET_RECALL"),
         ("RECDISTILL_MAX_K", "0", "RECDISTILL_MAX_K"),
         ("RECDISTILL_PORT", "70000", "RECDISTILL_PORT"),
     ],
