@@ -1,9 +1,12 @@
-"""HNSW vs exact (IndexFlatIP) serving: recall@10 and per-query latency, seen items filtered, per efSearch.
+"""Approximate (HNSW or IVF-flat) vs exact (IndexFlatIP) serving: recall@10 and per-query latency, seen items
+filtered, per search breadth (HNSW efSearch, IVF nprobe). The bundle's own build tunes the breadth to
+RECDISTILL_INDEX_TARGET_RECALL; this bench shows the whole curve.
 
 Embeddings are random but structured like a trained MF model (taste clusters, popularity in the norms);
 ``--bundle`` measures a real trained student's ``serving/`` folder instead.
 
     .venv/bin/python bench/serve_hnsw_recall.py --out bench/results/serve-hnsw-recall.json
+    .venv/bin/python bench/serve_hnsw_recall.py --kind ivf --breadth 8 16 32 64 --out bench/results/serve-ivf-recall.json
 """
 
 from __future__ import annotations
@@ -55,22 +58,24 @@ def measure(name: str, parts: tuple[np.ndarray, np.ndarray, sp.csr_matrix], args
     n_users, n_items = user_emb.shape[0], item_emb.shape[0]
     uids, iids = [f"u{i}" for i in range(n_users)], [f"i{j}" for j in range(n_items)]
     pop = np.argsort(-np.asarray(seen.sum(axis=0)).ravel(), kind="stable")
-    exact = ServingBundle(user_emb, item_emb, uids, iids, seen, pop, "exact", kind="flat")
+    exact = ServingBundle(user_emb, item_emb, uids, iids, seen, pop, "exact", index="flat")
     rng = np.random.default_rng(1)
     queries = [uids[i] for i in rng.choice(n_users, size=min(args.queries, n_users), replace=False)]
     truth, flat_us = timed(exact, queries, args.k)
     start = time.perf_counter()
-    hnsw = ServingBundle(user_emb, item_emb, uids, iids, seen, pop, "hnsw", kind="hnsw", hnsw_m=args.m)
-    build_s = time.perf_counter() - start
+    approx = ServingBundle(user_emb, item_emb, uids, iids, seen, pop, args.kind, index=args.kind)
+    build_s = time.perf_counter() - start  # includes tuning to the default target recall
+    name_of = {"hnsw": "ef_search", "ivf": "nprobe"}[args.kind]
     rows = []
-    for ef in args.ef:
-        hnsw.set_ef_search(ef)
-        got, us = timed(hnsw, queries, args.k)
+    for breadth in args.breadth:
+        approx.set_breadth(breadth)
+        got, us = timed(approx, queries, args.k)
         recall = float(np.mean([len(set(g) & set(t)) / len(t) for g, t in zip(got, truth, strict=True)]))
-        rows.append({"ef_search": ef, "recall_at_10": round(recall, 4), "us_per_query": round(us, 1)})
+        rows.append({name_of: breadth, "recall_at_10": round(recall, 4), "us_per_query": round(us, 1)})
     return {"catalogue": name, "n_users": n_users, "n_items": n_items, "dim": int(item_emb.shape[1]),
             "seen_filtered": True, "queries": len(queries), "flat_us_per_query": round(flat_us, 1),
-            "hnsw_m": args.m, "hnsw_build_s": round(build_s, 2), "hnsw": rows}
+            "kind": args.kind, "params": approx.index_info.params, "build_and_tune_s": round(build_s, 2),
+            args.kind: rows}
 
 
 def main() -> None:
@@ -81,8 +86,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=20)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--m", type=int, default=32, help="HNSW graph degree")
-    parser.add_argument("--ef", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    parser.add_argument("--kind", choices=["hnsw", "ivf"], default="hnsw")
+    parser.add_argument("--breadth", type=int, nargs="+", default=[16, 32, 64, 128, 256],
+                        help="efSearch (hnsw) or nprobe (ivf) values")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve-hnsw-recall.json")
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)  # as in the API process

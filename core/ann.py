@@ -30,7 +30,8 @@ RECALL_QUERIES = 500
 # Search-breadth ladders tried in order until the target recall is met (nprobe for IVF, efSearch for HNSW).
 _NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 _EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)
-# k-means sample per IVF list: enough for stable centroids, small enough to train 1M items in ~2 s.
+# k-means sample per IVF list (FAISS warns below 39): enough for stable centroids, small enough to train 1M
+# items in ~2 s on 2 cores.
 _TRAIN_PER_LIST = 64
 HNSW_M = 32
 
@@ -57,15 +58,17 @@ class IndexInfo(NamedTuple):
     recall_at_10: float | None  # None for exact search (1.0 by construction)
     recall_queries: int
     build_s: float
+    built_on: str = "cpu"  # "gpu": IVF trained and filled by faiss-gpu (the worker image), then saved as CPU
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "params": self.params, "recall_at_10": self.recall_at_10,
-                "recall_queries": self.recall_queries, "build_s": round(self.build_s, 3), "file": INDEX_FILE}
+                "recall_queries": self.recall_queries, "build_s": round(self.build_s, 3),
+                "built_on": self.built_on, "file": INDEX_FILE}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> IndexInfo:
         return cls(raw["kind"], {str(k): int(v) for k, v in raw["params"].items()}, raw.get("recall_at_10"),
-                   int(raw.get("recall_queries", 0)), float(raw.get("build_s", 0.0)))
+                   int(raw.get("recall_queries", 0)), float(raw.get("build_s", 0.0)), str(raw.get("built_on", "cpu")))
 
 
 def choose_kind(n_items: int, spec: IndexSpec) -> IndexKind:
@@ -80,26 +83,39 @@ def n_lists(n_items: int) -> int:
     return max(1, min(int(math.sqrt(n_items)), n_items // 39))
 
 
-def _new_index(kind: IndexKind, item_emb: np.ndarray, seed: int) -> faiss.Index:
+def _gpus() -> int:
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+
+
+def _new_index(kind: IndexKind, item_emb: np.ndarray, seed: int) -> tuple[faiss.Index, str]:
+    """The filled index and where it was built ("gpu" for IVF under faiss-gpu with a GPU, else "cpu": FAISS
+    uses every core, the worker sets no OpenMP limit)."""
     dim = item_emb.shape[1]
+    emb = np.ascontiguousarray(item_emb, dtype=np.float32)
     if kind == "flat":
         index: faiss.Index = faiss.IndexFlatIP(dim)
     elif kind == "ivf":
-        nlist = n_lists(len(item_emb))
+        nlist = n_lists(len(emb))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.max_points_per_centroid = _TRAIN_PER_LIST
         index.cp.seed = seed
         rng = np.random.default_rng(seed)
-        sample = min(len(item_emb), _TRAIN_PER_LIST * nlist)
-        rows = np.sort(rng.choice(len(item_emb), sample, replace=False))
-        index.train(np.ascontiguousarray(item_emb[rows]))
+        rows = np.sort(rng.choice(len(emb), min(len(emb), _TRAIN_PER_LIST * nlist), replace=False))
+        if _gpus():
+            try:  # k-means and list assignment on the GPU; the saved index is a plain CPU one
+                gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+                gpu.train(np.ascontiguousarray(emb[rows]))
+                gpu.add(emb)
+                return faiss.index_gpu_to_cpu(gpu), "gpu"
+            except RuntimeError as exc:  # a GPU that is busy or out of memory: the CPU build still works
+                logger.warning("GPU index build failed (%s); building on the CPU", exc)
+        index.train(np.ascontiguousarray(emb[rows]))
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = max(2 * HNSW_M, 80)
     else:
         raise ValueError(f"unknown index kind {kind!r}: expected one of {', '.join(INDEX_KINDS)}")
-    index.add(np.ascontiguousarray(item_emb, dtype=np.float32))
-    return index
+    index.add(emb)
+    return index, "cpu"
 
 
 def set_breadth(index: faiss.Index, kind: IndexKind, params: dict[str, int]) -> None:
@@ -123,9 +139,9 @@ def build(item_emb: np.ndarray, queries: np.ndarray, spec: IndexSpec, seed: int 
     model's own user embeddings), reaches ``spec.target_recall``; the recall it reached is returned."""
     kind = choose_kind(len(item_emb), spec)
     start = time.perf_counter()
-    index = _new_index(kind, item_emb, seed)
+    index, built_on = _new_index(kind, item_emb, seed)
     if kind == "flat":
-        return index, IndexInfo("flat", {}, None, 0, time.perf_counter() - start)
+        return index, IndexInfo("flat", {}, None, 0, time.perf_counter() - start, built_on)
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(queries), min(len(queries), RECALL_QUERIES), replace=False))
     q = np.ascontiguousarray(queries[pick], dtype=np.float32)
@@ -142,7 +158,7 @@ def build(item_emb: np.ndarray, queries: np.ndarray, spec: IndexSpec, seed: int 
         recall = recall_at_k(got, truth)
         if recall >= spec.target_recall:
             break
-    info = IndexInfo(kind, params, round(recall, 4), len(q), time.perf_counter() - start)
+    info = IndexInfo(kind, params, round(recall, 4), len(q), time.perf_counter() - start, built_on)
     logger.info("built %s index over %d items: %s, recall@10 %.4f on %d users, %.1f s", kind, len(item_emb),
                 params, recall, len(q), info.build_s)
     return index, info
