@@ -154,7 +154,7 @@ def _seen_byte_masks(seen: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.nd
     keys, cols = keys[order], cols[order]
     mask = np.left_shift(1, cols & 7).astype(np.uint8)
     if len(keys) == 0:
-        return np.zeros(n_users + 1, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8)
+        return np.zeros(n_users + 1, dtype=np.int64), np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.uint8)
     change = np.empty(len(keys), dtype=bool)
     change[0] = True
     np.not_equal(keys[1:], keys[:-1], out=change[1:])
@@ -162,7 +162,7 @@ def _seen_byte_masks(seen: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.nd
     ukeys = keys[starts]
     inv_masks = ~np.bitwise_or.reduceat(mask, starts)
     indptr = np.searchsorted(ukeys // n_bytes, np.arange(n_users + 1), side="left").astype(np.int64)
-    return indptr, (ukeys % n_bytes).astype(np.int64), inv_masks
+    return indptr, (ukeys % n_bytes).astype(np.int32), inv_masks  # int32: any catalogue below 17e9 items
 
 
 class BundleParts(NamedTuple):

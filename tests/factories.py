@@ -114,3 +114,23 @@ def tiny_job(
     with session_scope(settings.database_url) as s:
         ds = file_dataset_row(s, store, two_taste_csv() if content is None else content, **(dataset or {}))
         return job_row(s, ds.id, **{"seed": 0, **job}).id
+
+
+def write_v1_bundle(folder: Path, arrays: dict) -> Path:
+    """A bundle as version 1 wrote it (arrays + JSON id lists, no index), as found in existing artifact folders."""
+    import json
+
+    import scipy.sparse as sp
+
+    folder.mkdir(parents=True)
+    np.save(folder / "user_emb.npy", arrays["user_emb"])
+    np.save(folder / "item_emb.npy", arrays["item_emb"])
+    np.save(folder / "popularity.npy", arrays["popularity"])
+    sp.save_npz(folder / "seen.npz", sp.csr_matrix(arrays["seen"]), compressed=True)
+    (folder / "user_ids.json").write_text(json.dumps(arrays["user_ids"]))
+    (folder / "item_ids.json").write_text(json.dumps(arrays["item_ids"]))
+    n_users, dim = arrays["user_emb"].shape
+    meta = {"version": 1, "model_id": arrays["model_id"], "dim": dim, "n_users": n_users,
+            "n_items": len(arrays["item_ids"])}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder

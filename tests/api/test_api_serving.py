@@ -172,3 +172,27 @@ def test_approximate_index_built_into_the_bundle_serves_through_the_api(tmp_path
         assert index["kind"] == kind and index["recall_at_10"] >= 0.95 and index["recall_queries"] == 40
         assert set(index["params"]) == ({"nlist", "nprobe"} if kind == "ivf" else {"m", "ef_search"})
         assert c.get("/models").json()["data"][0]["index"] is None  # listed rows do not read bundles
+
+
+def test_a_version_1_bundle_already_on_disk_still_activates_and_serves(
+    client: TestClient, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """Bundles written before the index was saved in them (version 1) keep serving: the API builds their index
+    at load, as it always did, and GET /models/{id} says no index was recorded."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from tests.factories import write_v1_bundle
+
+    mid = add_model(sessions, settings, with_bundle=False)
+    rng = np.random.default_rng(0)
+    arrays = {"user_emb": rng.standard_normal((40, 8)).astype(np.float32),
+              "item_emb": rng.standard_normal((60, 8)).astype(np.float32),
+              "user_ids": [f"u{i}" for i in range(40)], "item_ids": [f"i{j}" for j in range(60)],
+              "seen": sp.csr_matrix((40, 60), dtype=np.float32), "popularity": np.arange(60), "model_id": mid}
+    write_v1_bundle(settings.artifact_dir / "models" / mid / "serving", arrays)
+    assert client.post(f"/models/{mid}/activate").status_code == 200
+    body = client.get("/recommend/u3", params={"k": 5}).json()
+    best = np.argsort(-(arrays["item_emb"] @ arrays["user_emb"][3]), kind="stable")[:5]
+    assert [x["item"] for x in body["items"]] == [f"i{j}" for j in best]
+    assert client.get(f"/models/{mid}").json()["index"] is None

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from core.ann import IndexSpec, choose_kind
 from core.index import BundleError, ServingBundle, UnknownIdError, read_index_info, write_bundle
+from tests.factories import write_v1_bundle
 
 
 def make_bundle_arrays(n_users: int = 30, n_items: int = 50, dim: int = 8, seed: int = 0) -> dict:
@@ -283,20 +284,6 @@ def test_load_is_memory_mapped(tmp_path: Path, arrays: dict) -> None:
     for name in ("index.faiss", "item_ids.npy", "user_sorted.npy", "item_unit.npy"):
         assert str(out.resolve() / name) in maps, name
     assert bundle.recommend("u1", 5).items == ServingBundle(**arrays, index="ivf").recommend("u1", 5).items
-
-
-def write_v1_bundle(folder: Path, arrays: dict) -> Path:
-    """A bundle as version 1 wrote it (arrays + JSON id lists, no index), as found in existing artifact folders."""
-    folder.mkdir()
-    np.save(folder / "user_emb.npy", arrays["user_emb"])
-    np.save(folder / "item_emb.npy", arrays["item_emb"])
-    np.save(folder / "popularity.npy", arrays["popularity"])
-    sp.save_npz(folder / "seen.npz", sp.csr_matrix(arrays["seen"]), compressed=True)
-    (folder / "user_ids.json").write_text(json.dumps(arrays["user_ids"]))
-    (folder / "item_ids.json").write_text(json.dumps(arrays["item_ids"]))
-    meta = {"version": 1, "model_id": arrays["model_id"], "dim": 8, "n_users": 30, "n_items": 50}
-    (folder / "meta.json").write_text(json.dumps(meta))
-    return folder
 
 
 def test_version_1_bundles_keep_serving_with_an_index_built_at_load(tmp_path: Path, arrays: dict) -> None:
