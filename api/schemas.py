@@ -263,6 +263,7 @@ class IndexPublic(BaseModel):
                                        "recall_queries of the model's own users at these params; null for flat.")
     recall_queries: int = Field(description="Users the recall was measured on (0 for flat).")
     build_s: float = Field(description="Seconds the worker took to build and tune the index.")
+    built_on: str = Field("cpu", description="gpu when faiss-gpu built the IVF lists, else cpu (all cores).")
 
 
 class ModelPublic(BaseModel):

@@ -55,8 +55,8 @@ def synthetic_seen(rng: np.random.Generator) -> sp.csr_matrix:
 def build_bundle(args: argparse.Namespace, dest: Path, model_id: str) -> dict[str, Any]:
     if args.bundle:
         src = ServingBundle.load(args.bundle)
-        write_bundle(dest, src.user_emb, src.item_emb, src.user_ids, list(src.item_ids), src.seen, src.popularity,
-                     model_id)
+        write_bundle(dest, src.user_emb, src.item_emb, src.user_ids.tolist(), src.item_ids.tolist(), src.seen,
+                     src.popularity, model_id)
         return {"source": f"trained bundle {args.bundle}", "n_users": src.n_users, "n_items": src.n_items,
                 "dim": src.dim, "seen_interactions": int(src.seen.nnz)}
     rng = np.random.default_rng(0)
@@ -105,7 +105,7 @@ def setup_home(args: argparse.Namespace, home: Path) -> tuple[dict[str, Any], li
     info = build_bundle(args, settings.artifact_dir / "models" / model_id / "serving", model_id)
     with session_scope(settings.database_url) as s:
         repo.activate_model(s, model_id)
-    users = ServingBundle.load(settings.artifact_dir / "models" / model_id / "serving").user_ids
+    users = ServingBundle.load(settings.artifact_dir / "models" / model_id / "serving").user_ids.tolist()
     return info, users
 
 

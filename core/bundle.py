@@ -227,7 +227,9 @@ class BundleParts(NamedTuple):
 
     @classmethod
     def load(cls, path: Path, meta: dict[str, Any]) -> BundleParts:
-        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in _ARRAYS}
+        # Plain ndarray views of the read-only maps (np.memmap's subclass overhead costs on every slice).
+        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False).view(np.ndarray)
+                  for name in _ARRAYS}
         widths = json.loads((path / "comma_widths.json").read_text())
         return cls(arrays, IdMap.load(path, "user"), IdMap.load(path, "item"),
                    {str(k): tuple(int(n) for n in v) for k, v in widths.items()}, float(meta["mean_sq_norm"]))

@@ -279,7 +279,7 @@ def test_load_is_memory_mapped(tmp_path: Path, arrays: dict) -> None:
     out = write_bundle(tmp_path / "serving", **arrays, index="ivf")
     bundle = ServingBundle.load(out)
     for arr in (bundle.user_emb, bundle.item_emb, bundle._seen_indices, bundle._seen_bytes, bundle._popular_order):
-        assert isinstance(arr, np.memmap) and not arr.flags.writeable
+        assert isinstance(arr.base, np.memmap) and not arr.flags.writeable
     maps = Path("/proc/self/maps").read_text()
     for name in ("index.faiss", "item_ids.npy", "user_sorted.npy", "item_unit.npy"):
         assert str(out.resolve() / name) in maps, name
