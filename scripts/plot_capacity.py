@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.table:
         for row in readme_rows():
-            print("| " + " | ".join(row) + " |")
+            sys.stdout.write("| " + " | ".join(row) + " |\n")
         return
     import matplotlib
 
@@ -92,7 +93,7 @@ def main() -> None:
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    sys.stdout.write(f"wrote {args.out}\n")
 
 
 if __name__ == "__main__":

@@ -12,12 +12,11 @@ import scipy.sparse as sp
 import torch
 
 from core.checkpoint import load_checkpoint, save_checkpoint
-from core.config import ModelSpec, TrainConfig, _model_spec
+from core.config import DCDConfig, ModelSpec, TrainConfig, _model_spec
 from core.db import repo
 from core.db.migrate import upgrade_head
 from core.db.session import dispose_engines, session_scope
 from core.distill import distiller_for
-from core.config import DCDConfig
 from core.jobs.lifecycle import run_job
 from core.models import build_model
 from core.models.ease import EASE_MAX_ITEMS

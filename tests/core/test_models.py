@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from core.config import TrainConfig
 from core.data import SplitData
 from core.eval import evaluate
-from core.models import BPRMF, MODELS, LightGCN, NeuMF, build_model, EASE
+from core.models import BPRMF, EASE, MODELS, LightGCN, NeuMF, build_model
 from core.models import neumf as neumf_module
 from core.train import fit
 
