@@ -428,7 +428,7 @@ def test_rrd_samples(data: SimpleNamespace, deterministic: bool) -> None:
 
 
 def test_none_distiller_adds_zero_and_registry_validates() -> None:
-    assert set(DISTILLERS) == {"none", "rrd", "dcd"}
+    assert set(DISTILLERS) == {"none", "rrd", "dcd", "hetcomp"}
     d = build_distiller("none")
     loss, parts = d.loss(BPRMF(3, 3, 2), torch.tensor([0]), torch.tensor([1]), torch.tensor([2]))
     assert loss.item() == 0.0 and parts == {}
