@@ -61,6 +61,7 @@ class Sweep:
     def command(self, teacher: str, dim: int, method: str, seed: int, extra: list[str], name: str
                 ) -> tuple[list[str], Path, Path]:
         out = self.work / "runs" / f"{name}.json"
+        extra = [*extra, *self.grid.get("dataset_args", {}).get(self.args.dataset, {}).get(method, [])]
         cmd = [sys.executable, "-m", "cli", "experiment", "--dataset", self.args.dataset, "--teacher", teacher,
                "--student", f"{self.grid['student_model']}:{dim}", "--methods", method, "--seeds", str(seed),
                "--device", self.args.device, "--no-progress", "--out", str(out),
