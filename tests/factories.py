@@ -13,6 +13,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from core.db import repo
+from core.db.migrate import upgrade_head
 from core.db.models import Dataset, Job, Model
 from core.db.session import session_scope
 from core.settings import Settings
@@ -104,6 +105,15 @@ def job_row(session: Session, dataset_id: str | None, **fields: Any) -> Job:
 
 def model_row(session: Session, dataset_id: str, job_id: str | None = None, **fields: Any) -> Model:
     return repo.create_model(session, job_id=job_id, dataset_id=dataset_id, **{**MODEL_ROW, **fields})
+
+
+def job_settings(tmp_path: Path, **env: Any) -> Settings:
+    """Settings of a fresh embedded home under ``tmp_path`` (CPU, fast heartbeat), its folders made and its
+    database migrated; ``env`` adds or overrides settings. Call ``dispose_engines()`` when done."""
+    s = Settings(**{"RECDISTILL_HOME": str(tmp_path), "RECDISTILL_DEVICE": "cpu", "RECDISTILL_HEARTBEAT": 0.2, **env})
+    s.ensure_dirs()
+    upgrade_head(s.database_url)
+    return s
 
 
 def tiny_job(

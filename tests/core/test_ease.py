@@ -14,7 +14,6 @@ import torch
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import DCDConfig, ModelSpec, TrainConfig, _model_spec
 from core.db import repo
-from core.db.migrate import upgrade_head
 from core.db.session import dispose_engines, session_scope
 from core.distill import distiller_for
 from core.jobs.lifecycle import run_job
@@ -23,7 +22,7 @@ from core.models.ease import EASE_MAX_ITEMS
 from core.settings import Settings
 from core.train import fit
 from tests.core.test_train import Recorder, small_data
-from tests.factories import tiny_job
+from tests.factories import job_settings, tiny_job
 
 
 def ease(data, l2: float = 5.0):  # type: ignore[no-untyped-def]
@@ -128,10 +127,7 @@ def test_spec_errors_name_the_field(spec: dict, message: str) -> None:
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> Iterator[Settings]:
-    s = Settings(RECDISTILL_HOME=str(tmp_path), RECDISTILL_DEVICE="cpu", RECDISTILL_HEARTBEAT=0.2)
-    s.ensure_dirs()
-    upgrade_head(s.database_url)
-    yield s
+    yield job_settings(tmp_path)
     dispose_engines()
 
 

@@ -10,7 +10,6 @@ import torch
 
 from core.config import HetCompConfig
 from core.db import repo
-from core.db.migrate import upgrade_head
 from core.db.session import dispose_engines, session_scope
 from core.distill import HetCompDistiller, Trajectory
 from core.distill.hetcomp import importance, list_ndcg, top_unobserved
@@ -20,7 +19,7 @@ from core.models import build_model
 from core.settings import Settings
 from core.train import TrainConfig, fit
 from tests.core.test_train import small_data
-from tests.factories import tiny_job
+from tests.factories import job_settings, tiny_job
 
 SMALL = {"k": 6, "positives": 3, "ndcg_k": 5, "period": 1, "stages": 3, "row_fraction": 1.0}
 
@@ -143,10 +142,7 @@ def test_config_bounds(over: dict, message: str) -> None:
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> Iterator[Settings]:
-    s = Settings(RECDISTILL_HOME=str(tmp_path), RECDISTILL_DEVICE="cpu", RECDISTILL_HEARTBEAT=0.2)
-    s.ensure_dirs()
-    upgrade_head(s.database_url)
-    yield s
+    yield job_settings(tmp_path)
     dispose_engines()
 
 

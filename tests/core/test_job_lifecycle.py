@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy import update
 
 from core.db import repo
-from core.db.migrate import upgrade_head
 from core.db.models import Job, utcnow
 from core.db.session import dispose_engines, session_scope
 from core.jobs import phases
@@ -21,7 +20,7 @@ from core.jobs.context import derived_model_id
 from core.jobs.lifecycle import run_job
 from core.settings import Settings
 from core.storage import ArtifactStore
-from tests.factories import tiny_job, two_taste_csv
+from tests.factories import job_settings, tiny_job, two_taste_csv
 
 TRAIN_HP = {"epochs": 3, "teacher_epochs": 3, "batch_size": 256, "lr": 0.01}
 DCD_HP = {**TRAIN_HP, "m": 10, "p": 3, "rkd_k": 3, "rkd_l": 3}
@@ -29,15 +28,7 @@ DCD_HP = {**TRAIN_HP, "m": 10, "p": 3, "rkd_k": 3, "rkd_l": 3}
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> Iterator[Settings]:
-    s = Settings(
-        RECDISTILL_HOME=str(tmp_path),
-        RECDISTILL_DEVICE="cpu",
-        RECDISTILL_HEARTBEAT=0.2,
-        RECDISTILL_JOB_LEASE=2,
-    )
-    s.ensure_dirs()
-    upgrade_head(s.database_url)
-    yield s
+    yield job_settings(tmp_path, RECDISTILL_JOB_LEASE=2)
     dispose_engines()
 
 

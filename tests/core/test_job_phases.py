@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 
 from core.db import repo
-from core.db.migrate import upgrade_head
 from core.db.session import dispose_engines, session_scope
 from core.jobs import phases
 from core.jobs.lifecycle import run_job
 from core.settings import Settings
-from tests.factories import tiny_job
+from tests.factories import job_settings, tiny_job
 
 FAST_HP = {
     "epochs": 2,
@@ -31,10 +30,7 @@ FAST_HP = {
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> Iterator[Settings]:
-    s = Settings(RECDISTILL_HOME=str(tmp_path), RECDISTILL_DEVICE="cpu", RECDISTILL_HEARTBEAT=0.2)
-    s.ensure_dirs()
-    upgrade_head(s.database_url)
-    yield s
+    yield job_settings(tmp_path)
     dispose_engines()
 
 

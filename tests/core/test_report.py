@@ -11,24 +11,19 @@ import numpy as np
 import pytest
 
 from core.db import repo
-from core.db.migrate import upgrade_head
 from core.db.models import Model
 from core.db.session import dispose_engines, session_scope
 from core.jobs.lifecycle import run_job
 from core.report import build_report, format_report, model_report
 from core.settings import Settings
-from tests.factories import MODEL_ROW, tiny_job
+from tests.factories import MODEL_ROW, job_settings, tiny_job
 
 FAST_HP = {"epochs": 2, "teacher_epochs": 2, "batch_size": 256, "lr": 0.01, "m": 10, "p": 3}
 
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> Iterator[Settings]:
-    s = Settings(RECDISTILL_HOME=str(tmp_path), RECDISTILL_DEVICE="cpu", RECDISTILL_HEARTBEAT=0.2,
-                 RECDISTILL_REPORT_LATENCY_QUERIES=30)
-    s.ensure_dirs()
-    upgrade_head(s.database_url)
-    yield s
+    yield job_settings(tmp_path, RECDISTILL_REPORT_LATENCY_QUERIES=30)
     dispose_engines()
 
 
