@@ -134,8 +134,7 @@ class HetCompDistiller(Distiller):
                 stacked = torch.stack([s[start:stop] for s in traj.stages])  # [S, R, M]
                 rows = torch.arange(stop - start, device=self.device)
                 total += importance(stacked[stage[t, start:stop], rows], n_items, self.config.temperature)
-            block = csr[start:stop].tocoo()
-            total[torch.from_numpy(block.row).long().to(self.device), torch.from_numpy(block.col).long().to(self.device)] = -1.0
+            total[_entries(csr, start, stop, self.device)] = -1.0
             out[start:stop] = total.topk(k, dim=1).indices
         return out
 
@@ -201,7 +200,7 @@ class HetCompDistiller(Distiller):
         top, obs = targets[rows], observed[rows]
         valid = obs >= 0
         exp = scores.exp()
-        block = csr[rows.cpu().numpy()].tocoo()
+        block = csr[rows.cpu().numpy()].tocoo()  # the batch's users, in the order of ``rows``
         seen = torch.zeros_like(scores, dtype=torch.bool)
         seen[torch.from_numpy(block.row).long().to(scores.device), torch.from_numpy(block.col).long().to(scores.device)] = True
         unobserved_mass = (exp * ~seen).sum(1, keepdim=True)  # [B, 1]
@@ -253,39 +252,44 @@ def _listwise(scores: torch.Tensor, ranked: torch.Tensor, valid: torch.Tensor, u
     return -(terms * valid).sum()
 
 
+def _entries(csr: sp.csr_matrix, start: int, stop: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows relative to ``start``, columns) of the training entries of users ``start:stop``."""
+    block = csr[start:stop].tocoo()
+    return torch.from_numpy(block.row).long().to(device), torch.from_numpy(block.col).long().to(device)
+
+
 @torch.no_grad()
-def observed_order(model: Recommender, train: sp.spmatrix, p: int, chunk: int) -> torch.Tensor:
-    """[U, p] each user's observed items in ``model``'s order (-1 pads users with fewer than ``p``)."""
+def _top_per_user(model: Recommender, train: sp.spmatrix, k: int, chunk: int, device: torch.device | str,
+                  observed: bool) -> torch.Tensor:
+    """[U, k] each user's top-``k`` items by ``model`` among her training items (``observed``; -1 pads users
+    with fewer) or among the others, chunk by chunk of users."""
     csr = sp.csr_matrix(train)
     n_users, n_items = csr.shape
-    out = torch.full((n_users, p), -1, dtype=torch.int64)
-    was_training = model.training
-    model.eval()
-    for start in range(0, n_users, chunk):
-        stop = min(start + chunk, n_users)
-        scores = model.full_scores(torch.arange(start, stop)).float().cpu()
-        block = csr[start:stop].tocoo()
-        mask = torch.full_like(scores, -math.inf)
-        mask[torch.from_numpy(block.row).long(), torch.from_numpy(block.col).long()] = 0.0
-        vals, idx = (scores + mask).topk(min(p, n_items), dim=1)
-        out[start:stop, : idx.shape[1]] = torch.where(torch.isfinite(vals), idx, -1)
-    model.train(was_training)
-    return out
-
-
-@torch.no_grad()
-def top_unobserved(model: Recommender, train: sp.csr_matrix, k: int, chunk: int,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
-    """[U, k] each user's top-``k`` unobserved items by ``model`` (its training items excluded), best first."""
-    n_users = train.shape[0]
-    out = torch.empty((n_users, k), dtype=torch.int64, device=device)
+    out = torch.full((n_users, k), -1, dtype=torch.int64, device=device)
     was_training = model.training
     model.eval()
     for start in range(0, n_users, chunk):
         stop = min(start + chunk, n_users)
         scores = model.full_scores(torch.arange(start, stop, device=device)).float().to(device)
-        block = train[start:stop].tocoo()
-        scores[torch.from_numpy(block.row).long().to(device), torch.from_numpy(block.col).long().to(device)] = -torch.inf
-        out[start:stop] = scores.topk(k, dim=1).indices
+        rows, cols = _entries(csr, start, stop, device)
+        if observed:
+            keep = torch.full_like(scores, -math.inf)
+            keep[rows, cols] = 0.0
+            vals, idx = (scores + keep).topk(min(k, n_items), dim=1)
+            out[start:stop, : idx.shape[1]] = torch.where(torch.isfinite(vals), idx, -1)
+        else:
+            scores[rows, cols] = -torch.inf
+            out[start:stop] = scores.topk(k, dim=1).indices
     model.train(was_training)
     return out
+
+
+def observed_order(model: Recommender, train: sp.spmatrix, p: int, chunk: int) -> torch.Tensor:
+    """[U, p] each user's observed items in ``model``'s order (-1 pads users with fewer than ``p``), on the CPU."""
+    return _top_per_user(model, train, p, chunk, "cpu", observed=True)
+
+
+def top_unobserved(model: Recommender, train: sp.csr_matrix, k: int, chunk: int,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """[U, k] each user's top-``k`` unobserved items by ``model`` (its training items excluded), best first."""
+    return _top_per_user(model, train, k, chunk, device, observed=False)
