@@ -9,6 +9,9 @@ Nothing is chosen on test. The result, bench/results/capacity-<dataset>.json, ha
 bytes, seed, valid, test, epochs, stopped_by}], selection: {...}}. Plot it with scripts/plot_capacity.py.
 
   python bench/capacity.py --dataset ml-1m --dims 5,10,20,40 --seeds 0,1,2 --jobs 2
+
+With --methods, the result file already there keeps its teacher and its other methods' runs, and the methods named
+join it (its "command" then lists both commands, in order, on one work directory).
 """
 
 from __future__ import annotations
@@ -154,7 +157,16 @@ def main() -> int:
     args = ap.parse_args()
     grid = json.loads(Path(args.grid).read_text())
     sweep = Sweep(args, grid)
-    teacher, teachers_tried = sweep.choose_teacher()
+    result_path = Path(args.out) if args.out else ROOT / "bench" / "results" / f"capacity-{args.dataset}.json"
+    # --methods adds methods to a result already written: its teacher (chosen on validation) and its other
+    # methods' runs are kept, so a slow method can join a curve without running the rest again.
+    earlier = json.loads(result_path.read_text()) if args.methods and result_path.exists() else None
+    if earlier:
+        teachers_tried = earlier["selection"]["teachers"]
+        teacher = next(c for c in teachers_tried if c["spec"] == earlier["teacher"]["model"])
+        print(f"teacher: {teacher['spec']} (kept from {result_path.name})", flush=True)
+    else:
+        teacher, teachers_tried = sweep.choose_teacher()
     chosen, settings_tried = sweep.choose_settings(teacher["spec"])
     keys = sweep.curve(teacher["spec"], chosen, run=not args.merge_only)
 
@@ -190,6 +202,19 @@ def main() -> int:
         })
     # The teacher of a seed is the same at every student dim (it never sees the student): keep one per seed.
     per_seed = {r["seed"]: r["test"] for r in teacher_runs}
+    command = "python bench/capacity.py " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--merge-only")
+    if earlier:
+        for seed, test in earlier["teacher"]["test_per_seed"].items():
+            mine = per_seed.setdefault(int(seed), test)
+            if abs(mine[MONITOR] - test[MONITOR]) > 1e-6:
+                raise SystemExit(f"seed {seed}: the teacher's test NDCG@10 {mine[MONITOR]:.6f} differs from "
+                                 f"{test[MONITOR]:.6f} in {result_path}: not the same teacher or data; run every method")
+        kept = [m for m in earlier["selection"]["chosen"] if m not in args.methods]
+        runs = [r for r in earlier["runs"] if r["method"] in kept] + runs
+        missing = [m for m in earlier["missing"] if not any(m.startswith(c) for c in chosen)] + missing
+        settings_tried = {**{m: earlier["selection"]["settings"][m] for m in kept}, **settings_tried}
+        chosen = {**{m: {"label": earlier["selection"]["chosen"][m]} for m in kept}, **chosen}
+        command = f"{earlier['command']} && {command}"
     spec = teacher["spec"]
     t_params = n_items * n_items if spec.startswith("ease") else None
     if t_params is None:  # an embedding teacher: (users + items) x dim
@@ -198,8 +223,7 @@ def main() -> int:
         "dataset": args.dataset,
         "protocol": "full ranking of every unobserved item; random 80/10/10 split per user, one split per seed; "
                     "teacher and settings chosen on validation NDCG@10 of seed 0 (see selection); student BPR-MF",
-        "command": "python bench/capacity.py " + " ".join(
-            shlex.quote(a) for a in sys.argv[1:] if a != "--merge-only"),
+        "command": command,
         "grid": grid,
         "n_users": n_users, "n_items": n_items,
         "teacher": {
@@ -213,11 +237,10 @@ def main() -> int:
         "runs": runs,
         "missing": missing,
     }
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"capacity-{args.dataset}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(result, indent=1) + "\n")
     print(summary(result))
-    print(f"written to {out}")
+    print(f"written to {result_path}")
     return 0
 
 
