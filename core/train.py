@@ -81,7 +81,7 @@ class ExtraLoss(Protocol):
     def on_epoch_start(self, student: Recommender, epoch: int) -> None: ...
     def loss(
         self, student: Recommender, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
 def resolve_device(name: str) -> torch.device:
@@ -129,33 +129,43 @@ def _run_epoch(
     n_all = torch.from_numpy(negs[perm]).to(device)
     bs = config.batch_size
     n_batches = math.ceil(len(users) / bs)  # one pass over the training pairs
-    sums: dict[str, float] = {"base": 0.0}
+    # Losses are summed on the device and read back every batch on a CPU (free there) but only every
+    # cancel_check_batches batches on an accelerator: a per-batch ``.item()`` waits for it to drain its queue
+    # and leaves it launch-bound. A non-finite loss is then named by its window of batches; the weights it
+    # spoils are never kept (the last batch of an epoch is always read back, before the epoch can end).
+    read_every = 1 if device.type == "cpu" else config.cancel_check_batches
+    zero = torch.zeros((), device=device)
+    sums: dict[str, torch.Tensor] = {"base": zero}
+    window, window_base, window_start = zero, zero, 0
     model.train()
     for b in range(n_batches):
         u, p, n = u_all[b * bs : (b + 1) * bs], p_all[b * bs : (b + 1) * bs], n_all[b * bs : (b + 1) * bs]
         model.begin_step()
         optimizer.zero_grad(set_to_none=True)
         loss = model.loss(u, p, n)
-        base = loss.item()
+        base = loss.detach()
         if distiller is not None:
             extra, parts = distiller.loss(model, u, p, n)
             loss = loss + extra
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        total = loss.item() if distiller is not None else base
-        if not math.isfinite(total):
-            raise NonFiniteLossError(
-                f"loss became {total} at epoch {epoch + 1}, batch {b + 1}/{n_batches} "
-                f"(base loss {base}); lower the learning rate or check the data and model options"
-            )
-        sums["base"] += base
-        if distiller is not None:
-            sums["total"] = sums.get("total", 0.0) + total
+                sums[k] = sums.get(k, zero) + v
+            sums["total"] = sums.get("total", zero) + loss.detach()
+        sums["base"] = sums["base"] + base
+        window, window_base = window + loss.detach(), window_base + base
         loss.backward()
         optimizer.step()
+        if (b + 1) % read_every == 0 or b + 1 == n_batches:
+            total = float(window)
+            if not math.isfinite(total):
+                where = f"batch {b + 1}" if b == window_start else f"batches {window_start + 1}-{b + 1}"
+                raise NonFiniteLossError(
+                    f"loss became {total} at epoch {epoch + 1}, {where}/{n_batches} (base loss "
+                    f"{float(window_base)}); lower the learning rate or check the data and model options"
+                )
+            window, window_base, window_start = zero, zero, b + 1
         if should_cancel is not None and (b + 1) % config.cancel_check_batches == 0 and should_cancel():
             raise TrainingCancelled(f"cancelled during epoch {epoch + 1} (batch {b + 1}/{n_batches})")
-    return {k: v / n_batches for k, v in sums.items()}
+    return {k: float(v) / n_batches for k, v in sums.items()}
 
 
 def fit(

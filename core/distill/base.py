@@ -72,8 +72,9 @@ class Distiller:
 
     def loss(
         self, student: Recommender, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The extra (already weighted) loss of one mini-batch and its unweighted parts for logging."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The extra (already weighted) loss of one mini-batch and its unweighted parts for logging (detached
+        0-d tensors: fit sums them on the device)."""
         return torch.zeros((), device=users.device), {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -197,7 +197,7 @@ class DCDDistiller(Distiller):
 
     def loss(
         self, student: Recommender, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
         user_rows, wu = batch_rows(users, c.row_fraction, self.generator)  # the same users for RKD and UCD
         if c.group == 1:
@@ -222,7 +222,7 @@ class DCDDistiller(Distiller):
         pos: torch.Tensor,
         item_rows: torch.Tensor | None,
         wi: float | torch.Tensor | None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted terms of the given rows. ``item_rows`` None: ICD's rows are drawn from ``pos`` here
         (after the user side, keeping group = 1's generator order)."""
         c = self.config

@@ -189,7 +189,7 @@ class HetCompDistiller(Distiller):
     # ------------------------------------------------------------------------------------------------ loss
     def loss(
         self, student: Recommender, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         targets = require_prepared(self, "targets", "hetcomp")
         observed = require_prepared(self, "observed", "hetcomp")
         csr = require_prepared(self, "train_csr", "hetcomp")
@@ -212,7 +212,7 @@ class HetCompDistiller(Distiller):
             keep = torch.cat([valid, torch.ones_like(top, dtype=torch.bool)], 1)
             terms = listed - torch.log((rest + listed.exp()).clamp_min(1e-5))
             part = -(terms * keep).sum() * weight
-            return self.config.lambda_easy * part, {"hetcomp_easy": float(part.detach())}
+            return self.config.lambda_easy * part, {"hetcomp_easy": part.detach()}
         half = max(1, top.shape[1] // 2)
         tenth = max(1, top.shape[1] // 10)
         part = _listwise(scores, obs, valid, unobserved_mass, top[:, :half])
@@ -221,7 +221,7 @@ class HetCompDistiller(Distiller):
         part_sub = _listwise(scores, top[:, :tenth], torch.ones_like(top[:, :tenth], dtype=torch.bool),
                              unobserved_mass, top[:, :tenth])
         total = (part + (part_top + part_sub) / 2) * weight
-        return self.config.lambda_hard * total, {"hetcomp_hard": float(total.detach())}
+        return self.config.lambda_hard * total, {"hetcomp_hard": total.detach()}
 
     # ------------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, torch.Tensor]:

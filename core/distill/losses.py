@@ -64,7 +64,7 @@ class RankingTerm(NamedTuple):
     weight: float | torch.Tensor
 
 
-def ranking_terms(terms: Sequence[RankingTerm]) -> tuple[torch.Tensor, dict[str, float]]:
+def ranking_terms(terms: Sequence[RankingTerm]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Σ weight·ℓ over the terms, and each term's unweighted ℓ (for logging).
 
     Terms whose [R, K] / [R, L] widths agree are evaluated as one stacked call (with the default RKD K = L
@@ -86,8 +86,8 @@ def ranking_terms(terms: Sequence[RankingTerm]) -> tuple[torch.Tensor, dict[str,
             w = terms[i].weight
             plain[i] = part.sum()
             weighted[i] = (part * w.to(part.dtype)).sum() if isinstance(w, torch.Tensor) else plain[i] * w
-    values = torch.stack(plain).detach().tolist()  # type: ignore[arg-type]
-    return torch.stack(weighted).sum(), {t.name: v for t, v in zip(terms, values, strict=True)}  # type: ignore[arg-type]
+    # Detached tensors, not floats: reading a value back per batch would stall an accelerator (fit sums them).
+    return torch.stack(weighted).sum(), {t.name: v.detach() for t, v in zip(terms, plain, strict=True)}  # type: ignore[union-attr]
 
 
 def _check(ordered: torch.Tensor, others: torch.Tensor) -> None:

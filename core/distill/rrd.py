@@ -63,7 +63,7 @@ class RRDDistiller(Distiller):
 
     def loss(
         self, student: Recommender, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config
         user_rows, wu = batch_rows(users, c.row_fraction, self.generator)
         terms = [
