@@ -11,7 +11,8 @@ bytes, seed, valid, test, epochs, stopped_by}], selection: {...}}. Plot it with 
   python bench/capacity.py --dataset ml-1m --dims 5,10,20,40 --seeds 0,1,2 --jobs 2
 
 With --methods, the result file already there keeps its teacher and its other methods' runs, and the methods named
-join it (its "command" then lists both commands, in order, on one work directory).
+join it; its "command" then lists both commands, in order, on one work directory. Teacher candidates new to the
+grid are run and join the selection (it stops if one of them wins on validation).
 """
 
 from __future__ import annotations
@@ -82,15 +83,18 @@ class Sweep:
         if failed:
             raise SystemExit(f"failed runs (see {self.work / 'logs'}): {failed}")
 
-    def choose_teacher(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def choose_teacher(self, candidates: list[dict[str, Any]] | None = None
+                       ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        candidates = self.grid["teachers"] if candidates is None else candidates
         jobs = [self.command(t["spec"], self.grid["select_dim"], "", 0, t.get("args", []), f"teacher-{t['label']}")
-                for t in self.grid["teachers"]]
+                for t in candidates]
         self.run_all(jobs)
         seen = []
-        for t, (_, _, out) in zip(self.grid["teachers"], jobs, strict=True):
+        for t, (_, _, out) in zip(candidates, jobs, strict=True):
             r = runs_of(out)[0]
-            seen.append({"label": t["label"], "spec": t["spec"], "valid": r["valid"][MONITOR],
-                         "test": r["test"][MONITOR], "epochs": r["epochs"], "stopped_by": r["stopped_by"]})
+            seen.append({"label": t["label"], "spec": t["spec"], "args": t.get("args", []),
+                         "valid": r["valid"][MONITOR], "test": r["test"][MONITOR], "epochs": r["epochs"],
+                         "stopped_by": r["stopped_by"]})
         best = max(seen, key=lambda c: c["valid"])
         print(f"teacher: {best['spec']} (validation NDCG@10 {best['valid']:.4f})", flush=True)
         return best, seen
@@ -162,8 +166,17 @@ def main() -> int:
     # methods' runs are kept, so a slow method can join a curve without running the rest again.
     earlier = json.loads(result_path.read_text()) if args.methods and result_path.exists() else None
     if earlier:
+        # Teacher candidates the grid gained since are run and join the selection; if one of them wins on
+        # validation, every method must run again with it.
         teachers_tried = earlier["selection"]["teachers"]
-        teacher = next(c for c in teachers_tried if c["spec"] == earlier["teacher"]["model"])
+        known = {c["label"] for c in teachers_tried}
+        new = [t for t in grid["teachers"] if t["label"] not in known]
+        if new:
+            teachers_tried = teachers_tried + sweep.choose_teacher(new)[1]
+        teacher = max(teachers_tried, key=lambda c: c["valid"])
+        if teacher["spec"] != earlier["teacher"]["model"]:
+            raise SystemExit(f"teacher candidate {teacher['label']} now wins on validation over "
+                             f"{earlier['teacher']['model']}: run every method (without --methods)")
         print(f"teacher: {teacher['spec']} (kept from {result_path.name})", flush=True)
     else:
         teacher, teachers_tried = sweep.choose_teacher()
@@ -259,7 +272,7 @@ def summary(result: dict[str, Any]) -> str:
              "|---|---|---|---|"]
     for c in result["selection"]["teachers"]:
         lead = f"{100 * (c['test'] / alone20[0] - 1):+.1f} %" if alone20 else "—"
-        lines.append(f"| {c['spec']} | {c['valid']:.4f} | {c['test']:.4f} | {lead} |")
+        lines.append(f"| {c['label']} | {c['valid']:.4f} | {c['test']:.4f} | {lead} |")
     lines += ["", f"Teacher {teacher['model']} ({teacher['params']:,} numbers, {teacher['bytes'] / 1e6:.1f} MB): "
               f"test NDCG@10 {t_ndcg:.4f} (mean of {len(teacher['test_per_seed'])} seeds).", "",
               "| student dim | size | method | n | test NDCG@10 | of teacher | Recall@10 | capped |",

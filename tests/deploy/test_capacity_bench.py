@@ -33,6 +33,12 @@ def run_file(path: Path, seed: int, valid: float, test: float, teacher_test: flo
     path.write_text(json.dumps({"runs": [teacher, row]}))
 
 
+def teacher_file(path: Path, valid: float) -> None:
+    row = {"method": "teacher", "seed": 0, "valid": scores(valid), "test": scores(0.5), "epochs": 40,
+           "stopped_by": "patience"}
+    path.write_text(json.dumps({"runs": [row]}))
+
+
 def earlier_result() -> dict:
     row = {"method": "dcd", "setting": "dcd-a", "student_dim": 20, "params": 2000, "bytes": 8000, "seed": 0,
            "valid": scores(0.2), "test": scores(0.28), "epochs": 60, "best_epoch": 50, "stopped_by": "patience",
@@ -58,6 +64,7 @@ def test_methods_join_the_committed_result(tmp_path: Path, monkeypatch: pytest.M
     runs.mkdir(parents=True)
     run_file(runs / "hc-a-d20-s0.json", 0, valid=0.21, test=0.20)  # better on validation: chosen
     run_file(runs / "hc-b-d20-s0.json", 0, valid=0.19, test=0.29)
+    teacher_file(runs / "teacher-bpr-9.json", valid=0.2)  # new to the grid: joins the selection, does not win
     out = tmp_path / "capacity-toy.json"
     out.write_text(json.dumps(earlier_result()))
     monkeypatch.setattr("core.datasets.resolve", lambda name: name)
@@ -67,8 +74,8 @@ def test_methods_join_the_committed_result(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(sys, "argv", ["capacity.py", *argv, "--merge-only"])
     assert capacity.main() == 0
     result = json.loads(out.read_text())
-    # The teacher stage did not run (its candidate bpr:9 is not in the result): the committed teacher is kept.
     assert result["teacher"]["model"] == "ease:1000"
+    assert [c["label"] for c in result["selection"]["teachers"]] == ["ease-1000", "bpr-9"]
     assert [r["method"] for r in result["runs"]] == ["dcd", "hetcomp"]
     assert result["selection"]["chosen"] == {"dcd": "dcd-a", "hetcomp": "hc-a"}
     assert [c["label"] for c in result["selection"]["settings"]["hetcomp"]] == ["hc-a", "hc-b"]
@@ -93,4 +100,21 @@ def test_a_different_teacher_is_refused(tmp_path: Path, monkeypatch: pytest.Monk
                                       str(tmp_path / "grid.json"), "--workdir", str(tmp_path / "work"), "--out",
                                       str(out), "--methods", "hetcomp", "--merge-only"])
     with pytest.raises(SystemExit, match="not the same teacher"):
+        capacity.main()
+
+
+def test_a_new_teacher_candidate_that_wins_stops_the_merge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    capacity = load_capacity()
+    grid = {"teachers": [{"label": "bpr-9", "spec": "bpr:9"}], "student_model": "bpr", "select_dim": 20,
+            "common": [], "methods": {"hetcomp": [{"label": "hc-a", "method": "hetcomp"}]}}
+    (tmp_path / "grid.json").write_text(json.dumps(grid))
+    runs = tmp_path / "work" / "toy" / "runs"
+    runs.mkdir(parents=True)
+    teacher_file(runs / "teacher-bpr-9.json", valid=0.26)  # beats the committed teacher's 0.25 on validation
+    out = tmp_path / "capacity-toy.json"
+    out.write_text(json.dumps(earlier_result()))
+    monkeypatch.setattr(sys, "argv", ["capacity.py", "--dataset", "toy", "--dims", "20", "--seeds", "0", "--grid",
+                                      str(tmp_path / "grid.json"), "--workdir", str(tmp_path / "work"), "--out",
+                                      str(out), "--methods", "hetcomp", "--merge-only"])
+    with pytest.raises(SystemExit, match="bpr-9 now wins on validation"):
         capacity.main()
