@@ -143,8 +143,10 @@ def execute(ctx: JobContext) -> None:
     # Enter the phase before prepare(): computing the teacher's top-M lists can take a while on big data.
     writer = ProgressWriter(ctx, JobPhase.DISTILL, history)
     writer.start(spec.student_train.epochs)
-    # HetComp trains its ensemble's teachers here (minutes): a cancel is honoured during that too.
+    # HetComp trains its ensemble's teachers here (minutes): a cancel is honoured during that too, and their
+    # trajectories are kept in the job's folder, so a job resumed after its worker died does not train them again.
     distiller = steps.make_distiller(spec.method, spec.distiller, teacher.model, data, device,
+                                     trajectory_cache=ctx.store.job_dir(ctx.job_id) / "trajectories",
                                      should_cancel=ctx.should_cancel)
     student, result = steps.train_model(
         spec.student,

@@ -151,3 +151,25 @@ def test_the_same_job_twice_gives_the_same_metrics_and_recommendations(settings:
         bundle = ServingBundle.load(folder)
         results.append([bundle.recommend(u, 5) for u in ("u0", "u7", "u13")])
     assert results[0] == results[2] and results[1] == results[3]
+
+
+def test_hetcomp_keeps_its_ensemble_trajectories_in_the_job_folder(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job resumed after its worker died finds the trajectories its first run trained (the folder goes with
+    the job when it ends)."""
+    hp = {"epochs": 2, "teacher_epochs": 1, "batch_size": 256, "lr": 0.01, "teachers": ["bpr:4"], "ensemble_epochs": 1,
+          "stages": 2, "k": 5, "positives": 3}
+    job_id = make_job(settings, semicolon_file(), SEMI, method="hetcomp", hyperparameters=hp)
+    kept: list[list[str]] = []
+    original = phases.steps.make_distiller
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        distiller = original(*args, **kwargs)
+        kept.append(sorted(p.name for p in kwargs["trajectory_cache"].iterdir()))
+        assert kwargs["trajectory_cache"].parent.name == job_id
+        return distiller
+
+    monkeypatch.setattr(phases.steps, "make_distiller", spy)
+    assert run_job(job_id, settings, worker_id="w1") == "succeeded"
+    assert len(kept) == 1 and len(kept[0]) == 1 and kept[0][0].startswith("hetcomp-bpr4-seed")
