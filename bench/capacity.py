@@ -56,6 +56,7 @@ def runs_of(path: Path) -> list[dict[str, Any]]:
 class Sweep:
     def __init__(self, args: argparse.Namespace, grid: dict[str, Any]) -> None:
         self.args, self.grid = args, grid
+        self.unrun: list[str] = []  # selection runs not done yet (--merge-only)
         self.work = Path(args.workdir) / args.dataset
         for sub in ("logs", "runs"):
             (self.work / sub).mkdir(parents=True, exist_ok=True)
@@ -113,7 +114,8 @@ class Sweep:
         tried: dict[str, list[dict[str, Any]]] = {}
         for (label, c), (_, _, out) in zip(where, jobs, strict=True):
             found = [r for r in runs_of(out) if r["method"] != "teacher"]
-            if not found:  # --merge-only before this candidate ran: the method is left out
+            if not found:  # --merge-only before this candidate ran: listed as missing, the method left out
+                self.unrun.append(out.stem)
                 continue
             r = found[0]
             tried.setdefault(label, []).append({"label": c["label"], "args": c.get("args", []),
@@ -192,7 +194,7 @@ def main() -> int:
     min_epochs = int(common[common.index("--min-epochs") + 1]) if "--min-epochs" in common else 0
     teacher_runs = []
     runs = []
-    missing = []
+    missing = list(sweep.unrun)
     for label, dim, seed, out in keys:
         found = runs_of(out)
         students = [r for r in found if r["method"] != "teacher"]
@@ -224,7 +226,8 @@ def main() -> int:
                                  f"{test[MONITOR]:.6f} in {result_path}: not the same teacher or data; run every method")
         kept = [m for m in earlier["selection"]["chosen"] if m not in args.methods]
         runs = [r for r in earlier["runs"] if r["method"] in kept] + runs
-        missing = [m for m in earlier["missing"] if not any(m.startswith(c) for c in chosen)] + missing
+        labels = tuple(f"{c['label']}-d" for m in args.methods for c in grid["methods"].get(m, []))
+        missing = [m for m in earlier["missing"] if not m.startswith(labels)] + missing
         settings_tried = {**{m: earlier["selection"]["settings"][m] for m in kept}, **settings_tried}
         chosen = {**{m: {"label": earlier["selection"]["chosen"][m]} for m in kept}, **chosen}
         command = f"{earlier['command']} && {command}"

@@ -80,6 +80,14 @@ def test_methods_join_the_committed_result(tmp_path: Path, monkeypatch: pytest.M
     assert result["selection"]["chosen"] == {"dcd": "dcd-a", "hetcomp": "hc-a"}
     assert [c["label"] for c in result["selection"]["settings"]["hetcomp"]] == ["hc-a", "hc-b"]
     assert result["missing"] == ["dcd-a-d10-s0"]
+    # Before any of a method's selection runs is done, they are listed as missing and the method is left out.
+    for f in runs.glob("hc-*"):
+        f.unlink()
+    out.write_text(json.dumps(earlier_result()))
+    assert capacity.main() == 0
+    result = json.loads(out.read_text())
+    assert result["selection"]["chosen"] == {"dcd": "dcd-a"}
+    assert result["missing"] == ["dcd-a-d10-s0", "hc-a-d20-s0", "hc-b-d20-s0"]
     assert result["command"] == ("python bench/capacity.py --dataset toy --methods dcd && python bench/capacity.py "
                                  + " ".join(argv))
 
