@@ -401,6 +401,13 @@ def check_hyperparameters(method: str, hp: dict[str, Any], strict: bool = True) 
 
 
 # ----------------------------------------------------------------------------------------------- specs
+# A model's own training defaults, where TrainConfig's do not suit it (a value the user gives wins). LightGCN
+# propagates over the whole graph at every mini-batch, so on a CPU its epoch costs 112x a BPR-MF dim-200 epoch
+# at batch 1024 and 3.7x at 32768 (bench/results/teacher-epoch-ml-1m.json); 32 times fewer steps an epoch
+# take a larger step (bench/results/lightgcn-batch-ml-1m.json).
+MODEL_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {"lightgcn": {"batch_size": 32768, "lr": 1e-2}}
+
+
 class ModelSpec(Strict):
     model: ModelName = Field(description="Architecture name.")
     dim: int | None = Field(None, gt=0, le=4096, validate_default=True,
@@ -439,6 +446,10 @@ class ModelSpec(Strict):
             return n_items, {"l2": self.l2}
         assert self.dim is not None
         return self.dim, {}
+
+    def train_config(self, options: dict[str, Any], **fixed: Any) -> TrainConfig:
+        """How this model trains: the user's ``options`` over the model's own defaults (MODEL_TRAIN_DEFAULTS)."""
+        return TrainConfig(**{**MODEL_TRAIN_DEFAULTS.get(self.model, {}), **options}, **fixed)
 
     def is_wider_than(self, dim: int) -> bool:
         """A student of ``dim`` is smaller than this teacher (a closed-form teacher is catalogue-wide)."""
@@ -528,17 +539,21 @@ class JobSpec(BaseModel):
         student_hp = {k: hp[k] for k in TRAIN_KEYS if k in hp}
         teacher_hp = {**student_hp, **{k: hp[TEACHER_PREFIX + k] for k in TRAIN_KEYS if TEACHER_PREFIX + k in hp}}
         options = {k: v for k, v in hp.items() if k not in TRAIN_KEYS and not k.startswith(TEACHER_PREFIX)}
+        teacher_spec, student_spec = _model_spec(teacher, "teacher"), _model_spec(student, "student")
+        assert student_spec is not None
         return cls(
             dataset_id=dataset_id,
             method=method,  # type: ignore[arg-type]
-            teacher=_model_spec(teacher, "teacher"),
+            teacher=teacher_spec,
             teacher_model_id=teacher_model_id,
-            student=_model_spec(student, "student"),  # type: ignore[arg-type]
+            student=student_spec,
             seed=seed,
             split=SplitSpec.model_validate(split or {}, strict=False),
             hyperparameters=hp,
-            teacher_train=TrainConfig(**teacher_hp, seed=seed),
-            student_train=TrainConfig(**student_hp, seed=seed),
+            # No teacher spec: the job reuses a trained teacher, and this config is not used to train one.
+            teacher_train=(teacher_spec.train_config(teacher_hp, seed=seed) if teacher_spec is not None
+                           else TrainConfig(**teacher_hp, seed=seed)),
+            student_train=student_spec.train_config(student_hp, seed=seed),
             distiller=distill_config(method, {**options, "seed": seed}),
         )
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from core.config import DISTILL_CONFIGS, DCDConfig, ModelSpec, TrainConfig, distill_config
+from core.config import DISTILL_CONFIGS, DCDConfig, ModelSpec, distill_config
 from core.storage import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -84,9 +84,10 @@ class ExperimentConfig:
             raise ExperimentConfigError("at least one seed is needed")
         if any(s < 0 for s in self.seeds):
             raise ExperimentConfigError(f"seeds must be non-negative, got {self.seeds}")
-        for role, opts in (("teacher", self.teacher_train), ("student", self.student_train)):
+        for role, spec, opts in (("teacher", self.teacher, self.teacher_train),
+                                 ("student", self.student, self.student_train)):
             try:
-                TrainConfig(**opts)
+                spec.train_config(opts)
             except ValidationError as exc:
                 raise ExperimentConfigError(_first_error(exc, f"{role} training option ")) from None
         for group, options in self.method_overrides.items():
@@ -301,8 +302,12 @@ def run_experiment(
     for seed in cfg.seeds:
         data = split(inter, mode=cfg.split_mode, seed=seed)
         cb = list(callbacks_for(f"seed {seed} teacher {cfg.teacher}")) if callbacks_for else []
+        tconf = cfg.teacher.train_config(cfg.teacher_train, seed=seed, device=cfg.device)
+        # The key holds every option the teacher trained with (its model's defaults included), not the seed:
+        # the seed is in the folder's name.
         tkey = hashlib.sha256(
-            json.dumps([cfg.teacher_train, cfg.teacher_model_opts, cfg.device], sort_keys=True).encode()
+            json.dumps([tconf.model_dump(exclude={"seed"}), cfg.teacher_model_opts, cfg.device],
+                       sort_keys=True).encode()
         ).hexdigest()[:8]
         teacher_dir = (
             Path(cfg.teacher_cache)
@@ -318,7 +323,6 @@ def run_experiment(
             t_stopped = manifest.get("stopped_by")  # None: cached before it was recorded
             logger.info("seed %d: reusing cached teacher %s", seed, teacher_dir)
         else:
-            tconf = TrainConfig(seed=seed, device=cfg.device, **cfg.teacher_train)
             teacher, fr = steps.train_model(cfg.teacher, data, tconf, None, cb, None, model_opts=cfg.teacher_model_opts)
             t_epochs, t_spe, t_stopped = fr.epochs_run, fr.seconds_per_epoch, fr.stopped_by
             if teacher_dir is not None:
@@ -342,6 +346,9 @@ def run_experiment(
                 "stopped_by": t_stopped,
                 "seconds_per_epoch": t_spe,
                 "seconds": time.time() - t0,
+                # What it trained with, its model's own defaults included (the config holds the user's options).
+                "batch_size": tconf.batch_size,
+                "lr": tconf.lr,
             }
         )
         flush()
@@ -353,7 +360,7 @@ def run_experiment(
                 dname, distill_config(dname, dcfg), teacher, data, str(device), lists_cache,
                 trajectory_cache=Path(cfg.teacher_cache) if cfg.teacher_cache else None,
                 callbacks_for=(lambda what, seed=seed: callbacks_for(f"seed {seed} {what}")) if callbacks_for else None)
-            sconf = TrainConfig(seed=seed, device=cfg.device, **cfg.student_train)
+            sconf = cfg.student.train_config(cfg.student_train, seed=seed, device=cfg.device)
             cb = list(callbacks_for(f"seed {seed} {method}")) if callbacks_for else []
             t0 = time.time()
             student, fr = steps.train_model(cfg.student, data, sconf, None, cb, None, distiller=distiller,

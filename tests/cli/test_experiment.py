@@ -58,6 +58,20 @@ def test_experiment_writes_table_and_json(
     assert before == after
 
 
+def test_a_lightgcn_teacher_trains_with_its_own_batch_and_step(tmp_path: Path) -> None:
+    data = _tiny_csv(tmp_path / "tiny.csv")
+    out = tmp_path / "res.json"
+    args = ["experiment", "--dataset", str(data), "--user-col", "user", "--item-col", "item",
+            "--teacher", "lightgcn:8", "--student", "bpr:2", "--methods", "", "--seeds", "0",
+            "--max-epochs", "1", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    teacher = json.loads(out.read_text())["runs"][0]
+    assert (teacher["batch_size"], teacher["lr"]) == (32768, 1e-2)
+    assert main([*args[:-2], "--batch-size", "64", "--teacher-lr", "1e-3", "--out", str(out)]) == 0
+    teacher = json.loads(out.read_text())["runs"][0]
+    assert (teacher["batch_size"], teacher["lr"]) == (64, 1e-3)
+
+
 def test_the_same_experiment_twice_gives_the_same_numbers(tmp_path: Path) -> None:
     """Teacher and students are built from the seed, so a second run in the same process (whose generator
     has moved on) repeats the first exactly."""

@@ -32,6 +32,17 @@ def test_hyperparameters_split_into_teacher_student_and_distiller() -> None:
     assert isinstance(spec(method="rrd").distiller, RRDConfig)
 
 
+def test_a_model_trains_with_its_own_defaults_under_the_users_values() -> None:
+    # LightGCN propagates over the whole graph every batch: it trains at batch 32768 (and a larger step) unless
+    # the job says otherwise; the BPR student keeps TrainConfig's defaults.
+    s = spec(teacher={"model": "lightgcn", "dim": 16})
+    assert (s.teacher_train.batch_size, s.teacher_train.lr) == (32768, 1e-2)
+    assert (s.student_train.batch_size, s.student_train.lr) == (1024, 1e-3)
+    s = spec(teacher={"model": "lightgcn", "dim": 16}, hyperparameters={"teacher_batch_size": 2048, "lr": 5e-3})
+    assert (s.teacher_train.batch_size, s.teacher_train.lr) == (2048, 5e-3)
+    assert spec(teacher=None, teacher_model_id="t" * 32).teacher_train.batch_size == 1024
+
+
 @pytest.mark.parametrize(
     ("over", "needle"),
     [
