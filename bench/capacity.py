@@ -92,6 +92,9 @@ class Sweep:
         self.run_all(jobs)
         seen = []
         for t, (_, _, out) in zip(candidates, jobs, strict=True):
+            if not runs_of(out):  # --merge-only before this candidate ran: listed as missing, not chosen
+                self.unrun.append(out.stem)
+                continue
             r = runs_of(out)[0]
             seen.append({"label": t["label"], "spec": t["spec"], "args": t.get("args", []),
                          "valid": r["valid"][MONITOR], "test": r["test"][MONITOR], "epochs": r["epochs"],
@@ -226,7 +229,8 @@ def main() -> int:
                                  f"{test[MONITOR]:.6f} in {result_path}: not the same teacher or data; run every method")
         kept = [m for m in earlier["selection"]["chosen"] if m not in args.methods]
         runs = [r for r in earlier["runs"] if r["method"] in kept] + runs
-        labels = tuple(f"{c['label']}-d" for m in args.methods for c in grid["methods"].get(m, []))
+        # This merge lists again what it still lacks: teacher candidates, and runs of the methods named.
+        labels = ("teacher-", *(f"{c['label']}-d" for m in args.methods for c in grid["methods"].get(m, [])))
         missing = [m for m in earlier["missing"] if not m.startswith(labels)] + missing
         settings_tried = {**{m: earlier["selection"]["settings"][m] for m in kept}, **settings_tried}
         chosen = {**{m: {"label": earlier["selection"]["chosen"][m]} for m in kept}, **chosen}

@@ -55,8 +55,8 @@ def earlier_result() -> dict:
 
 def test_methods_join_the_committed_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     capacity = load_capacity()
-    grid = {"teachers": [{"label": "bpr-9", "spec": "bpr:9"}], "student_model": "bpr", "select_dim": 20,
-            "common": ["--min-epochs", "40"],
+    grid = {"teachers": [{"label": "bpr-9", "spec": "bpr:9"}, {"label": "bpr-8", "spec": "bpr:8"}],
+            "student_model": "bpr", "select_dim": 20, "common": ["--min-epochs", "40"],
             "methods": {"hetcomp": [{"label": "hc-a", "method": "hetcomp"},
                                     {"label": "hc-b", "method": "hetcomp", "args": ["--set", "hetcomp.k=5"]}]}}
     (tmp_path / "grid.json").write_text(json.dumps(grid))
@@ -79,7 +79,7 @@ def test_methods_join_the_committed_result(tmp_path: Path, monkeypatch: pytest.M
     assert [r["method"] for r in result["runs"]] == ["dcd", "hetcomp"]
     assert result["selection"]["chosen"] == {"dcd": "dcd-a", "hetcomp": "hc-a"}
     assert [c["label"] for c in result["selection"]["settings"]["hetcomp"]] == ["hc-a", "hc-b"]
-    assert result["missing"] == ["dcd-a-d10-s0"]
+    assert result["missing"] == ["dcd-a-d10-s0", "teacher-bpr-8"]  # a teacher candidate not run yet
     # Before any of a method's selection runs is done, they are listed as missing and the method is left out.
     for f in runs.glob("hc-*"):
         f.unlink()
@@ -87,7 +87,7 @@ def test_methods_join_the_committed_result(tmp_path: Path, monkeypatch: pytest.M
     assert capacity.main() == 0
     result = json.loads(out.read_text())
     assert result["selection"]["chosen"] == {"dcd": "dcd-a"}
-    assert result["missing"] == ["dcd-a-d10-s0", "hc-a-d20-s0", "hc-b-d20-s0"]
+    assert result["missing"] == ["dcd-a-d10-s0", "teacher-bpr-8", "hc-a-d20-s0", "hc-b-d20-s0"]
     assert result["command"] == ("python bench/capacity.py --dataset toy --methods dcd && python bench/capacity.py "
                                  + " ".join(argv))
 
