@@ -87,6 +87,22 @@ def test_teacher_topm_matches_dense_argsort(data: SimpleNamespace) -> None:
     np.testing.assert_array_equal(item_top.numpy(), np.argsort(-masked.T, axis=1, kind="stable")[:, :6])
 
 
+def test_teacher_topm_item_side_skips_only_items_that_cannot_change() -> None:
+    """Many chunks and a short M: most late chunks reach few items' lists (the merge skips the others), and the
+    item lists still equal a dense argsort over all users."""
+    from core.models import build_model
+
+    n_users, n_items = 3000, 40
+    rng = np.random.default_rng(5)
+    train = sp.random(n_users, n_items, density=0.1, format="csr", random_state=rng, dtype=np.float32)
+    train.data[:] = 1.0
+    teacher = build_model("bpr", n_users, n_items, 8, train=train, seed=2)
+    _, item_top = teacher_topm(teacher, train, m=5, chunk=64)
+    full = teacher.full_scores(torch.arange(n_users)).detach().numpy().astype(np.float64)
+    masked = np.where(train.toarray() > 0, -np.inf, full)
+    np.testing.assert_array_equal(item_top.numpy(), np.argsort(-masked.T, axis=1, kind="stable")[:, :5])
+
+
 def test_teacher_topm_clips_m_and_pads_with_observed(data: SimpleNamespace) -> None:
     teacher, _ = models()
     user_top, item_top = teacher_topm(teacher, data.train, m=500, chunk=8)
