@@ -289,6 +289,24 @@ def test_correction_m_limits_ucd_and_icd_to_the_list_prefix(data: SimpleNamespac
         d.prepare(teacher, data, "cpu")  # ... but the item lists to N_USERS - 1 = 29 < p
 
 
+def test_bank_is_filled_in_row_chunks(data: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bank drawn in row chunks holds, per row, p distinct sorted positions of the list, like one drawn at once;
+    with one chunk covering every row it is exactly the unchunked draw."""
+    from core.distill import dcd as dcd_module
+
+    whole, _, _ = dcd(data, bank=3)
+    monkeypatch.setattr(dcd_module, "BANK_ROW_CHUNK", 7)  # 2 x 30 user rows and 2 x 40 item rows: many chunks
+    chunked, _, _ = dcd(data, bank=3)
+    for bank, top in ((chunked.user_bank, chunked.user_list), (chunked.item_bank, chunked.item_list)):
+        assert bank.shape == (3, 2 * top.shape[0], chunked.config.p)
+        pos = bank.long()
+        assert bool((pos >= 0).all()) and bool((pos < top.shape[1]).all())
+        assert bool((pos[..., 1:] > pos[..., :-1]).all())  # distinct, ascending
+    monkeypatch.setattr(dcd_module, "BANK_ROW_CHUNK", 10_000)
+    again, _, _ = dcd(data, bank=3)
+    assert torch.equal(again.user_bank, whole.user_bank) and torch.equal(again.item_bank, whole.item_bank)
+
+
 def test_bank_epochs_keeps_a_bank_until_the_next_refresh_or_its_epoch_count(data: SimpleNamespace) -> None:
     d, _, student = dcd(data, bank=2, bank_epochs=3, period=2)
     first = d.user_bank.clone(), d.item_bank.clone()
