@@ -83,9 +83,10 @@ def _merge_items(item_vals: torch.Tensor, item_top: torch.Tensor, scores: torch.
     list, in place (``item_vals`` [n_items, Mi] sorted descending, ``item_top`` their users).
 
     Only the items where some chunk score reaches the list's current last value can change, so only their rows
-    are merged (a top-k over [R, Mi + C]): once the lists hold real scores few items qualify per chunk (at a
-    million users about 3x cheaper than merging every item). A merged row is exactly what merging every row
-    gives (ties with the last value included, ``>=``); any other row keeps its list.
+    are merged (a top-k over [R, Mi + C]): once the lists hold real scores, after ~C x Mi users, the share of
+    items that qualify falls like C x Mi / users seen (one late chunk of 512 users x 100k items, Mi = 100:
+    0.41 s against ~1.2 s merging every item). A merged row is exactly what merging every row gives (ties with
+    the last value included, ``>=``); any other row keeps its list.
     """
     mi = item_vals.shape[1]
     rows = (scores.amax(dim=0) >= item_vals[:, -1]).nonzero().squeeze(1)  # [R] items whose list can change
