@@ -153,6 +153,26 @@ def fit_exponents(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The docs table of a result file: per phase, seconds (per epoch for training) and peak RSS at each size,
+    then the two growth exponents."""
+    sizes = result["sizes"]
+    head = ["phase"] + [f"{r['size']['interactions'] / 1e6:.2g}M: s / peak GB" for r in sizes] + ["time exp.", "RSS exp."]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, exp in result["exponents"].items():
+        cells = [name + (" (per epoch)" if exp["time_measure"] == "seconds_per_epoch" else "")]
+        for r in sizes:
+            p = next(x for x in r["phases"] if x["phase"] == name)
+            cells.append(f"{p.get('seconds_per_epoch', p['seconds']):.1f} / {p['peak_rss_mb'] / 1024:.2f}")
+        cells += [f"{exp['time']:.2f}", f"{exp['peak_rss']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| NDCG@10 (test, full ranking) | " + " | ".join(
+        f"{r['size']['interactions'] / 1e6:.2g}M" for r in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for model in sizes[0]["quality"]:
+        lines.append(f"| {model} | " + " | ".join(f"{r['quality'][model]['ndcg@10']:.4f}" for r in sizes) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100000x10000x1000000,316228x31623x3162278,1000000x100000x10000000",
@@ -171,7 +191,11 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--reuse", action="store_true", help="keep per-size results already in var/scale-train")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--table", default=None, metavar="RESULT_JSON", help="print the docs table of a result file")
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))  # noqa: T201
+        return 0
     if args.one:
         print(json.dumps(run_one(args.one, args)))  # noqa: T201
         return 0
