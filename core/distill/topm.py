@@ -84,9 +84,11 @@ def _merge_items(item_vals: torch.Tensor, item_top: torch.Tensor, scores: torch.
 
     Only the items where some chunk score reaches the list's current last value can change, so only their rows
     are merged (a top-k over [R, Mi + C]): once the lists hold real scores, after ~C x Mi users, the share of
-    items that qualify falls like C x Mi / users seen (one late chunk of 512 users x 100k items, Mi = 100:
-    0.41 s against ~1.2 s merging every item). A merged row is exactly what merging every row gives (ties with
-    the last value included, ``>=``); any other row keeps its list.
+    items that qualify falls like C x Mi / users seen (316k users x 31.6k items, M = 100: 126 s of CPU against
+    182 s merging every item). A merged row is what merging every row gives (ties with the last value included,
+    ``>=``), any other row keeps its list; so the lists are the same, except the order of exactly equal scores,
+    which topk leaves unspecified and the merge of every row reshuffled at every chunk (30 of 31.6k item lists
+    there, none on ML-100K or ML-1M shaped tests).
     """
     mi = item_vals.shape[1]
     rows = (scores.amax(dim=0) >= item_vals[:, -1]).nonzero().squeeze(1)  # [R] items whose list can change
