@@ -1,7 +1,7 @@
 """teacher_topm's CPU time at 316k users x 31.6k items, M = 100, one thread: this checkout against another
 source tree (e.g. `git archive a4319be | tar -x -C /tmp/oldsrc`, before the item-side skip).
 
-    cd SRC && OMP_NUM_THREADS=1 PYTHONPATH=SRC python /path/to/bench/topm_skip_ab.py LABEL
+    cd SRC && OMP_NUM_THREADS=1 PYTHONPATH=SRC python THIS_CHECKOUT/bench/topm_skip_ab.py LABEL
 """
 
 import sys
