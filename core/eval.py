@@ -91,10 +91,12 @@ def _full(model: Recommender, data: SplitData, targets: sp.csr_matrix, excl: sp.
         er, ec = _rows_to_index(excl, rows)
         scores[er.to(device), ec.to(device)] = -torch.inf
         top = torch.topk(scores, kmax, dim=1).indices  # [B, Kmax]
-        is_target = torch.zeros(scores.shape, dtype=torch.bool, device=device)  # [B, n_items]
+        del scores
+        # A hit is a (row, item) key among the chunk's target keys: no second [B, n_items] array to fill.
         tr, tc = _rows_to_index(targets, rows)
-        is_target[tr.to(device), tc.to(device)] = True
-        hits = is_target.gather(1, top).cpu()  # [B, Kmax]
+        target_keys = (tr * data.n_items + tc).to(device)  # [T]
+        top_keys = torch.arange(len(rows), device=device)[:, None] * data.n_items + top  # [B, Kmax]
+        hits = torch.isin(top_keys, target_keys).cpu()  # [B, Kmax]
         n_targets = torch.from_numpy(np.diff(targets.indptr)[rows])
         for name, vals in metrics_from_hits(hits, n_targets, ks).items():
             sums[name] = sums.get(name, 0.0) + float(vals.sum())

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 #: DCDConfig keys that make DCD compute its terms exactly as the released code does (every row of every batch,
 #: fresh samples per batch, one step per batch), in place of the fast defaults.
 RELEASED_PROCEDURE: dict[str, float | int] = {"row_fraction": 1.0, "bank": 0, "group": 1}
+#: Rows (both sides' w+ and w- rows) sampled at once when a bank is filled: bounds its temporaries.
+BANK_ROW_CHUNK = 65_536
 
 
 def discrepancy(scores: torch.Tensor) -> torch.Tensor:
@@ -167,11 +169,16 @@ class DCDDistiller(Distiller):
     def _fill_bank(self, sampler: WeightedRowSampler | None) -> torch.Tensor | None:
         if sampler is None:
             return None
-        all_rows = torch.arange(sampler.weights.shape[0], device=self.device)
+        n_rows = sampler.weights.shape[0]
         small = torch.int16 if sampler.m < 2**15 else torch.int32
-        return torch.stack(
-            [sampler.sample(all_rows, self.generator).to(small) for _ in range(self.config.bank)]
-        )
+        bank = torch.empty((self.config.bank, n_rows, sampler.k), dtype=small, device=self.device)
+        for s in range(self.config.bank):
+            # Row chunks: a sample's rejection draws are [rows, ~k/acceptance] float64 temporaries, ~17 GB over
+            # the 2M rows of a million users at once. A data set within one chunk draws exactly as unchunked.
+            for start in range(0, n_rows, BANK_ROW_CHUNK):
+                rows = torch.arange(start, min(start + BANK_ROW_CHUNK, n_rows), device=self.device)
+                bank[s, start : start + len(rows)] = sampler.sample(rows, self.generator)
+        return bank
 
     # --- per batch ----------------------------------------------------------------------------
     def _draw(

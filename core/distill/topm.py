@@ -1,7 +1,7 @@
 """Teacher top-M lists: per user the top-M unobserved items, per item the top-M users, in teacher order.
 
 One streaming pass over user chunks: ``full_scores`` of a chunk [C, n_items] gives the users' lists, and a
-running top-M per item is merged with the chunk's transposed scores. Peak memory is
+running top-M per item is merged with the chunk's transposed scores (only for the items whose list can change). Peak memory is
 O((users + items) x M + items x (M + chunk)), never users x items.
 """
 
@@ -70,19 +70,37 @@ def teacher_topm(
             # Masked entries sit below every real score but above the -inf placeholders of item_vals.
             scores[rows, cols] = torch.finfo(scores.dtype).min
             user_top[start:stop] = scores.topk(mu, dim=1).indices
-            # Merge this chunk's users into every item's running top list.  [n_items, Mi + C]
-            merged = torch.cat([item_vals, scores.T], dim=1)
-            best_vals, best_pos = merged.topk(mi, dim=1)
-            from_chunk = best_pos >= mi
-            chunk_users = (best_pos - mi).clamp_min(0) + start
-            kept = item_top.gather(1, best_pos.clamp_max(mi - 1))
-            item_top = torch.where(from_chunk, chunk_users, kept)
-            item_vals = best_vals
-            del scores, merged, best_pos, from_chunk, chunk_users, kept
+            _merge_items(item_vals, item_top, scores, start)
+            del scores
     finally:
         teacher.train(was_training)
     _log_padding(csr, mu, mi)
     return user_top, item_top
+
+
+def _merge_items(item_vals: torch.Tensor, item_top: torch.Tensor, scores: torch.Tensor, start: int) -> None:
+    """Merge a chunk's users (``scores`` [C, n_items], users ``start..start+C``) into every item's running top
+    list, in place (``item_vals`` [n_items, Mi] sorted descending, ``item_top`` their users).
+
+    Only the items where some chunk score reaches the list's current last value can change, so only their rows
+    are merged (a top-k over [R, Mi + C]): once the lists hold real scores, after ~C x Mi users, the share of
+    items that qualify falls like C x Mi / users seen (316k users x 31.6k items, M = 100: 126 s of CPU against
+    182 s merging every item). A merged row is what merging every row gives (ties with the last value included,
+    ``>=``), any other row keeps its list; so the lists are the same, except the order of exactly equal scores,
+    which topk leaves unspecified and the merge of every row reshuffled at every chunk (30 of 31.6k item lists
+    there, none on ML-100K or ML-1M shaped tests).
+    """
+    mi = item_vals.shape[1]
+    rows = (scores.amax(dim=0) >= item_vals[:, -1]).nonzero().squeeze(1)  # [R] items whose list can change
+    if rows.numel() == 0:
+        return
+    merged = torch.cat([item_vals.index_select(0, rows), scores.index_select(1, rows).T], dim=1)  # [R, Mi + C]
+    best_vals, best_pos = merged.topk(mi, dim=1)
+    from_chunk = best_pos >= mi
+    chunk_users = (best_pos - mi).clamp_min(0) + start
+    kept = item_top.index_select(0, rows).gather(1, best_pos.clamp_max(mi - 1))
+    item_top.index_copy_(0, rows, torch.where(from_chunk, chunk_users, kept))
+    item_vals.index_copy_(0, rows, best_vals)
 
 
 # (shape, Mu, Mi) already explained: an experiment computes the lists once per seed, and the same words once

@@ -87,6 +87,22 @@ def test_teacher_topm_matches_dense_argsort(data: SimpleNamespace) -> None:
     np.testing.assert_array_equal(item_top.numpy(), np.argsort(-masked.T, axis=1, kind="stable")[:, :6])
 
 
+def test_teacher_topm_item_side_skips_only_items_that_cannot_change() -> None:
+    """Many chunks and a short M: most late chunks reach few items' lists (the merge skips the others), and the
+    item lists still equal a dense argsort over all users."""
+    from core.models import build_model
+
+    n_users, n_items = 3000, 40
+    rng = np.random.default_rng(5)
+    train = sp.random(n_users, n_items, density=0.1, format="csr", random_state=rng, dtype=np.float32)
+    train.data[:] = 1.0
+    teacher = build_model("bpr", n_users, n_items, 8, train=train, seed=2)
+    _, item_top = teacher_topm(teacher, train, m=5, chunk=64)
+    full = teacher.full_scores(torch.arange(n_users)).detach().numpy().astype(np.float64)
+    masked = np.where(train.toarray() > 0, -np.inf, full)
+    np.testing.assert_array_equal(item_top.numpy(), np.argsort(-masked.T, axis=1, kind="stable")[:, :5])
+
+
 def test_teacher_topm_clips_m_and_pads_with_observed(data: SimpleNamespace) -> None:
     teacher, _ = models()
     user_top, item_top = teacher_topm(teacher, data.train, m=500, chunk=8)
@@ -271,6 +287,24 @@ def test_correction_m_limits_ucd_and_icd_to_the_list_prefix(data: SimpleNamespac
     d = build_distiller("dcd", m=500, p=35, rkd_k=4)  # valid config; the user lists clip to N_ITEMS - 1 = 39 ...
     with pytest.raises(ValueError, match="item-side corrected list length 29"):
         d.prepare(teacher, data, "cpu")  # ... but the item lists to N_USERS - 1 = 29 < p
+
+
+def test_bank_is_filled_in_row_chunks(data: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bank drawn in row chunks holds, per row, p distinct sorted positions of the list, like one drawn at once;
+    with one chunk covering every row it is exactly the unchunked draw."""
+    from core.distill import dcd as dcd_module
+
+    whole, _, _ = dcd(data, bank=3)
+    monkeypatch.setattr(dcd_module, "BANK_ROW_CHUNK", 7)  # 2 x 30 user rows and 2 x 40 item rows: many chunks
+    chunked, _, _ = dcd(data, bank=3)
+    for bank, top in ((chunked.user_bank, chunked.user_list), (chunked.item_bank, chunked.item_list)):
+        assert bank.shape == (3, 2 * top.shape[0], chunked.config.p)
+        pos = bank.long()
+        assert bool((pos >= 0).all()) and bool((pos < top.shape[1]).all())
+        assert bool((pos[..., 1:] > pos[..., :-1]).all())  # distinct, ascending
+    monkeypatch.setattr(dcd_module, "BANK_ROW_CHUNK", 10_000)
+    again, _, _ = dcd(data, bank=3)
+    assert torch.equal(again.user_bank, whole.user_bank) and torch.equal(again.item_bank, whole.item_bank)
 
 
 def test_bank_epochs_keeps_a_bank_until_the_next_refresh_or_its_epoch_count(data: SimpleNamespace) -> None:
