@@ -12,7 +12,8 @@ bytes, seed, valid, test, epochs, stopped_by}], selection: {...}}. Plot it with 
 
 With --methods, the result file already there keeps its teacher and its other methods' runs, and the methods named
 join it; its "command" then lists both commands, in order, on one work directory. Teacher candidates new to the
-grid are run and join the selection (it stops if one of them wins on validation).
+grid are run and join the selection (it stops if one of them wins on validation). Finished runs of a sweep still
+in progress can be committed under bench/results/capacity-runs/<dataset>/: a sweep starts from them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +62,12 @@ class Sweep:
         self.work = Path(args.workdir) / args.dataset
         for sub in ("logs", "runs"):
             (self.work / sub).mkdir(parents=True, exist_ok=True)
+        # Finished runs of a sweep still in progress, committed so that a later session (or machine) resumes it
+        # instead of training them again.
+        kept = Path(args.runs_from) if args.runs_from else ROOT / "bench" / "results" / "capacity-runs" / args.dataset
+        for f in sorted(kept.glob("*.json")) if kept.is_dir() else []:
+            if not (self.work / "runs" / f.name).exists():
+                shutil.copyfile(f, self.work / "runs" / f.name)
         self.env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
                     "PYTHONUNBUFFERED": "1"}
 
@@ -161,6 +169,8 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--methods", default=None, type=lambda s: s.split(","),
                     help="only these methods of the grid (default: all)")
+    ap.add_argument("--runs-from", default=None,
+                    help="finished runs to start from (default: bench/results/capacity-runs/<dataset>, if any)")
     ap.add_argument("--merge-only", action="store_true",
                     help="write the result from the runs already done (the missing ones are listed in it)")
     args = ap.parse_args()

@@ -63,14 +63,16 @@ def test_methods_join_the_committed_result(tmp_path: Path, monkeypatch: pytest.M
     runs = tmp_path / "work" / "toy" / "runs"
     runs.mkdir(parents=True)
     run_file(runs / "hc-a-d20-s0.json", 0, valid=0.21, test=0.20)  # better on validation: chosen
-    run_file(runs / "hc-b-d20-s0.json", 0, valid=0.19, test=0.29)
+    kept = tmp_path / "kept"  # a finished run committed by an earlier session: the sweep starts from it
+    kept.mkdir()
+    run_file(kept / "hc-b-d20-s0.json", 0, valid=0.19, test=0.29)
     teacher_file(runs / "teacher-bpr-9.json", valid=0.2)  # new to the grid: joins the selection, does not win
     out = tmp_path / "capacity-toy.json"
     out.write_text(json.dumps(earlier_result()))
     monkeypatch.setattr("core.datasets.resolve", lambda name: name)
     monkeypatch.setattr("core.data.load_interactions", lambda path: SimpleNamespace(n_users=60, n_items=40))
     argv = ["--dataset", "toy", "--dims", "20", "--seeds", "0", "--grid", str(tmp_path / "grid.json"),
-            "--workdir", str(tmp_path / "work"), "--out", str(out), "--methods", "hetcomp"]
+            "--workdir", str(tmp_path / "work"), "--out", str(out), "--methods", "hetcomp", "--runs-from", str(kept)]
     monkeypatch.setattr(sys, "argv", ["capacity.py", *argv, "--merge-only"])
     assert capacity.main() == 0
     result = json.loads(out.read_text())
@@ -81,7 +83,7 @@ def test_methods_join_the_committed_result(tmp_path: Path, monkeypatch: pytest.M
     assert [c["label"] for c in result["selection"]["settings"]["hetcomp"]] == ["hc-a", "hc-b"]
     assert result["missing"] == ["dcd-a-d10-s0", "teacher-bpr-8"]  # a teacher candidate not run yet
     # Before any of a method's selection runs is done, they are listed as missing and the method is left out.
-    for f in runs.glob("hc-*"):
+    for f in [*runs.glob("hc-*"), *kept.glob("hc-*")]:
         f.unlink()
     out.write_text(json.dumps(earlier_result()))
     assert capacity.main() == 0
