@@ -297,10 +297,10 @@ def summary(result: dict[str, Any]) -> str:
     for (method, dim), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], list(STYLE_ORDER).index(kv[0][0]))):
         vals = [r["test"][MONITOR] for r in rs]
         rec = [r["test"]["recall@10"] for r in rs]
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
         mean = statistics.fmean(vals)
+        spread = f" ± {statistics.stdev(vals):.4f}" if len(vals) > 1 else ""  # one seed has no spread to show
         capped = sum(r["stopped_by"] == "cap" for r in rs)
-        lines.append(f"| {dim} | {rs[0]['bytes'] / 1e6:.2f} MB | {method} | {len(rs)} | {mean:.4f} ± {sd:.4f} | "
+        lines.append(f"| {dim} | {rs[0]['bytes'] / 1e6:.2f} MB | {method} | {len(rs)} | {mean:.4f}{spread} | "
                      f"{100 * mean / t_ndcg:.1f} % | {statistics.fmean(rec):.4f} | {capped} |")
     if result.get("missing"):
         lines += ["", f"Not run yet: {', '.join(result['missing'])}."]

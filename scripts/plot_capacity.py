@@ -26,8 +26,9 @@ def cell(result: dict, method: str, dim: int) -> str:
     vals = [r["test"]["ndcg@10"] for r in result["runs"] if r["method"] == method and r["student_dim"] == dim]
     if not vals:
         return "—"
-    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{statistics.fmean(vals):.4f} ± {sd:.4f} ({len(vals)})"
+    if len(vals) == 1:  # one seed has no spread to show
+        return f"{vals[0]:.4f} (1)"
+    return f"{statistics.fmean(vals):.4f} ± {statistics.stdev(vals):.4f} ({len(vals)})"
 
 
 def readme_rows() -> list[list[str]]:
