@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20")
-
-
-def load_capacity():
-    spec = importlib.util.spec_from_file_location("capacity", ROOT / "bench" / "capacity.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def scores(v: float) -> dict[str, float]:
@@ -54,7 +46,7 @@ def earlier_result() -> dict:
 
 
 def test_methods_join_the_committed_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    capacity = load_capacity()
+    capacity = load_script("bench/capacity.py")
     grid = {"teachers": [{"label": "bpr-9", "spec": "bpr:9"}, {"label": "bpr-8", "spec": "bpr:8"}],
             "student_model": "bpr", "select_dim": 20, "common": ["--min-epochs", "40"],
             "methods": {"hetcomp": [{"label": "hc-a", "method": "hetcomp"},
@@ -95,7 +87,7 @@ def test_methods_join_the_committed_result(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_a_different_teacher_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    capacity = load_capacity()
+    capacity = load_script("bench/capacity.py")
     grid = {"teachers": [], "student_model": "bpr", "select_dim": 20, "common": [],
             "methods": {"hetcomp": [{"label": "hc-a", "method": "hetcomp"}]}}
     (tmp_path / "grid.json").write_text(json.dumps(grid))
@@ -114,7 +106,7 @@ def test_a_different_teacher_is_refused(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_a_new_teacher_candidate_that_wins_stops_the_merge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    capacity = load_capacity()
+    capacity = load_script("bench/capacity.py")
     grid = {"teachers": [{"label": "bpr-9", "spec": "bpr:9"}], "student_model": "bpr", "select_dim": 20,
             "common": [], "methods": {"hetcomp": [{"label": "hc-a", "method": "hetcomp"}]}}
     (tmp_path / "grid.json").write_text(json.dumps(grid))

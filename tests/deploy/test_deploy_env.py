@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from types import ModuleType
 
 import pytest
 from dockerfile_checks import ROOT, SERVICE_VARS, check_env_example, parse_env_example
+from script_loader import load_script
 
 from core.settings import Settings
 
@@ -33,11 +33,7 @@ def test_env_example_entries_are_commented_out_defaults() -> None:
 
 
 def _config_table() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("config_table", ROOT / "scripts/config_table.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/config_table.py")
 
 
 def test_generator_covers_the_same_variables() -> None:

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_sweep():
-    spec = importlib.util.spec_from_file_location("quality_sweep", ROOT / "bench" / "quality_sweep.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_file(path: Path, method: str, seed: int, valid: float, test: float) -> None:
@@ -30,7 +22,7 @@ def run_file(path: Path, method: str, seed: int, valid: float, test: float) -> N
 def test_selection_uses_validation_only_and_the_command_is_the_sweep(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sweep = load_sweep()
+    sweep = load_script("bench/quality_sweep.py")
     work = tmp_path / "ml-1m"
     (work / "runs").mkdir(parents=True)
     grid = {"candidates": [
