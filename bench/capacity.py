@@ -92,8 +92,8 @@ class Sweep:
         if failed:
             raise SystemExit(f"failed runs (see {self.work / 'logs'}): {failed}")
 
-    def choose_teacher(self, candidates: list[dict[str, Any]] | None = None
-                       ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def choose_teacher(self, candidates: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Each candidate that ran, with its seed-0 validation and test NDCG@10 (the caller picks the best)."""
         candidates = self.grid["teachers"] if candidates is None else candidates
         jobs = [self.command(t["spec"], self.grid["select_dim"], "", 0, t.get("args", []), f"teacher-{t['label']}")
                 for t in candidates]
@@ -107,9 +107,7 @@ class Sweep:
             seen.append({"label": t["label"], "spec": t["spec"], "args": t.get("args", []),
                          "valid": r["valid"][MONITOR], "test": r["test"][MONITOR], "epochs": r["epochs"],
                          "stopped_by": r["stopped_by"]})
-        best = max(seen, key=lambda c: c["valid"])
-        print(f"teacher: {best['spec']} (validation NDCG@10 {best['valid']:.4f})", flush=True)
-        return best, seen
+        return seen
 
     def choose_settings(self, teacher: str) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
         dim = self.grid["select_dim"]
@@ -187,14 +185,18 @@ def main() -> int:
         known = {c["label"] for c in teachers_tried}
         new = [t for t in grid["teachers"] if t["label"] not in known]
         if new:
-            teachers_tried = teachers_tried + sweep.choose_teacher(new)[1]
+            teachers_tried = teachers_tried + sweep.choose_teacher(new)
         teacher = max(teachers_tried, key=lambda c: c["valid"])
         if teacher["spec"] != earlier["teacher"]["model"]:
             raise SystemExit(f"teacher candidate {teacher['label']} now wins on validation over "
                              f"{earlier['teacher']['model']}: run every method (without --methods)")
         print(f"teacher: {teacher['spec']} (kept from {result_path.name})", flush=True)
     else:
-        teacher, teachers_tried = sweep.choose_teacher()
+        teachers_tried = sweep.choose_teacher()
+        if not teachers_tried:
+            raise SystemExit("no teacher candidate has run yet: run without --merge-only first")
+        teacher = max(teachers_tried, key=lambda c: c["valid"])
+        print(f"teacher: {teacher['spec']} (validation NDCG@10 {teacher['valid']:.4f})", flush=True)
     chosen, settings_tried = sweep.choose_settings(teacher["spec"])
     keys = sweep.curve(teacher["spec"], chosen, run=not args.merge_only)
 
@@ -244,7 +246,8 @@ def main() -> int:
         missing = [m for m in earlier["missing"] if not m.startswith(labels)] + missing
         settings_tried = {**{m: earlier["selection"]["settings"][m] for m in kept}, **settings_tried}
         chosen = {**{m: {"label": earlier["selection"]["chosen"][m]} for m in kept}, **chosen}
-        command = f"{earlier['command']} && {command}"
+        done_before = earlier["command"].split(" && ")
+        command = " && ".join(done_before if command in done_before else [*done_before, command])  # a re-merge adds nothing
     spec = teacher["spec"]
     t_params = n_items * n_items if spec.startswith("ease") else None
     if t_params is None:  # an embedding teacher: (users + items) x dim

@@ -74,6 +74,8 @@ def test_methods_join_the_committed_result(tmp_path: Path, monkeypatch: pytest.M
     assert result["selection"]["chosen"] == {"dcd": "dcd-a", "hetcomp": "hc-a"}
     assert [c["label"] for c in result["selection"]["settings"]["hetcomp"]] == ["hc-a", "hc-b"]
     assert result["missing"] == ["dcd-a-d10-s0", "teacher-bpr-8"]  # a teacher candidate not run yet
+    assert capacity.main() == 0  # merging again records the command once
+    assert json.loads(out.read_text())["command"] == result["command"]
     # Before any of a method's selection runs is done, they are listed as missing and the method is left out.
     for f in [*runs.glob("hc-*"), *kept.glob("hc-*")]:
         f.unlink()
