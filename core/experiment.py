@@ -306,8 +306,7 @@ def run_experiment(
         # The key holds every option the teacher trained with (its model's defaults included), not the seed:
         # the seed is in the folder's name.
         tkey = hashlib.sha256(
-            json.dumps([tconf.model_dump(exclude={"seed"}), cfg.teacher_model_opts, cfg.device],
-                       sort_keys=True).encode()
+            json.dumps([tconf.model_dump(exclude={"seed"}), cfg.teacher_model_opts], sort_keys=True).encode()
         ).hexdigest()[:8]
         teacher_dir = (
             Path(cfg.teacher_cache)

@@ -131,12 +131,13 @@ def _run_epoch(
     n_batches = math.ceil(len(users) / bs)  # one pass over the training pairs
     # Losses are summed on the device and read back every batch on a CPU (free there) but only every
     # cancel_check_batches batches on an accelerator: a per-batch ``.item()`` waits for it to drain its queue
-    # and leaves it launch-bound. A non-finite loss is then named by its window of batches; the weights it
-    # spoils are never kept (the last batch of an epoch is always read back, before the epoch can end).
+    # and leaves it launch-bound. A non-finite loss keeps the epoch's running sum non-finite, so reading the sum
+    # names the window of batches it came in; the weights it spoils are never kept (the last batch of an epoch
+    # is always read back, before the epoch can end).
     read_every = 1 if device.type == "cpu" else config.cancel_check_batches
     zero = torch.zeros((), device=device)
     sums: dict[str, torch.Tensor] = {"base": zero}
-    window, window_base, window_start = zero, zero, 0
+    unread = 0  # the first batch not read back yet
     model.train()
     for b in range(n_batches):
         u, p, n = u_all[b * bs : (b + 1) * bs], p_all[b * bs : (b + 1) * bs], n_all[b * bs : (b + 1) * bs]
@@ -151,18 +152,17 @@ def _run_epoch(
                 sums[k] = sums.get(k, zero) + v
             sums["total"] = sums.get("total", zero) + loss.detach()
         sums["base"] = sums["base"] + base
-        window, window_base = window + loss.detach(), window_base + base
         loss.backward()
         optimizer.step()
         if (b + 1) % read_every == 0 or b + 1 == n_batches:
-            total = float(window)
+            total = float(sums.get("total", sums["base"]))
             if not math.isfinite(total):
-                where = f"batch {b + 1}" if b == window_start else f"batches {window_start + 1}-{b + 1}"
+                where = f"batch {b + 1}" if b == unread else f"batches {unread + 1}-{b + 1}"
                 raise NonFiniteLossError(
-                    f"loss became {total} at epoch {epoch + 1}, {where}/{n_batches} (base loss "
-                    f"{float(window_base)}); lower the learning rate or check the data and model options"
+                    f"loss became {total} at epoch {epoch + 1}, {where}/{n_batches} (base loss summed over the "
+                    f"epoch {float(sums['base'])}); lower the learning rate or check the data and model options"
                 )
-            window, window_base, window_start = zero, zero, b + 1
+            unread = b + 1
         if should_cancel is not None and (b + 1) % config.cancel_check_batches == 0 and should_cancel():
             raise TrainingCancelled(f"cancelled during epoch {epoch + 1} (batch {b + 1}/{n_batches})")
     return {k: float(v) / n_batches for k, v in sums.items()}
