@@ -234,20 +234,8 @@ def main() -> int:
     per_seed = {r["seed"]: r["test"] for r in teacher_runs}
     command = "python bench/capacity.py " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--merge-only")
     if earlier:
-        for seed, test in earlier["teacher"]["test_per_seed"].items():
-            mine = per_seed.setdefault(int(seed), test)
-            if abs(mine[MONITOR] - test[MONITOR]) > 1e-6:
-                raise SystemExit(f"seed {seed}: the teacher's test NDCG@10 {mine[MONITOR]:.6f} differs from "
-                                 f"{test[MONITOR]:.6f} in {result_path}: not the same teacher or data; run every method")
-        kept = [m for m in earlier["selection"]["chosen"] if m not in args.methods]
-        runs = [r for r in earlier["runs"] if r["method"] in kept] + runs
-        # This merge lists again what it still lacks: teacher candidates, and runs of the methods named.
-        labels = ("teacher-", *(f"{c['label']}-d" for m in args.methods for c in grid["methods"].get(m, [])))
-        missing = [m for m in earlier["missing"] if not m.startswith(labels)] + missing
-        settings_tried = {**{m: earlier["selection"]["settings"][m] for m in kept}, **settings_tried}
-        chosen = {**{m: {"label": earlier["selection"]["chosen"][m]} for m in kept}, **chosen}
-        done_before = earlier["command"].split(" && ")
-        command = " && ".join(done_before if command in done_before else [*done_before, command])  # a re-merge adds nothing
+        runs, missing, settings_tried, chosen, command = merge_earlier(
+            earlier, result_path, grid, args.methods, per_seed, runs, missing, settings_tried, chosen, command)
     spec = teacher["spec"]
     t_params = n_items * n_items if spec.startswith("ease") else None
     if t_params is None:  # an embedding teacher: (users + items) x dim
@@ -275,6 +263,30 @@ def main() -> int:
     print(summary(result))
     print(f"written to {result_path}")
     return 0
+
+
+def merge_earlier(
+    earlier: dict[str, Any], result_path: Path, grid: dict[str, Any], methods: list[str], per_seed: dict[int, Any],
+    runs: list[dict[str, Any]], missing: list[str], settings_tried: dict[str, Any], chosen: dict[str, Any],
+    command: str,
+) -> tuple[list[dict[str, Any]], list[str], dict[str, Any], dict[str, Any], str]:
+    """``--methods``: this sweep's methods joined to the committed result's others, which share its teacher
+    (``per_seed`` gains the earlier seeds' teacher scores). Returns runs, missing, settings, chosen, command."""
+    for seed, test in earlier["teacher"]["test_per_seed"].items():
+        mine = per_seed.setdefault(int(seed), test)
+        if abs(mine[MONITOR] - test[MONITOR]) > 1e-6:
+            raise SystemExit(f"seed {seed}: the teacher's test NDCG@10 {mine[MONITOR]:.6f} differs from "
+                             f"{test[MONITOR]:.6f} in {result_path}: not the same teacher or data; run every method")
+    kept = [m for m in earlier["selection"]["chosen"] if m not in methods]
+    runs = [r for r in earlier["runs"] if r["method"] in kept] + runs
+    # This merge lists again what it still lacks: teacher candidates, and runs of the methods named.
+    labels = ("teacher-", *(f"{c['label']}-d" for m in methods for c in grid["methods"].get(m, [])))
+    missing = [m for m in earlier["missing"] if not m.startswith(labels)] + missing
+    settings_tried = {**{m: earlier["selection"]["settings"][m] for m in kept}, **settings_tried}
+    chosen = {**{m: {"label": earlier["selection"]["chosen"][m]} for m in kept}, **chosen}
+    done_before = earlier["command"].split(" && ")
+    command = " && ".join(done_before if command in done_before else [*done_before, command])  # a re-merge adds nothing
+    return runs, missing, settings_tried, chosen, command
 
 
 def summary(result: dict[str, Any]) -> str:

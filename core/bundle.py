@@ -53,6 +53,15 @@ def build_index(item_emb: np.ndarray, user_emb: np.ndarray, spec: IndexSpec | In
     return BuiltIndex(*ann.build(np.ascontiguousarray(item_emb, dtype=np.float32), user_emb, spec))
 
 
+def index_for(parts: BundleParts, index: IndexSpec | IndexKind, built: BuiltIndex | None) -> BuiltIndex:
+    """``built`` (it must hold the parts' items), else the index ``index`` picks, built over them."""
+    if built is None:
+        built = build_index(parts.arrays["item_emb"], parts.arrays["user_emb"], index)
+    if built.index.ntotal != parts.n_items or built.index.d != parts.dim:
+        raise BundleError(f"index holds {built.index.ntotal} x {built.index.d}, items are {parts.n_items} x {parts.dim}")
+    return built
+
+
 def write_bundle(
     dir: str | os.PathLike[str],
     user_emb: np.ndarray,
@@ -69,10 +78,7 @@ def write_bundle(
     its FAISS index (``built``, else built here from ``index``) so that loading it builds nothing."""
     target = Path(dir)
     parts = BundleParts.derive(user_emb, item_emb, user_ids, item_ids, seen, popularity)
-    if built is None:
-        built = build_index(parts.arrays["item_emb"], parts.arrays["user_emb"], index)
-    if built.index.ntotal != parts.n_items or built.index.d != parts.dim:
-        raise BundleError(f"index holds {built.index.ntotal} x {built.index.d}, items are {parts.n_items} x {parts.dim}")
+    built = index_for(parts, index, built)
     with atomic_dir(target) as tmp:  # readers see the old bundle or the whole new one
         for name, arr in parts.arrays.items():
             np.save(tmp / f"{name}.npy", arr, allow_pickle=False)

@@ -21,9 +21,10 @@ import scipy.sparse as sp
 from core import ann
 from core.ann import IndexKind, IndexSpec
 from core.bundle import BUNDLE_VERSION as BUNDLE_VERSION
-from core.bundle import BuiltIndex, BundleError, BundleParts, build_index, read_v1, read_v2
+from core.bundle import BuiltIndex, BundleError, BundleParts, index_for, read_v1, read_v2
 from core.bundle import _comma_id_widths as _comma_id_widths  # re-exported for api.query's tests
 from core.bundle import _seen_byte_masks as _seen_byte_masks
+from core.bundle import build_index as build_index  # re-exported for core.jobs.steps
 from core.bundle import read_index_info as read_index_info
 from core.bundle import write_bundle as write_bundle
 
@@ -89,9 +90,7 @@ class ServingBundle:
         built: BuiltIndex | None = None,
     ) -> None:
         parts = BundleParts.derive(user_emb, item_emb, user_ids, item_ids, seen, popularity)
-        if built is None:
-            built = build_index(parts.arrays["item_emb"], parts.arrays["user_emb"], index)
-        self._assemble(parts, model_id, built)
+        self._assemble(parts, model_id, index_for(parts, index, built))
 
     def _assemble(self, parts: BundleParts, model_id: str, built: BuiltIndex) -> None:
         a = parts.arrays

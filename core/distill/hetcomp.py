@@ -22,6 +22,7 @@ import torch
 
 from core.config import HetCompConfig
 from core.distill.base import Distiller, ListsCache, SplitLike, batch_rows, require_prepared
+from core.distill.topm import scored_chunks
 from core.models.base import Recommender
 
 _CLAMP = 40.0  # the student's scores are clamped before exp (as in the authors' code): no overflow
@@ -266,12 +267,7 @@ def _top_per_user(model: Recommender, train: sp.spmatrix, k: int, chunk: int, de
     csr = sp.csr_matrix(train)
     n_users, n_items = csr.shape
     out = torch.full((n_users, k), -1, dtype=torch.int64, device=device)
-    was_training = model.training
-    model.eval()
-    for start in range(0, n_users, chunk):
-        stop = min(start + chunk, n_users)
-        scores = model.full_scores(torch.arange(start, stop, device=device)).float().to(device)
-        rows, cols = _entries(csr, start, stop, device)
+    for start, stop, scores, rows, cols in scored_chunks(model, csr, chunk, device):
         if observed:
             keep = torch.full_like(scores, -math.inf)
             keep[rows, cols] = 0.0
@@ -280,7 +276,6 @@ def _top_per_user(model: Recommender, train: sp.spmatrix, k: int, chunk: int, de
         else:
             scores[rows, cols] = -torch.inf
             out[start:stop] = scores.topk(k, dim=1).indices
-    model.train(was_training)
     return out
 
 

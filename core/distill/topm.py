@@ -8,6 +8,7 @@ O((users + items) x M + items x (M + chunk)), never users x items.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,6 +32,29 @@ def clip_list_lengths(m: int, n_users: int, n_items: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
+def scored_chunks(
+    model: Recommender, csr: sp.csr_matrix, chunk: int, device: torch.device | str
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Chunk by chunk of users, in eval mode: (start, stop, their scores for every item [C, n_items] float32 on
+    ``device``, rows relative to ``start`` and columns of their training entries), for the caller to mask and rank."""
+    if chunk <= 0:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    dev = torch.device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, csr.shape[0], chunk):
+            stop = min(start + chunk, csr.shape[0])
+            scores = model.full_scores(torch.arange(start, stop, device=dev)).float().to(dev)
+            block = csr[start:stop].tocoo()
+            rows = torch.from_numpy(block.row.astype(np.int64)).to(dev)
+            cols = torch.from_numpy(block.col.astype(np.int64)).to(dev)
+            yield start, stop, scores, rows, cols
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
 def teacher_topm(
     teacher: Recommender,
     train_csr: sp.csr_matrix,
@@ -44,8 +68,6 @@ def teacher_topm(
     A row with fewer unobserved candidates than its M is padded at the end with observed entries
     (logged once); everything before the padding is unobserved, in teacher order.
     """
-    if chunk <= 0:
-        raise ValueError(f"chunk must be positive, got {chunk}")
     n_users, n_items = train_csr.shape
     if (teacher.n_users, teacher.n_items) != (n_users, n_items):
         raise ValueError(
@@ -53,27 +75,16 @@ def teacher_topm(
         )
     mu, mi = clip_list_lengths(m, n_users, n_items)
     dev = torch.device(device)
-    was_training = teacher.training
-    teacher.eval()
     csr = train_csr.tocsr()
     user_top = torch.empty((n_users, mu), dtype=torch.int64, device=dev)
     item_vals = torch.full((n_items, mi), -torch.inf, device=dev)  # running best scores per item
     item_top = torch.zeros((n_items, mi), dtype=torch.int64, device=dev)
-    try:
-        for start in range(0, n_users, chunk):
-            stop = min(start + chunk, n_users)
-            users = torch.arange(start, stop, device=dev)
-            scores = teacher.full_scores(users).float()  # [C, n_items]
-            block = csr[start:stop].tocoo()
-            rows = torch.from_numpy(block.row.astype(np.int64)).to(dev)
-            cols = torch.from_numpy(block.col.astype(np.int64)).to(dev)
-            # Masked entries sit below every real score but above the -inf placeholders of item_vals.
-            scores[rows, cols] = torch.finfo(scores.dtype).min
-            user_top[start:stop] = scores.topk(mu, dim=1).indices
-            _merge_items(item_vals, item_top, scores, start)
-            del scores
-    finally:
-        teacher.train(was_training)
+    for start, stop, scores, rows, cols in scored_chunks(teacher, csr, chunk, dev):
+        # Masked entries sit below every real score but above the -inf placeholders of item_vals.
+        scores[rows, cols] = torch.finfo(scores.dtype).min
+        user_top[start:stop] = scores.topk(mu, dim=1).indices
+        _merge_items(item_vals, item_top, scores, start)
+        del scores
     _log_padding(csr, mu, mi)
     return user_top, item_top
 
