@@ -73,6 +73,7 @@ class HetCompDistiller(Distiller):
         self.last_dist: torch.Tensor | None = None  # [T, U] distance to the next stage at the last DKC (-1: none yet)
         self.targets: torch.Tensor | None = None  # [U, k] the ensemble's target items
         self.observed: torch.Tensor | None = None  # [U, P] observed items in ensemble order (-1 pads)
+        self._final = False  # every stage selected is the last (set by _select)
 
     def use_trajectories(self, trajectories: list[Trajectory]) -> None:
         """The ensemble (call before ``prepare``); without it ``prepare`` uses the given teacher alone, its final
@@ -108,7 +109,7 @@ class HetCompDistiller(Distiller):
         self.stage = torch.zeros((n_t, n_users), dtype=torch.int64, device=self.device)
         self.last_dist = torch.full((n_t, n_users), -1.0, device=self.device)
         self.observed = self._ensemble_observed()
-        self.targets = self._ensemble_targets()
+        self._select()
 
     # ------------------------------------------------------------------------------------------------ targets
     @property
@@ -118,7 +119,14 @@ class HetCompDistiller(Distiller):
     @property
     def final(self) -> bool:
         """Every teacher at its last stage for every user: the hard (listwise) phase."""
-        return bool((require_prepared(self, "stage", "hetcomp") == self.n_stages - 1).all())
+        require_prepared(self, "stage", "hetcomp")
+        return self._final
+
+    def _select(self) -> None:
+        """After the selected stages change: the ensemble's targets, and whether the hard phase has begun (read
+        back once here, not at every batch: on an accelerator each read waits for its queue to drain)."""
+        self.targets = self._ensemble_targets()
+        self._final = bool((require_prepared(self, "stage", "hetcomp") == self.n_stages - 1).all())
 
     def _ensemble_targets(self) -> torch.Tensor:
         trajectories = require_prepared(self, "trajectories", "hetcomp")
@@ -181,7 +189,7 @@ class HetCompDistiller(Distiller):
             after = (stage[t] + 1).clamp_max(top)
             new_dist = 1.0 - list_ndcg(mine, stacked[after, users], n_items)
             last[t] = torch.where(move, new_dist, torch.where(first, dist, last[t]))
-        self.targets = self._ensemble_targets()
+        self._select()
 
     def on_epoch_start(self, student: Recommender, epoch: int) -> None:
         if epoch > 0 and epoch % self.config.period == 0 and not self.final:
@@ -238,7 +246,7 @@ class HetCompDistiller(Distiller):
                 raise KeyError(f"hetcomp state is missing {key!r}")
         self.stage = state["stage"].to(self.device).long()
         self.last_dist = state["last_dist"].to(self.device).float()
-        self.targets = self._ensemble_targets()
+        self._select()
 
 
 def _listwise(scores: torch.Tensor, ranked: torch.Tensor, valid: torch.Tensor, unobserved_mass: torch.Tensor,
