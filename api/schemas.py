@@ -19,6 +19,7 @@ from pydantic import (
 from core.config import (
     SERVABLE_MODEL_NAMES,
     Checked,
+    JobSpec,
     MethodName,
     ModelName,
     ModelSpec,
@@ -187,7 +188,8 @@ class JobCreate(Strict):
     method: MethodName = Field("dcd", description="Distillation method.")
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict,
-        description="Fit-loop keys (epochs, batch_size, lr, weight_decay, patience, eval_every), the same with a "
+        description="Fit-loop keys (epochs, batch_size, lr, weight_decay, patience, min_epochs, eval_every, "
+        "sparse_updates), the same with a "
         "teacher_ prefix for the teacher (a LightGCN model trains at batch_size 32768 and lr 0.01 unless given), and the method's distiller keys (DCD: m, p, eps, period, lambda_ucd, "
         "lambda_icd, lambda_rkd, ...; RRD: m, k, l, t, lambda_rrd, ...; HetComp: teachers, ensemble_epochs, stages, k, "
         "lambda_easy, lambda_hard, ...). Unknown keys are refused by name.",
@@ -214,6 +216,10 @@ class JobCreate(Strict):
             raise ValueError("give exactly one of teacher {model, dim} or teacher_model_id")
         if self.teacher is not None and not self.teacher.is_wider_than(self.student.dim or 0):
             raise ValueError(f"student.dim ({self.student.dim}) must be below teacher.dim ({self.teacher.dim})")
+        # The worker builds the same spec from the stored row: a job it could not run is refused here.
+        JobSpec.build(dataset_id=self.dataset_id, method=self.method, teacher=self.teacher,
+                      teacher_model_id=self.teacher_model_id, student=self.student,
+                      hyperparameters=self.hyperparameters, seed=self.seed, split=self.split)
         return self
 
 

@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-lr", type=float, default=None, help="the teacher's learning rate (overrides --lr)")
     p.add_argument("--teacher-max-epochs", type=int, default=None,
                    help="the teacher's epoch cap (overrides --max-epochs)")
+    p.add_argument("--teacher-sparse-updates", action="store_true",
+                   help="train the teacher (bpr) with sparse gradients and lazy Adam: an epoch linear in the data, "
+                   "not quadratic (bench/results/teacher-epoch-scale.json); results differ from dense Adam")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="distiller hyper-parameter, e.g. dcd.eps=0.05 (repeatable)")
     p.add_argument("--teacher-opt", action="append", default=[], metavar="KEY=VALUE",
@@ -82,6 +85,8 @@ def _train_opts(args: argparse.Namespace, teacher: bool) -> dict[str, Any]:
         opts["lr"] = args.teacher_lr
     if teacher and args.teacher_max_epochs is not None:
         opts["epochs"] = args.teacher_max_epochs
+    if teacher and args.teacher_sparse_updates:
+        opts["sparse_updates"] = True
     return opts
 
 

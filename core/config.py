@@ -28,6 +28,8 @@ CLOSED_FORM_MODEL_NAMES: tuple[str, ...] = ("ease",)
 EASE_DEFAULT_L2 = 1000.0  # the calibration's best on ML-1M validation (docs/results.md)
 # Students are served through a FAISS inner-product index, so they must score by a dot product.
 SERVABLE_MODEL_NAMES: tuple[str, ...] = ("bpr", "lightgcn")
+# Every gradient of their training loss comes from embedding lookups, so ``sparse_updates`` can train them.
+SPARSE_UPDATE_MODEL_NAMES: tuple[str, ...] = ("bpr",)
 METHOD_NAMES: tuple[str, ...] = ("none", "rrd", "dcd", "hetcomp")
 
 ModelName = Literal["bpr", "neumf", "lightgcn", "ease"]
@@ -155,6 +157,19 @@ class TrainConfig(Config):
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads during fit (None = leave torch's setting); 1 is fastest on a busy CPU"
     )
+    sparse_updates: bool = Field(
+        False, description="update only the embedding rows a batch looks up (sparse gradients, lazy Adam): dense "
+        "Adam steps every row of every table each batch, so its epoch grows with interactions x (users + items) "
+        "- quadratically with the data (bench/results/teacher-epoch-scale.json). Rows a batch misses keep their "
+        "moments, so results differ from dense Adam. Plain training of lookup models only (bpr: teachers and "
+        "method none); weight_decay must be 0 (the model's own reg still applies)")
+
+    @model_validator(mode="after")
+    def _sparse_without_decay(self) -> TrainConfig:
+        if self.sparse_updates and self.weight_decay > 0:
+            raise ValueError("weight_decay must be 0 with sparse_updates (lazy Adam has no weight decay; "
+                             "use the model's reg)")
+        return self
 
     @field_validator("monitor")
     @classmethod
@@ -166,7 +181,9 @@ class TrainConfig(Config):
 
 
 #: The fit-loop keys a job's hyperparameters may set; ``teacher_<key>`` overrides the teacher's loop.
-TRAIN_KEYS: tuple[str, ...] = ("epochs", "batch_size", "lr", "weight_decay", "patience", "min_epochs", "eval_every")
+TRAIN_KEYS: tuple[str, ...] = (
+    "epochs", "batch_size", "lr", "weight_decay", "patience", "min_epochs", "eval_every", "sparse_updates",
+)
 TEACHER_PREFIX = "teacher_"
 #: Upper bounds of a job's fit-loop keys: a client's number must not hold a worker for years (the fit loop
 #: itself takes any value, e.g. a diverging lr in the tests).
@@ -174,13 +191,13 @@ JOB_TRAIN_MAX: dict[str, float] = {
     "epochs": 100_000, "batch_size": 10_000_000, "lr": 10, "weight_decay": 10, "patience": 100_000,
     "min_epochs": 100_000, "eval_every": 100_000,
 }
-# TrainConfig's job keys, each with its own type and bounds plus the job's upper bound.
+# TrainConfig's job keys, each with its own type and bounds plus the job's upper bound (numbers only).
 _JobTrain: type[Config] = create_model(  # type: ignore[call-overload]
     "JobTrain",
     __base__=Config,
     **{
         key: (Annotated[TrainConfig.model_fields[key].annotation, TrainConfig.model_fields[key],
-                        Field(le=JOB_TRAIN_MAX[key])], None)
+                        *([Field(le=JOB_TRAIN_MAX[key])] if key in JOB_TRAIN_MAX else [])], None)
         for key in TRAIN_KEYS
     },
 )
@@ -397,7 +414,22 @@ def check_hyperparameters(method: str, hp: dict[str, Any], strict: bool = True) 
     train = _validate_part(_JobTrain, "", train, strict)
     teacher = _validate_part(_JobTrain, TEACHER_PREFIX, teacher, strict)
     hp = _validate_part(DISTILL_CONFIGS[method], "", hp, strict)
+    _check_sparse_updates(method, train, teacher)
     return {**train, **{TEACHER_PREFIX + k: v for k, v in teacher.items()}, **hp}
+
+
+def _check_sparse_updates(method: str, train: dict[str, Any], teacher: dict[str, Any]) -> None:
+    """TrainConfig.sparse_updates' rules, named by the job's keys (the teacher's fit loop takes the student's
+    keys unless its own ``teacher_`` key is given)."""
+    loops = (("", train, "weight_decay"),
+             (TEACHER_PREFIX, {**train, **teacher}, ("teacher_" if "weight_decay" in teacher else "") + "weight_decay"))
+    for prefix, loop, decay_key in loops:
+        if loop.get("sparse_updates") and loop.get("weight_decay", 0) > 0:
+            raise ValueError(f"{decay_key} must be 0 with {prefix}sparse_updates (lazy Adam has no weight decay; "
+                             "use the model's reg)")
+    if train.get("sparse_updates") and method != "none":
+        raise ValueError(f"sparse_updates: method {method!r} adds distillation losses, whose gradients are dense; "
+                         "give teacher_sparse_updates for the teacher alone")
 
 
 # ----------------------------------------------------------------------------------------------- specs
@@ -447,9 +479,14 @@ class ModelSpec(Strict):
         assert self.dim is not None
         return self.dim, {}
 
-    def train_config(self, options: dict[str, Any], **fixed: Any) -> TrainConfig:
-        """How this model trains: the user's ``options`` over the model's own defaults (MODEL_TRAIN_DEFAULTS)."""
-        return TrainConfig(**{**MODEL_TRAIN_DEFAULTS.get(self.model, {}), **options}, **fixed)
+    def train_config(self, options: dict[str, Any], key_prefix: str = "", **fixed: Any) -> TrainConfig:
+        """How this model trains: the user's ``options`` over the model's own defaults (MODEL_TRAIN_DEFAULTS).
+        ``key_prefix`` names the options in an error (a job's teacher keys are ``teacher_``...)."""
+        config = TrainConfig(**{**MODEL_TRAIN_DEFAULTS.get(self.model, {}), **options}, **fixed)
+        if config.sparse_updates and self.model not in SPARSE_UPDATE_MODEL_NAMES:
+            raise ValueError(f"{key_prefix}sparse_updates: model {self.model!r} does not train by embedding lookups "
+                             f"alone; only {', '.join(SPARSE_UPDATE_MODEL_NAMES)} can")
+        return config
 
     def is_wider_than(self, dim: int) -> bool:
         """A student of ``dim`` is smaller than this teacher (a closed-form teacher is catalogue-wide)."""
@@ -551,7 +588,7 @@ class JobSpec(BaseModel):
             split=SplitSpec.model_validate(split or {}, strict=False),
             hyperparameters=hp,
             # No teacher spec: the job reuses a trained teacher, and this config is not used to train one.
-            teacher_train=(teacher_spec.train_config(teacher_hp, seed=seed) if teacher_spec is not None
+            teacher_train=(teacher_spec.train_config(teacher_hp, TEACHER_PREFIX, seed=seed) if teacher_spec is not None
                            else TrainConfig(**teacher_hp, seed=seed)),
             student_train=student_spec.train_config(student_hp, seed=seed),
             distiller=distill_config(method, {**options, "seed": seed}),

@@ -87,7 +87,7 @@ class ExperimentConfig:
         for role, spec, opts in (("teacher", self.teacher, self.teacher_train),
                                  ("student", self.student, self.student_train)):
             try:
-                spec.train_config(opts)
+                spec.train_config(opts, f"{role} ")
             except ValidationError as exc:
                 raise ExperimentConfigError(_first_error(exc, f"{role} training option ")) from None
         for group, options in self.method_overrides.items():
@@ -348,6 +348,7 @@ def run_experiment(
                 # What it trained with, its model's own defaults included (the config holds the user's options).
                 "batch_size": tconf.batch_size,
                 "lr": tconf.lr,
+                "sparse_updates": tconf.sparse_updates,
             }
         )
         flush()

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from core.models.base import Recommender
 
 #: Config fields that must match for a resumed run to equal an uninterrupted one.
-_MUST_MATCH = ("seed", "batch_size", "lr", "weight_decay", "monitor", "eval_every", "eval_ks")
+_MUST_MATCH = ("seed", "batch_size", "lr", "weight_decay", "monitor", "eval_every", "eval_ks", "sparse_updates")
 
 
 @dataclass
@@ -91,9 +91,11 @@ def _check_config(meta: dict[str, Any], config: TrainConfig, path: Path) -> None
     saved = meta.get("config", {})
     now = config.model_dump(mode="json")
     for name in _MUST_MATCH:
-        if saved.get(name) != now[name]:
+        # A field newer than the checkpoint had its default then.
+        was = saved.get(name, type(config).model_fields[name].default)
+        if was != now[name]:
             raise CheckpointError(
-                f"{path}: config field {name!r} was {saved.get(name)!r} but is now {now[name]!r}; "
+                f"{path}: config field {name!r} was {was!r} but is now {now[name]!r}; "
                 "resume with the same value or pass resume=False"
             )
 

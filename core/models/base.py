@@ -23,6 +23,9 @@ class Recommender(nn.Module):
     needs_train: ClassVar[bool] = False
     #: True when the model is computed in one closed-form step (``solve()``) instead of by gradient epochs.
     closed_form: ClassVar[bool] = False
+    #: True when every gradient of ``loss`` reaches the parameters through ``nn.Embedding`` lookups, so that
+    #: training can use sparse gradients (TrainConfig.sparse_updates; core.config.SPARSE_UPDATE_MODEL_NAMES).
+    sparse_lookups: ClassVar[bool] = False
 
     def __init__(self, n_users: int, n_items: int, dim: int) -> None:
         super().__init__()

@@ -16,6 +16,7 @@ class BPRMF(Recommender):
 
     name = "bpr"
     is_dot_product = True
+    sparse_lookups = True  # loss, score and score_users look rows up; nothing reads a whole table with grad
 
     def __init__(self, n_users: int, n_items: int, dim: int, reg: float = 0.0, init_std: float = 0.01) -> None:
         super().__init__(n_users, n_items, dim)

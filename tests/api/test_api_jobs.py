@@ -58,6 +58,17 @@ def test_a_hetcomp_job_is_accepted_with_its_ensemble(client: TestClient, session
     assert res.json()["hyperparameters"]["teachers"] == ["bpr:32", "ease:500"]
 
 
+def test_a_job_the_worker_could_not_build_is_refused(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    # Rules across fields and parts (the teacher's model and its fit loop) are checked at the door, not by the worker.
+    ds = add_dataset(sessions)
+    res = client.post("/jobs", json=job_body(ds, teacher={"model": "lightgcn", "dim": 32},
+                                             hyperparameters={"teacher_sparse_updates": True}))
+    assert res.status_code == 422 and "teacher_sparse_updates: model 'lightgcn'" in res.text, res.text
+    assert count_rows(sessions, Job) == 0
+    res = client.post("/jobs", json=job_body(ds, hyperparameters={"teacher_sparse_updates": True}))
+    assert res.status_code == 201, res.text
+
+
 def test_reuse_a_trained_teacher(
     client: TestClient, sessions: sessionmaker[Session], settings: Settings
 ) -> None:

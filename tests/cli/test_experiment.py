@@ -72,6 +72,19 @@ def test_a_lightgcn_teacher_trains_with_its_own_batch_and_step(tmp_path: Path) -
     assert (teacher["batch_size"], teacher["lr"]) == (64, 1e-3)
 
 
+def test_a_teacher_trained_with_sparse_updates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _tiny_csv(tmp_path / "tiny.csv")
+    out = tmp_path / "res.json"
+    args = ["experiment", "--dataset", str(data), "--user-col", "user", "--item-col", "item",
+            "--teacher", "bpr:8", "--student", "bpr:2", "--methods", "none", "--seeds", "0",
+            "--max-epochs", "2", "--no-progress", "--teacher-sparse-updates", "--out", str(out)]
+    assert main(args) == 0
+    teacher, student = json.loads(out.read_text())["runs"]
+    assert teacher["sparse_updates"] is True and teacher["epochs"] == 2 and student["method"] == "none"
+    assert main([*args[:args.index("--teacher")], "--teacher", "lightgcn:8", *args[args.index("--student"):]]) == 2
+    assert "teacher sparse_updates: model 'lightgcn'" in capsys.readouterr().err
+
+
 def test_the_same_experiment_twice_gives_the_same_numbers(tmp_path: Path) -> None:
     """Teacher and students are built from the seed, so a second run in the same process (whose generator
     has moved on) repeats the first exactly."""

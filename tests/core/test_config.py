@@ -43,6 +43,13 @@ def test_a_model_trains_with_its_own_defaults_under_the_users_values() -> None:
     assert spec(teacher=None, teacher_model_id="t" * 32).teacher_train.batch_size == 1024
 
 
+def test_sparse_updates_reach_the_loops_that_can_use_them() -> None:
+    s = spec(hyperparameters={"teacher_sparse_updates": True})
+    assert s.teacher_train.sparse_updates and not s.student_train.sparse_updates
+    s = spec(method="none", hyperparameters={"sparse_updates": True})  # plain training: both loops
+    assert s.teacher_train.sparse_updates and s.student_train.sparse_updates
+
+
 @pytest.mark.parametrize(
     ("over", "needle"),
     [
@@ -52,6 +59,14 @@ def test_a_model_trains_with_its_own_defaults_under_the_users_values() -> None:
         ({"hyperparameters": {"m": 10}}, "p: must be at most m (10)"),
         ({"student": {"model": "nope", "dim": 4}}, "student.model 'nope'"),
         ({"method": "nope"}, "'nope'"),
+        # sparse updates: lookup models, plain training, no weight decay (each named by the job's key)
+        ({"hyperparameters": {"sparse_updates": True}}, "sparse_updates: method 'dcd' adds distillation losses"),
+        ({"teacher": {"model": "lightgcn", "dim": 16}, "hyperparameters": {"teacher_sparse_updates": True}},
+         "teacher_sparse_updates: model 'lightgcn'"),
+        ({"hyperparameters": {"teacher_sparse_updates": True, "weight_decay": 1e-4}},
+         "weight_decay must be 0 with teacher_sparse_updates"),
+        ({"method": "none", "hyperparameters": {"sparse_updates": True, "teacher_weight_decay": 1e-4}},
+         "teacher_weight_decay must be 0 with teacher_sparse_updates"),
     ],
 )
 def test_a_bad_part_is_named(over: dict, needle: str) -> None:

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from core.config import TrainConfig
+from core.config import CLOSED_FORM_MODEL_NAMES, SPARSE_UPDATE_MODEL_NAMES, TrainConfig
 from core.data import SplitData
 from core.eval import evaluate
 from core.models import BPRMF, EASE, MODELS, LightGCN, NeuMF, build_model
@@ -81,6 +81,12 @@ def test_registry_and_build_errors() -> None:
         build_model("neumf", 3, 3, 2, colour="red")
     with pytest.raises(ValueError, match="train has shape"):
         build_model("lightgcn", 3, 3, 2, train=random_train(4, 3))
+
+
+def test_the_config_names_each_model_kind_as_the_classes_declare() -> None:
+    # core.config cannot import the models (it imports no torch): its name lists are checked against them here.
+    assert {n for n, cls in MODELS.items() if cls.closed_form} == set(CLOSED_FORM_MODEL_NAMES)
+    assert {n for n, cls in MODELS.items() if cls.sparse_lookups} == set(SPARSE_UPDATE_MODEL_NAMES)
 
 
 def test_bpr_loss_equals_slow_loop() -> None:

@@ -22,6 +22,7 @@ from core.train import (
     TrainingCancelled,
     fit,
     resolve_device,
+    sparse_gradients,
 )
 
 
@@ -286,3 +287,44 @@ def test_fit_says_whether_patience_or_the_cap_stopped_it() -> None:
 
     assert FitResult(best_epoch=1, best_valid={}, epochs_run=3, stopped_early=True).stopped_by == "patience"
     assert FitResult(best_epoch=3, best_valid={}, epochs_run=3).stopped_by == "cap"
+
+
+def test_sparse_updates_train_only_the_rows_a_batch_looks_up(tmp_path: Path) -> None:
+    data = small_data()
+    model = bpr(data)
+    with sparse_gradients(model):
+        model.loss(torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5])).backward()
+        assert model.user_emb.weight.grad.is_sparse and model.item_emb.weight.grad.is_sparse
+    assert not model.user_emb.sparse and not model.item_emb.sparse  # restored after the block
+
+    config = TrainConfig(epochs=4, batch_size=16, lr=0.05, seed=3, device="cpu", sparse_updates=True)
+    ref = bpr(data)
+    before = ref.user_emb.weight.detach().clone()
+    fit(ref, data, config, checkpoint_dir=tmp_path / "ref")
+    assert not ref.user_emb.sparse  # fit leaves the model as it found it
+    trained = data.train.getnnz(axis=1) > 0
+    assert not torch.equal(ref.user_emb.weight[trained], before[trained])
+
+    # a run cut after epoch 2 resumes to the same weights (lazy Adam's state is checkpointed)
+    with pytest.raises(TrainingCancelled):
+        fit(bpr(data), data, config, callbacks=[rec := Recorder()], checkpoint_dir=tmp_path / "run",
+            should_cancel=lambda: len(rec.reports) >= 2)
+    resumed = bpr(data, seed=99)
+    fit(resumed, data, config, checkpoint_dir=tmp_path / "run")
+    assert torch.equal(resumed.user_emb.weight, ref.user_emb.weight)
+    assert torch.equal(resumed.item_emb.weight, ref.item_emb.weight)
+    # and a dense checkpoint is not resumed as a sparse one
+    with pytest.raises(CheckpointError, match="sparse_updates"):
+        fit(bpr(data), data, config.model_copy(update={"sparse_updates": False}), checkpoint_dir=tmp_path / "run")
+
+
+def test_sparse_updates_refuse_what_gives_dense_gradients() -> None:
+    data = small_data()
+    config = TrainConfig(epochs=1, batch_size=16, device="cpu", sparse_updates=True)
+    with pytest.raises(ValueError, match="distiller"):
+        fit(bpr(data), data, config, distiller=ToyDistiller(data.n_users))
+    lightgcn = build_model("lightgcn", data.n_users, data.n_items, 8, train=data.train)
+    with pytest.raises(ValueError, match="sparse_updates: model 'lightgcn'"):
+        fit(lightgcn, data, config)
+    with pytest.raises(ValueError, match="weight_decay must be 0"):
+        TrainConfig(sparse_updates=True, weight_decay=1e-4)
