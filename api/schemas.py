@@ -189,7 +189,7 @@ class JobCreate(Strict):
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict,
         description="Fit-loop keys (epochs, batch_size, lr, weight_decay, patience, min_epochs, eval_every, "
-        "sparse_updates), the same with a "
+        "valid_users, sparse_updates), the same with a "
         "teacher_ prefix for the teacher (a LightGCN model trains at batch_size 32768 and lr 0.01 unless given), and the method's distiller keys (DCD: m, p, eps, period, lambda_ucd, "
         "lambda_icd, lambda_rkd, ...; RRD: m, k, l, t, lambda_rrd, ...; HetComp: teachers, ensemble_epochs, stages, k, "
         "lambda_easy, lambda_hard, ...). Unknown keys are refused by name.",

@@ -43,6 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience (evaluations)")
     p.add_argument("--min-epochs", type=int, default=None,
                    help="no early stop before this epoch (a small model's popularity plateau can outlast patience)")
+    p.add_argument("--eval-every", type=int, default=None, help="validate every this many epochs (default 1)")
+    p.add_argument("--valid-users", type=int, default=None,
+                   help="validate for early stopping on a seeded sample of this many users (default: all; a "
+                   "full-ranking pass scores users x items); the reported metrics always use every user")
     p.add_argument("--batch-size", type=int, default=None, help="training pairs per mini-batch")
     p.add_argument("--lr", type=float, default=None, help="learning rate (teacher and students)")
     p.add_argument("--weight-decay", type=float, default=None, help="Adam weight decay (teacher and students)")
@@ -75,6 +79,10 @@ def _train_opts(args: argparse.Namespace, teacher: bool) -> dict[str, Any]:
         opts["patience"] = args.patience
     if args.min_epochs is not None:
         opts["min_epochs"] = args.min_epochs
+    if args.eval_every is not None:
+        opts["eval_every"] = args.eval_every
+    if args.valid_users is not None:
+        opts["valid_users"] = args.valid_users
     if args.batch_size is not None:
         opts["batch_size"] = args.batch_size
     if args.lr is not None:

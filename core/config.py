@@ -149,6 +149,10 @@ class TrainConfig(Config):
         0, ge=0, description="early stopping may end a run only from this epoch on: a small model can sit on a "
         "popularity plateau for tens of epochs before it personalises, and patience alone would stop it there")
     eval_every: int = Field(1, ge=1, description="validate every this many epochs (and after the last)")
+    valid_users: int | None = Field(
+        None, ge=1, description="validate (for early stopping) on a fixed, seeded random sample of this many of the "
+        "users with validation items; None: all of them. A full-ranking pass scores users x items: at 1M users x "
+        "100k items it took 8 minutes on one core (bench/results/scale-train.json), once per evaluated epoch")
     eval_ks: tuple[int, ...] = Field((10, 20), description="cut-offs computed on the validation split")
     monitor: str = Field("ndcg@10", description="validation metric that selects the best epoch")
     seed: int = Field(0, ge=0, description="seed of torch, numpy, python, negatives and shuffling")
@@ -182,14 +186,15 @@ class TrainConfig(Config):
 
 #: The fit-loop keys a job's hyperparameters may set; ``teacher_<key>`` overrides the teacher's loop.
 TRAIN_KEYS: tuple[str, ...] = (
-    "epochs", "batch_size", "lr", "weight_decay", "patience", "min_epochs", "eval_every", "sparse_updates",
+    "epochs", "batch_size", "lr", "weight_decay", "patience", "min_epochs", "eval_every", "valid_users",
+    "sparse_updates",
 )
 TEACHER_PREFIX = "teacher_"
 #: Upper bounds of a job's fit-loop keys: a client's number must not hold a worker for years (the fit loop
 #: itself takes any value, e.g. a diverging lr in the tests).
 JOB_TRAIN_MAX: dict[str, float] = {
     "epochs": 100_000, "batch_size": 10_000_000, "lr": 10, "weight_decay": 10, "patience": 100_000,
-    "min_epochs": 100_000, "eval_every": 100_000,
+    "min_epochs": 100_000, "eval_every": 100_000, "valid_users": 100_000_000,
 }
 # TrainConfig's job keys, each with its own type and bounds plus the job's upper bound (numbers only).
 _JobTrain: type[Config] = create_model(  # type: ignore[call-overload]

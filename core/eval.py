@@ -158,15 +158,22 @@ def evaluate(
     chunk_size: int = 1024,
     n_negatives: int = SAMPLED_NEGATIVES,
     seed: int = 0,
+    users: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Metrics ``"<name>@<k>"`` of ``model`` on the valid or test split (see the module docstring).
 
     ``full``: every item is ranked, ``chunk_size`` users at a time (at most chunk x n_items scores live).
     ``sampled``: each target item is ranked among ``n_negatives`` (seeded) items the user never touched.
-    Raises ``ValueError`` when the split has no target interactions.
+    ``users``: only these users' targets count (the others' rows are left out); None: every user's.
+    Raises ``ValueError`` when the split has no target interactions (among ``users``).
     """
     ks = _check(split, ks, protocol, chunk_size)
     targets = sp.csr_matrix(data.valid if split == "valid" else data.test)
+    if users is not None:
+        keep = np.zeros(targets.shape[0], dtype=targets.dtype)
+        keep[np.asarray(users, dtype=np.int64)] = 1
+        targets = sp.csr_matrix(sp.diags(keep) @ targets)
+        targets.eliminate_zeros()
     if targets.nnz == 0:
         raise ValueError(f"split {split!r} has no interactions to evaluate")
     tensor = next(itertools.chain(model.parameters(), model.buffers()), None)

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "Callback", "EpochReport", "FitResult", "NonFiniteLossError", "TrainingCancelled",
-    "fit", "make_optimizer", "resolve_device", "seed_everything", "sparse_gradients",
+    "fit", "make_optimizer", "resolve_device", "seed_everything", "sparse_gradients", "validation_users",
 ]
 
 
@@ -218,6 +218,17 @@ def fit(
         torch.set_num_threads(threads_before)
 
 
+def validation_users(data: SplitData, config: TrainConfig) -> np.ndarray | None:
+    """The users early stopping validates on: ``config.valid_users`` of those with validation items, drawn once
+    (seeded by the run's seed, so a resumed run validates on the same ones), or None for all of them."""
+    if config.valid_users is None:
+        return None
+    users = np.flatnonzero(data.valid.getnnz(axis=1) > 0)
+    if config.valid_users >= len(users):
+        return None
+    return np.sort(np.random.default_rng([config.seed, 1]).choice(users, config.valid_users, replace=False))
+
+
 def _solve(
     model: Recommender, data: SplitData, config: TrainConfig, callbacks: Sequence[Callback],
     eval_ks: tuple[int, ...], device: torch.device,
@@ -227,7 +238,7 @@ def _solve(
     model.solve()
     model.to(device)
     train_seconds, train_cpu_seconds = time.perf_counter() - t0, time.thread_time() - c0
-    valid = evaluate(model, data, "valid", ks=eval_ks) if data.valid.nnz > 0 else {}
+    valid = evaluate(model, data, "valid", ks=eval_ks, users=validation_users(data, config)) if data.valid.nnz > 0 else {}
     seconds = time.perf_counter() - t0
     history = [{"epoch": 1, "losses": {}, "valid": valid, "seconds": seconds, "train_seconds": train_seconds,
                 "train_cpu_seconds": train_cpu_seconds}]
@@ -260,6 +271,7 @@ def _fit(
     if len(pairs[0]) == 0:
         raise ValueError("data.train has no interactions to train on")
     has_valid = data.valid.nnz > 0
+    valid_users = validation_users(data, config)
     path = Path(checkpoint_dir) / "train_state.safetensors" if checkpoint_dir is not None else None
     state = TrainState()
     if path is not None and resume and path.is_file():
@@ -278,7 +290,7 @@ def _fit(
         train_cpu_seconds = time.thread_time() - c0
         valid: dict[str, float] = {}
         if has_valid and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
-            valid = evaluate(model, data, "valid", ks=eval_ks)
+            valid = evaluate(model, data, "valid", ks=eval_ks, users=valid_users)
             state.observe(epoch + 1, valid, config.monitor, config.patience, model, config.min_epochs)
         elif not has_valid:
             state.best_epoch = epoch + 1

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from core.models.base import Recommender
 
 #: Config fields that must match for a resumed run to equal an uninterrupted one.
-_MUST_MATCH = ("seed", "batch_size", "lr", "weight_decay", "monitor", "eval_every", "eval_ks", "sparse_updates")
+_MUST_MATCH = (
+    "seed", "batch_size", "lr", "weight_decay", "monitor", "eval_every", "eval_ks", "valid_users", "sparse_updates",
+)
 
 
 @dataclass

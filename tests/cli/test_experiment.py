@@ -127,6 +127,20 @@ def test_helpers() -> None:
     assert "75%" in table  # (0.35 - 0.2) / (0.4 - 0.2)
 
 
+def test_validation_options_reach_both_fit_loops(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _tiny_csv(tmp_path / "tiny.csv")
+    out = tmp_path / "res.json"
+    args = ["experiment", "--dataset", str(data), "--user-col", "user", "--item-col", "item",
+            "--teacher", "bpr:8", "--student", "bpr:2", "--methods", "none", "--seeds", "0", "--max-epochs", "2",
+            "--no-progress", "--eval-every", "2", "--valid-users", "10", "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    for loop in ("teacher_train", "student_train"):
+        assert result["config"][loop]["eval_every"] == 2 and result["config"][loop]["valid_users"] == 10
+    assert main([*args[:-2], "--valid-users", "0"]) == 2
+    assert "valid_users" in capsys.readouterr().err
+
+
 def test_runs_stopped_by_the_epoch_cap_say_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 13: no silent truncation — each run records what stopped it and the table flags the cap."""
     data = _tiny_csv(tmp_path / "tiny.csv")

@@ -56,6 +56,8 @@ def test_sparse_updates_reach_the_loops_that_can_use_them() -> None:
         ({"hyperparameters": {"seed": 3}}, "['seed']"),  # the distiller's seed is the job's
         ({"method": "none", "hyperparameters": {"row_fraction": 0.5}}, "['row_fraction']"),
         ({"hyperparameters": {"epochs": 100_001}}, "epochs: Input should be less than or equal to 100000"),
+        ({"hyperparameters": {"teacher_valid_users": 0}}, "teacher_valid_users: Input should be greater than"),
+        ({"hyperparameters": {"valid_users": 10**9}}, "valid_users: Input should be less than or equal to"),
         ({"hyperparameters": {"m": 10}}, "p: must be at most m (10)"),
         ({"student": {"model": "nope", "dim": 4}}, "student.model 'nope'"),
         ({"method": "nope"}, "'nope'"),

@@ -130,6 +130,24 @@ def test_chunking_does_not_change_results() -> None:
     }
 
 
+@pytest.mark.parametrize("protocol", ["full", "sampled"])
+def test_a_user_sample_counts_only_its_users(protocol: str) -> None:
+    rng = np.random.default_rng(1)
+    shape = (30, 25)
+    cells = sorted({(int(u), int(i)) for u, i in zip(rng.integers(0, 30, 200), rng.integers(0, 25, 200), strict=True)})
+    data = split(cells[::3], cells[1::3], cells[2::3], shape)
+    model = FixedScores(rng.random(shape))
+    users = np.array([0, 3, 4, 7, 11, 20])
+    # the same as evaluating a split whose other users have no targets
+    kept = [(u, i) for u, i in cells[1::3] if u in set(users.tolist())]
+    alone = split(cells[::3], kept, cells[2::3], shape)
+    assert evaluate(model, data, "valid", protocol=protocol, users=users) == pytest.approx(
+        evaluate(model, alone, "valid", protocol=protocol))
+    assert evaluate(model, data, "valid", users=np.arange(30)) == evaluate(model, data, "valid")
+    with pytest.raises(ValueError, match="no interactions"):
+        evaluate(model, data, "valid", users=np.array([], dtype=np.int64))
+
+
 def test_sampled_protocol_hand_computed() -> None:
     # user 0 observed {0 train, 1 valid, 3 test}; unobserved {2, 4, 5}; 3 negatives -> all of them.
     scores = np.array([[0.0, 0.0, 0.9, 0.5, 0.1, 0.2]])

@@ -82,7 +82,7 @@ def test_early_stopping_restores_best_weights(monkeypatch: pytest.MonkeyPatch) -
     script = iter([0.1, 0.3, 0.2, 0.25, 0.29, 0.5])
     snapshots: dict[int, torch.Tensor] = {}
 
-    def fake_evaluate(model: BPRMF, data: SplitData, split: str, ks: tuple[int, ...]) -> dict[str, float]:
+    def fake_evaluate(model: BPRMF, data: SplitData, split: str, ks: tuple[int, ...], users: object = None) -> dict[str, float]:
         snapshots[len(snapshots) + 1] = model.user_emb.weight.detach().clone()
         return {"ndcg@10": next(script)}
 
@@ -98,7 +98,7 @@ def test_eval_every_counts_patience_in_evaluations(monkeypatch: pytest.MonkeyPat
     data = small_data()
     calls: list[int] = []
 
-    def fake_evaluate(model: BPRMF, data: SplitData, split: str, ks: tuple[int, ...]) -> dict[str, float]:
+    def fake_evaluate(model: BPRMF, data: SplitData, split: str, ks: tuple[int, ...], users: object = None) -> dict[str, float]:
         calls.append(1)
         return {"ndcg@10": 0.5 if len(calls) == 1 else 0.1}
 
@@ -328,3 +328,26 @@ def test_sparse_updates_refuse_what_gives_dense_gradients() -> None:
         fit(lightgcn, data, config)
     with pytest.raises(ValueError, match="weight_decay must be 0"):
         TrainConfig(sparse_updates=True, weight_decay=1e-4)
+
+
+def test_valid_users_validates_on_a_fixed_seeded_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = small_data()
+    seen: list = []
+    real = train_module.evaluate
+
+    def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(kwargs.get("users"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", recording)
+    fit(bpr(data), data, TrainConfig(epochs=3, batch_size=16, device="cpu", valid_users=5, seed=4))
+    with_valid = set(np.flatnonzero(data.valid.getnnz(axis=1) > 0).tolist())
+    assert len(seen) == 3 and all(np.array_equal(u, seen[0]) for u in seen)  # the same users every epoch
+    assert len(seen[0]) == 5 and set(seen[0].tolist()) <= with_valid
+    seen.clear()
+    fit(bpr(data), data, TrainConfig(epochs=1, batch_size=16, device="cpu", valid_users=5, seed=4))
+    seen2 = seen[0]
+    seen.clear()
+    fit(bpr(data), data, TrainConfig(epochs=1, batch_size=16, device="cpu", valid_users=len(with_valid)))
+    assert seen == [None]  # a sample as large as the users is all of them
+    assert len(seen2) == 5
