@@ -216,7 +216,8 @@ class JobCreate(Strict):
             raise ValueError("give exactly one of teacher {model, dim} or teacher_model_id")
         if self.teacher is not None and not self.teacher.is_wider_than(self.student.dim or 0):
             raise ValueError(f"student.dim ({self.student.dim}) must be below teacher.dim ({self.teacher.dim})")
-        # The worker builds the same spec from the stored row: a job it could not run is refused here.
+        # The worker builds the same spec from the stored row: a job it could not run is refused here (its
+        # hyperparameters are checked again, laxly: the field validator above already held them to JSON types).
         JobSpec.build(dataset_id=self.dataset_id, method=self.method, teacher=self.teacher,
                       teacher_model_id=self.teacher_model_id, student=self.student,
                       hyperparameters=self.hyperparameters, seed=self.seed, split=self.split)

@@ -1,8 +1,8 @@
 """Early stopping on a user sample (TrainConfig.valid_users): what one validation pass costs and how far its
 NDCG@10 lies from the pass over every user.
 
-A full-ranking pass scores users x items; at 1M users x 100k items it took 8 minutes on one core
-(bench/results/scale-train.json), and the fit loop runs one per evaluated epoch. For each synthetic size
+A full-ranking pass scores users x items; at 1M users x 100k items it took 8 minutes on one busy core in
+bench/results/scale-train.json, and the fit loop runs one per evaluated epoch. For each synthetic size
 (core.synth, USERSxITEMSxINTERACTIONS) a BPR-MF teacher trains ``--epochs`` epochs (sparse updates, so that the
 big sizes stay cheap), then the validation pass over every user and over ``--samples`` seeded samples of
 ``--valid-users`` users are timed in one run (one torch thread).

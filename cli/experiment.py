@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=int, default=None, help="validate every this many epochs (default 1)")
     p.add_argument("--valid-users", type=int, default=None,
                    help="validate for early stopping on a seeded sample of this many users (default: all; a "
-                   "full-ranking pass scores users x items); the reported metrics always use every user")
+                   "full-ranking pass scores users x items); the reported valid and test metrics always use every user")
     p.add_argument("--batch-size", type=int, default=None, help="training pairs per mini-batch")
     p.add_argument("--lr", type=float, default=None, help="learning rate (teacher and students)")
     p.add_argument("--weight-decay", type=float, default=None, help="Adam weight decay (teacher and students)")

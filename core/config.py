@@ -152,7 +152,8 @@ class TrainConfig(Config):
     valid_users: int | None = Field(
         None, ge=1, description="validate (for early stopping) on a fixed, seeded random sample of this many of the "
         "users with validation items; None: all of them. A full-ranking pass scores users x items: at 1M users x "
-        "100k items it took 8 minutes on one core (bench/results/scale-train.json), once per evaluated epoch")
+        "100k items it took 8-18 minutes on one busy core (bench/results/scale-train.json, valid-sample.json), "
+        "once per evaluated epoch")
     eval_ks: tuple[int, ...] = Field((10, 20), description="cut-offs computed on the validation split")
     monitor: str = Field("ndcg@10", description="validation metric that selects the best epoch")
     seed: int = Field(0, ge=0, description="seed of torch, numpy, python, negatives and shuffling")
@@ -426,11 +427,14 @@ def check_hyperparameters(method: str, hp: dict[str, Any], strict: bool = True) 
 def _check_sparse_updates(method: str, train: dict[str, Any], teacher: dict[str, Any]) -> None:
     """TrainConfig.sparse_updates' rules, named by the job's keys (the teacher's fit loop takes the student's
     keys unless its own ``teacher_`` key is given)."""
-    loops = (("", train, "weight_decay"),
-             (TEACHER_PREFIX, {**train, **teacher}, ("teacher_" if "weight_decay" in teacher else "") + "weight_decay"))
-    for prefix, loop, decay_key in loops:
+    def key(name: str) -> str:  # the teacher loop's key as the client gave it
+        return TEACHER_PREFIX + name if name in teacher else name
+
+    # (TrainConfig refuses the same pair; this names the job's keys.)
+    for loop, sparse_key, decay_key in ((train, "sparse_updates", "weight_decay"),
+                                        ({**train, **teacher}, key("sparse_updates"), key("weight_decay"))):
         if loop.get("sparse_updates") and loop.get("weight_decay", 0) > 0:
-            raise ValueError(f"{decay_key} must be 0 with {prefix}sparse_updates (lazy Adam has no weight decay; "
+            raise ValueError(f"{decay_key} must be 0 with {sparse_key} (lazy Adam has no weight decay; "
                              "use the model's reg)")
     if train.get("sparse_updates") and method != "none":
         raise ValueError(f"sparse_updates: method {method!r} adds distillation losses, whose gradients are dense; "
@@ -484,13 +488,13 @@ class ModelSpec(Strict):
         assert self.dim is not None
         return self.dim, {}
 
-    def train_config(self, options: dict[str, Any], key_prefix: str = "", **fixed: Any) -> TrainConfig:
+    def train_config(self, options: dict[str, Any], sparse_key: str = "sparse_updates", **fixed: Any) -> TrainConfig:
         """How this model trains: the user's ``options`` over the model's own defaults (MODEL_TRAIN_DEFAULTS).
-        ``key_prefix`` names the options in an error (a job's teacher keys are ``teacher_``...)."""
+        ``sparse_key`` names the option that asked for sparse updates in an error."""
         config = TrainConfig(**{**MODEL_TRAIN_DEFAULTS.get(self.model, {}), **options}, **fixed)
         if config.sparse_updates and self.model not in SPARSE_UPDATE_MODEL_NAMES:
-            raise ValueError(f"{key_prefix}sparse_updates: model {self.model!r} does not train by embedding lookups "
-                             f"alone; only {', '.join(SPARSE_UPDATE_MODEL_NAMES)} can")
+            raise ValueError(f"{sparse_key}: model {self.model!r} does not train by embedding lookups alone; only "
+                             f"{', '.join(SPARSE_UPDATE_MODEL_NAMES)} can")
         return config
 
     def is_wider_than(self, dim: int) -> bool:
@@ -593,7 +597,8 @@ class JobSpec(BaseModel):
             split=SplitSpec.model_validate(split or {}, strict=False),
             hyperparameters=hp,
             # No teacher spec: the job reuses a trained teacher, and this config is not used to train one.
-            teacher_train=(teacher_spec.train_config(teacher_hp, TEACHER_PREFIX, seed=seed) if teacher_spec is not None
+            teacher_train=(teacher_spec.train_config(teacher_hp, _teacher_sparse_key(hp), seed=seed)
+                           if teacher_spec is not None
                            else TrainConfig(**teacher_hp, seed=seed)),
             student_train=student_spec.train_config(student_hp, seed=seed),
             distiller=distill_config(method, {**options, "seed": seed}),
@@ -612,6 +617,13 @@ class JobSpec(BaseModel):
             seed=job.seed,
             split=job.split,
         )
+
+
+def _teacher_sparse_key(hp: dict[str, Any]) -> str:
+    """The job key that turned the teacher's sparse updates on: its own, or the student's it inherits."""
+    if TEACHER_PREFIX + "sparse_updates" in hp:
+        return TEACHER_PREFIX + "sparse_updates"
+    return "sparse_updates (the teacher inherits it; give teacher_sparse_updates false)"
 
 
 def _model_spec(spec: dict[str, Any] | ModelSpec | None, role: str) -> ModelSpec | None:

@@ -170,9 +170,12 @@ def evaluate(
     ks = _check(split, ks, protocol, chunk_size)
     targets = sp.csr_matrix(data.valid if split == "valid" else data.test)
     if users is not None:
-        keep = np.zeros(targets.shape[0], dtype=targets.dtype)
-        keep[np.asarray(users, dtype=np.int64)] = 1
-        targets = sp.csr_matrix(sp.diags(keep) @ targets)
+        users = np.asarray(users, dtype=np.int64)
+        if users.size and (users.min() < 0 or users.max() >= targets.shape[0]):
+            raise ValueError(f"users must be user codes in [0, {targets.shape[0]}), got {users.min()}..{users.max()}")
+        keep = np.zeros((targets.shape[0], 1), dtype=targets.dtype)
+        keep[users] = 1
+        targets = sp.csr_matrix(targets.multiply(keep))
         targets.eliminate_zeros()
     if targets.nnz == 0:
         raise ValueError(f"split {split!r} has no interactions to evaluate")

@@ -87,7 +87,7 @@ class ExperimentConfig:
         for role, spec, opts in (("teacher", self.teacher, self.teacher_train),
                                  ("student", self.student, self.student_train)):
             try:
-                spec.train_config(opts, f"{role} ")
+                spec.train_config(opts, f"{role} sparse_updates")
             except ValidationError as exc:
                 raise ExperimentConfigError(_first_error(exc, f"{role} training option ")) from None
         for group, options in self.method_overrides.items():

@@ -206,11 +206,12 @@ def fit(
     weights of the best validation epoch (by ``config.monitor``). Resuming from ``checkpoint_dir`` ends
     exactly where an uninterrupted run with the same seed ends.
     """
+    # A loss fit knows nothing of may read whole tables; only a distiller that says so adds none.
+    if config.sparse_updates and distiller is not None and getattr(distiller, "dense_gradients", True):
+        raise ValueError("sparse_updates: a distiller's losses give dense gradients; train without one")
     threads_before = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
-    if config.sparse_updates and distiller is not None:
-        raise ValueError("sparse_updates: a distiller's losses give dense gradients; train without one")
     try:
         with sparse_gradients(model, config.sparse_updates):
             return _fit(model, data, config, distiller, callbacks, checkpoint_dir, resume, should_cancel)

@@ -92,9 +92,10 @@ def save_state(
 def _check_config(meta: dict[str, Any], config: TrainConfig, path: Path) -> None:
     saved = meta.get("config", {})
     now = config.model_dump(mode="json")
+    defaults = type(config)().model_dump(mode="json")
     for name in _MUST_MATCH:
         # A field newer than the checkpoint had its default then.
-        was = saved.get(name, type(config).model_fields[name].default)
+        was = saved.get(name, defaults[name])
         if was != now[name]:
             raise CheckpointError(
                 f"{path}: config field {name!r} was {was!r} but is now {now[name]!r}; "

@@ -30,6 +30,8 @@ class Distiller:
 
     name: ClassVar[str] = "base"
     config_cls: ClassVar[type[DistillConfig]] = DistillConfig
+    #: Its loss reaches the student through whole tables (``fit`` refuses ``sparse_updates`` then).
+    dense_gradients: ClassVar[bool] = True
 
     def __init__(self, config: DistillConfig | None = None) -> None:
         self.config = config if config is not None else self.config_cls()
@@ -97,6 +99,7 @@ class NoneDistiller(Distiller):
 
     name = "none"
     config_cls = DistillConfig
+    dense_gradients = False  # no loss at all: the student alone may train with sparse updates
 
 
 def batch_rows(x: torch.Tensor, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, float]:

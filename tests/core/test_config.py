@@ -68,7 +68,9 @@ def test_sparse_updates_reach_the_loops_that_can_use_them() -> None:
         ({"hyperparameters": {"teacher_sparse_updates": True, "weight_decay": 1e-4}},
          "weight_decay must be 0 with teacher_sparse_updates"),
         ({"method": "none", "hyperparameters": {"sparse_updates": True, "teacher_weight_decay": 1e-4}},
-         "teacher_weight_decay must be 0 with teacher_sparse_updates"),
+         "teacher_weight_decay must be 0 with sparse_updates"),
+        ({"method": "none", "teacher": {"model": "lightgcn", "dim": 16}, "hyperparameters": {"sparse_updates": True}},
+         "sparse_updates (the teacher inherits it; give teacher_sparse_updates false): model 'lightgcn'"),
     ],
 )
 def test_a_bad_part_is_named(over: dict, needle: str) -> None:

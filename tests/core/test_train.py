@@ -12,8 +12,9 @@ import torch
 
 import core.train as train_module
 from core.checkpoint import CheckpointError
-from core.config import TrainConfig
+from core.config import DistillConfig, TrainConfig
 from core.data import SplitData
+from core.distill import distiller_for
 from core.models import BPRMF, build_model
 from core.progress import ProgressBar
 from core.train import (
@@ -289,13 +290,15 @@ def test_fit_says_whether_patience_or_the_cap_stopped_it() -> None:
     assert FitResult(best_epoch=3, best_valid={}, epochs_run=3).stopped_by == "cap"
 
 
-def test_sparse_updates_train_only_the_rows_a_batch_looks_up(tmp_path: Path) -> None:
+def test_sparse_updates_give_sparse_gradients_and_resume_exactly(tmp_path: Path) -> None:
     data = small_data()
     model = bpr(data)
     with sparse_gradients(model):
         model.loss(torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5])).backward()
         assert model.user_emb.weight.grad.is_sparse and model.item_emb.weight.grad.is_sparse
     assert not model.user_emb.sparse and not model.item_emb.sparse  # restored after the block
+    assert isinstance(train_module.make_optimizer(list(model.parameters()), TrainConfig(sparse_updates=True)),
+                      torch.optim.SparseAdam)
 
     config = TrainConfig(epochs=4, batch_size=16, lr=0.05, seed=3, device="cpu", sparse_updates=True)
     ref = bpr(data)
@@ -321,8 +324,13 @@ def test_sparse_updates_train_only_the_rows_a_batch_looks_up(tmp_path: Path) -> 
 def test_sparse_updates_refuse_what_gives_dense_gradients() -> None:
     data = small_data()
     config = TrainConfig(epochs=1, batch_size=16, device="cpu", sparse_updates=True)
+    threads = torch.get_num_threads()
     with pytest.raises(ValueError, match="distiller"):
-        fit(bpr(data), data, config, distiller=ToyDistiller(data.n_users))
+        fit(bpr(data), data, config.model_copy(update={"num_threads": threads + 1}),
+            distiller=ToyDistiller(data.n_users))
+    assert torch.get_num_threads() == threads
+    # the student trained alone (method "none") has a distiller that adds no loss: it may
+    assert fit(bpr(data), data, config, distiller=distiller_for("none", DistillConfig())).epochs_run == 1
     lightgcn = build_model("lightgcn", data.n_users, data.n_items, 8, train=data.train)
     with pytest.raises(ValueError, match="sparse_updates: model 'lightgcn'"):
         fit(lightgcn, data, config)
@@ -344,10 +352,13 @@ def test_valid_users_validates_on_a_fixed_seeded_sample(monkeypatch: pytest.Monk
     with_valid = set(np.flatnonzero(data.valid.getnnz(axis=1) > 0).tolist())
     assert len(seen) == 3 and all(np.array_equal(u, seen[0]) for u in seen)  # the same users every epoch
     assert len(seen[0]) == 5 and set(seen[0].tolist()) <= with_valid
+    first = seen[0]
     seen.clear()
     fit(bpr(data), data, TrainConfig(epochs=1, batch_size=16, device="cpu", valid_users=5, seed=4))
-    seen2 = seen[0]
+    assert np.array_equal(seen[0], first)  # another run with the same seed: the same users
+    seen.clear()
+    fit(bpr(data), data, TrainConfig(epochs=1, batch_size=16, device="cpu", valid_users=5, seed=5))
+    assert not np.array_equal(seen[0], first)
     seen.clear()
     fit(bpr(data), data, TrainConfig(epochs=1, batch_size=16, device="cpu", valid_users=len(with_valid)))
     assert seen == [None]  # a sample as large as the users is all of them
-    assert len(seen2) == 5
