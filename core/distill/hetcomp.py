@@ -22,7 +22,7 @@ import torch
 
 from core.config import HetCompConfig
 from core.distill.base import Distiller, ListsCache, SplitLike, batch_rows, require_prepared
-from core.distill.topm import scored_chunks
+from core.distill.topm import scored_chunks, training_entries
 from core.models.base import Recommender
 
 _CLAMP = 40.0  # the student's scores are clamped before exp (as in the authors' code): no overflow
@@ -143,7 +143,7 @@ class HetCompDistiller(Distiller):
                 stacked = torch.stack([s[start:stop] for s in traj.stages])  # [S, R, M]
                 rows = torch.arange(stop - start, device=self.device)
                 total += importance(stacked[stage[t, start:stop], rows], n_items, self.config.temperature)
-            total[_entries(csr, start, stop, self.device)] = -1.0
+            total[training_entries(csr, start, stop, self.device)] = -1.0
             out[start:stop] = total.topk(k, dim=1).indices
         return out
 
@@ -259,12 +259,6 @@ def _listwise(scores: torch.Tensor, ranked: torch.Tensor, valid: torch.Tensor, u
     tail = e.flip(1).cumsum(1).flip(1)  # sum over this and every later entry
     terms = s - torch.log((tail + below).clamp_min(1e-5))
     return -(terms * valid).sum()
-
-
-def _entries(csr: sp.csr_matrix, start: int, stop: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows relative to ``start``, columns) of the training entries of users ``start:stop``."""
-    block = csr[start:stop].tocoo()
-    return torch.from_numpy(block.row).long().to(device), torch.from_numpy(block.col).long().to(device)
 
 
 @torch.no_grad()

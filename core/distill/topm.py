@@ -31,6 +31,14 @@ def clip_list_lengths(m: int, n_users: int, n_items: int) -> tuple[int, int]:
     return min(m, n_items - 1), min(m, n_users - 1)
 
 
+def training_entries(csr: sp.csr_matrix, start: int, stop: int, device: torch.device | str
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows relative to ``start``, columns) of the training entries of users ``start:stop``, int64 on ``device``."""
+    block = csr[start:stop].tocoo()
+    return (torch.from_numpy(block.row.astype(np.int64)).to(device),
+            torch.from_numpy(block.col.astype(np.int64)).to(device))
+
+
 @torch.no_grad()
 def scored_chunks(
     model: Recommender, csr: sp.csr_matrix, chunk: int, device: torch.device | str
@@ -46,10 +54,7 @@ def scored_chunks(
         for start in range(0, csr.shape[0], chunk):
             stop = min(start + chunk, csr.shape[0])
             scores = model.full_scores(torch.arange(start, stop, device=dev)).float().to(dev)
-            block = csr[start:stop].tocoo()
-            rows = torch.from_numpy(block.row.astype(np.int64)).to(dev)
-            cols = torch.from_numpy(block.col.astype(np.int64)).to(dev)
-            yield start, stop, scores, rows, cols
+            yield start, stop, scores, *training_entries(csr, start, stop, dev)
     finally:
         model.train(was_training)
 
