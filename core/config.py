@@ -357,6 +357,10 @@ class HetCompConfig(DistillConfig):
     lambda_easy: float = Field(1e-2, ge=0, le=1e6, description="Weight of the overall-ranking loss (before the last stage).")
     lambda_hard: float = Field(5e-3, ge=0, le=1e6, description="Weight of the listwise loss (once every teacher is at its last stage).")
     chunk: int = Field(512, gt=0, le=65_536, description="Users per chunk when computing lists.")
+    patience_from_hard: bool = Field(False, description=(
+        "Count early-stopping patience only once the hard phase has begun (every teacher at its last stage); "
+        "before it the run goes on, up to the epoch cap. Small students can spend longer than patience in the "
+        "easy phase (docs/hetcomp.md)."))
 
     @field_validator("teachers")
     @classmethod

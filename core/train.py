@@ -80,6 +80,7 @@ class ExtraLoss(Protocol):
     """What fit needs from a distiller (it knows nothing else of distillation)."""
 
     def on_epoch_start(self, student: Recommender, epoch: int) -> None: ...
+    def may_stop(self) -> bool: ...
     def loss(
         self, student: Recommender, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
@@ -292,7 +293,8 @@ def _fit(
         valid: dict[str, float] = {}
         if has_valid and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
             valid = evaluate(model, data, "valid", ks=eval_ks, users=valid_users)
-            state.observe(epoch + 1, valid, config.monitor, config.patience, model, config.min_epochs)
+            may_stop = distiller is None or distiller.may_stop()
+            state.observe(epoch + 1, valid, config.monitor, config.patience, model, config.min_epochs, may_stop)
         elif not has_valid:
             state.best_epoch = epoch + 1
         state.epoch = epoch + 1

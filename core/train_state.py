@@ -37,13 +37,16 @@ class TrainState:
     best_tensors: dict[str, torch.Tensor] | None = None
 
     def observe(self, epoch: int, valid: dict[str, float], monitor: str, patience: int, model: Recommender,
-                min_epochs: int = 0) -> None:
+                min_epochs: int = 0, may_stop: bool = True) -> None:
         """Record one validation result; keeps a copy of the best weights and decides early stopping (never
-        before ``min_epochs``: the count of bad evaluations goes on, the stop waits)."""
+        before ``min_epochs``: the count of bad evaluations goes on, the stop waits). ``may_stop`` False (the
+        distiller's last phase has not begun) holds the count at zero: patience counts from that phase on."""
         score = valid[monitor]
         if self.best_score is None or score > self.best_score:
             self.best_score, self.best_epoch, self.best_valid, self.bad_evals = score, epoch, dict(valid), 0
             self.best_tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif not may_stop:
+            self.bad_evals = 0
         else:
             self.bad_evals += 1
             if patience and self.bad_evals >= patience and epoch >= min_epochs:

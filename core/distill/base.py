@@ -72,6 +72,11 @@ class Distiller:
         """Per-epoch work: resampling, rank refresh. ``epoch`` counts from 0. An epoch is one pass over the
         training pairs (``data.train``'s entries, each once), as ``core.train.fit`` runs it."""
 
+    def may_stop(self) -> bool:
+        """Whether early stopping may end the run now. A distiller whose targets change in phases says False
+        until its last phase begins: ``fit`` then holds the patience count at zero (the epoch cap still holds)."""
+        return True
+
     def loss(
         self, student: Recommender, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -14,6 +14,7 @@ The trajectories are recorded while the teachers train (``core.jobs.trajectory``
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from core.config import HetCompConfig
 from core.distill.base import Distiller, ListsCache, SplitLike, batch_rows, require_prepared
 from core.distill.topm import scored_chunks, training_entries
 from core.models.base import Recommender
+
+logger = logging.getLogger(__name__)
 
 _CLAMP = 40.0  # the student's scores are clamped before exp (as in the authors' code): no overflow
 
@@ -194,6 +197,11 @@ class HetCompDistiller(Distiller):
     def on_epoch_start(self, student: Recommender, epoch: int) -> None:
         if epoch > 0 and epoch % self.config.period == 0 and not self.final:
             self.update_stages(student, epoch)
+            if self.final:
+                logger.info("hetcomp: hard phase from epoch %d", epoch + 1)
+
+    def may_stop(self) -> bool:
+        return self.final or not self.config.patience_from_hard
 
     # ------------------------------------------------------------------------------------------------ loss
     def loss(

@@ -115,6 +115,15 @@ def test_fit_with_hetcomp_runs_and_updates_stages() -> None:
     assert result.epochs_run == 4 and d.last_dist.min() >= 0
 
 
+def test_patience_from_hard_lets_stopping_wait_for_the_last_stage() -> None:
+    data = small_data()
+    default, waiting = _distiller(data), _distiller(data, patience_from_hard=True)
+    assert default.may_stop() and not waiting.may_stop()
+    waiting.stage[:] = waiting.n_stages - 1
+    waiting._select()
+    assert waiting.may_stop()
+
+
 def test_trajectories_record_every_teacher_and_are_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = small_data()
     teacher = build_model("ease", data.n_users, data.n_items, data.n_items, train=data.train, l2=5.0)

@@ -144,6 +144,9 @@ class ToyDistiller:
         if epoch % 2 == 0:
             self.weights = torch.rand(self.weights.shape).to(student.user_emb.weight.device)
 
+    def may_stop(self) -> bool:
+        return True
+
     def loss(self, student: BPRMF, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor):
         extra = (self.weights.to(users.device)[users] * student.score(users, pos).pow(2)).sum() * 0.01
         return extra, {"toy": extra.item()}
@@ -362,3 +365,32 @@ def test_valid_users_validates_on_a_fixed_seeded_sample(monkeypatch: pytest.Monk
     seen.clear()
     fit(bpr(data), data, TrainConfig(epochs=1, batch_size=16, device="cpu", valid_users=len(with_valid)))
     assert seen == [None]  # a sample as large as the users is all of them
+
+
+class PhasedDistiller(ToyDistiller):
+    """A curriculum whose last phase begins at ``last_from`` (0-based epoch): early stopping waits for it."""
+
+    def __init__(self, n_users: int, last_from: int) -> None:
+        super().__init__(n_users)
+        self.last_from, self.epoch = last_from, 0
+
+    def on_epoch_start(self, student: BPRMF, epoch: int) -> None:
+        super().on_epoch_start(student, epoch)
+        self.epoch = epoch
+
+    def may_stop(self) -> bool:
+        return self.epoch >= self.last_from
+
+
+def test_a_distiller_before_its_last_phase_holds_patience_at_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = small_data()
+    script = iter([0.5] + [0.1] * 20)  # the best at epoch 1, then nothing better
+    monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: {"ndcg@10": next(script)})
+    held = fit(bpr(data), data, TrainConfig(epochs=20, batch_size=64, patience=3),
+               distiller=PhasedDistiller(data.n_users, last_from=6))
+    # Epochs 2-6 (0-based 1-5) do not count; patience counts epochs 7, 8, 9 and stops there.
+    assert (held.epochs_run, held.best_epoch, held.stopped_by) == (9, 1, "patience")
+    script = iter([0.5] + [0.1] * 20)
+    capped = fit(bpr(data), data, TrainConfig(epochs=5, batch_size=64, patience=3),
+                 distiller=PhasedDistiller(data.n_users, last_from=99))
+    assert (capped.epochs_run, capped.stopped_by) == (5, "cap")
