@@ -586,6 +586,12 @@ class JobSpec(BaseModel):
         if method not in METHOD_NAMES:
             raise ValueError(f"unknown distiller {method!r}; choose one of {sorted(METHOD_NAMES)}")
         hp = check_hyperparameters(method, dict(hyperparameters or {}), strict=False)
+        if teacher_model_id is not None:
+            # A reused teacher is not trained again: a key for its fit loop would be ignored without a word.
+            given = sorted(k for k in hp if k.startswith(TEACHER_PREFIX))
+            if given:
+                raise ValueError(f"{given[0]}: the job reuses teacher_model_id, which is not trained again; "
+                                 f"drop the {TEACHER_PREFIX}keys ({', '.join(given)})")
         student_hp = {k: hp[k] for k in TRAIN_KEYS if k in hp}
         teacher_hp = {**student_hp, **{k: hp[TEACHER_PREFIX + k] for k in TRAIN_KEYS if TEACHER_PREFIX + k in hp}}
         options = {k: v for k, v in hp.items() if k not in TRAIN_KEYS and not k.startswith(TEACHER_PREFIX)}

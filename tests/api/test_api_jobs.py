@@ -84,6 +84,9 @@ def test_reuse_a_trained_teacher(
     student = add_model(sessions, settings, dataset_id=ds, with_bundle=False)
     res = client.post("/jobs", json={**body, "teacher_model_id": student})
     assert res.status_code == 422 and "not a teacher" in res.json()["detail"]
+    # A key for the teacher's fit loop would be ignored (the teacher is not trained again): refused by name.
+    res = client.post("/jobs", json={**body, "hyperparameters": {"epochs": 3, "teacher_epochs": 5}})
+    assert res.status_code == 422 and "teacher_epochs" in res.json()["detail"], res.text
 
 
 @pytest.mark.parametrize(
