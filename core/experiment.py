@@ -295,7 +295,7 @@ def run_experiment(
     def flush() -> None:
         if out_path is not None:
             out_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out_path, json.dumps(result, indent=1))
+            atomic_write_text(out_path, json.dumps(result, indent=1), user_file=True)
 
     device = resolve_device(cfg.device)
 

@@ -72,16 +72,31 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o077)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
+
+
+# Read once at import (before any thread): the permissions a plain open() would give a user's file.
+USER_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, user_file: bool = False) -> Iterator[Path]:
     """A fresh temporary path beside ``path`` for the caller to write by any means (a library's save, an
     extraction); on success it is fsynced and ``os.replace``d onto ``path``, so readers see the old file or the
     whole new one. On any exception the temporary file is removed and ``path`` is left as it was.
+
+    The file is private (0600, as ``mkstemp`` makes it: the artifact store holds users' data) unless
+    ``user_file``: a file the CLI writes for its user (a result, a data set) gets what ``open`` would give it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        if user_file:
+            os.chmod(tmp, USER_FILE_MODE)
         yield Path(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -96,9 +111,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_open(path: Path, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: Path, mode: str = "wb", encoding: str | None = None, user_file: bool = False
+) -> Iterator[IO[Any]]:
     """``open`` a temporary file beside ``path`` (``atomic_path``): replaced onto ``path`` only on success."""
-    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding) as fh:
+    with atomic_path(path, user_file) as tmp, open(tmp, mode, encoding=encoding) as fh:
         yield fh
 
 
@@ -107,8 +124,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as fh:
+def atomic_write_text(path: Path, text: str, user_file: bool = False) -> None:
+    with atomic_open(path, "w", encoding="utf-8", user_file=user_file) as fh:
         fh.write(text)
 
 

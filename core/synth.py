@@ -215,7 +215,7 @@ def write(spec: SynthSpec, path: Path, progress: Callable[[str], None] | None = 
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     written = 0
-    with atomic_path(path) as staged:
+    with atomic_path(path, user_file=True) as staged:
         with open(staged, "w", encoding="utf-8") as fh:
             fh.write(HEADER)
             for users, items in generate(spec):
@@ -227,5 +227,5 @@ def write(spec: SynthSpec, path: Path, progress: Callable[[str], None] | None = 
         meta = {"name": spec.name, "spec": asdict(spec), "n_interactions": written,
                 "size_bytes": staged.stat().st_size, "seconds": round(time.perf_counter() - t0, 2)}
         marker.unlink(missing_ok=True)  # a crash between the two replaces leaves "not generated", never stale
-    atomic_write_text(marker, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(marker, json.dumps(meta, indent=2) + "\n", user_file=True)
     return meta

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
 import pytest
 
+from core import storage
 from core.storage import (
     ArtifactStore,
     InvalidNameError,
@@ -105,6 +107,19 @@ def test_atomic_path_replaces_only_after_the_block_succeeds(tmp_path: Path) -> N
     with atomic_path(target) as staged:
         staged.write_text("new")
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["data.inter"]
+
+
+def test_store_files_are_private_and_user_files_follow_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    atomic_write_text(tmp_path / "artifact.json", "{}")
+    assert (tmp_path / "artifact.json").stat().st_mode & 0o777 == 0o600  # the store holds users' data
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert storage.USER_FILE_MODE == 0o666 & ~mask  # read at import: what open() gives a file
+    monkeypatch.setattr(storage, "USER_FILE_MODE", 0o640)
+    atomic_write_text(tmp_path / "result.json", "{}", user_file=True)
+    assert (tmp_path / "result.json").stat().st_mode & 0o777 == 0o640
 
 
 def test_atomic_dir_swaps_the_folder_whole_or_not_at_all(tmp_path: Path) -> None:
