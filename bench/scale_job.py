@@ -49,6 +49,13 @@ def parse_sizes(text: str) -> list[tuple[int, int, int]]:
     return out
 
 
+def ok(resp: httpx.Response) -> httpx.Response:
+    """``resp`` when 2xx; else a RuntimeError with the service's answer (its detail names the field)."""
+    if not resp.is_success:
+        raise RuntimeError(f"{resp.request.method} {resp.request.url.path}: {resp.status_code} {resp.text[:2000]}")
+    return resp
+
+
 def status_kb(pid: int, field: str) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -138,8 +145,7 @@ def run_size(args: argparse.Namespace, size: tuple[int, int, int], work: Path) -
             with data.open("rb") as fh:
                 resp = http.post("/datasets", files={"file": (data.name, fh, "text/plain")},
                                  data={"name": name, "format": "inter"})
-            resp.raise_for_status()
-            dataset = resp.json()
+            dataset = ok(resp).json()
             out["upload"] = {"seconds": round(time.perf_counter() - t0, 1),
                              "answer": {k: dataset[k] for k in ("n_users", "n_items", "n_interactions")}}
             job_body = {
@@ -151,8 +157,7 @@ def run_size(args: argparse.Namespace, size: tuple[int, int, int], work: Path) -
                 },
             }
             resp = http.post("/jobs", json=job_body)
-            resp.raise_for_status()
-            job_id = resp.json()["id"]
+            job_id = ok(resp).json()["id"]
             out["job_request"] = job_body | {"dataset_id": "…"}
             sampler.thread.start()
             phases: dict[str, float] = {}
@@ -193,7 +198,7 @@ def run_size(args: argparse.Namespace, size: tuple[int, int, int], work: Path) -
             out["report"] = http.get(f"/models/{job['student_model_id']}/report").json()
             t0 = time.perf_counter()
             resp = http.post(f"/models/{job['student_model_id']}/activate")
-            resp.raise_for_status()
+            ok(resp)
             out["activation_seconds"] = round(time.perf_counter() - t0, 2)
             rng = random.Random(0)
             with data.open() as fh:
@@ -216,7 +221,7 @@ def run_size(args: argparse.Namespace, size: tuple[int, int, int], work: Path) -
         procs.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", required=True, help="USERSxITEMSxINTERACTIONS, comma-separated")
     p.add_argument("--epochs", type=int, default=1, help="epoch cap of the teacher and the student")
@@ -230,10 +235,10 @@ def main() -> None:
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--work", default="var/scale-job", help="data files and service homes")
     p.add_argument("--out", required=True)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     work = (ROOT / args.work).resolve()
     result: dict[str, Any] = {
-        "command": "PYTHONPATH=. python bench/scale_job.py " + " ".join(sys.argv[1:]),
+        "command": "PYTHONPATH=. python bench/scale_job.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "code": git_commit(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
