@@ -245,6 +245,7 @@ class JobPublic(BaseModel):
     error: str | None
     cancel_requested: bool
     attempts: int
+    crashes: int = Field(description="Runs that ended with their worker gone; at RECDISTILL_JOB_MAX_CRASHES the job fails")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -209,6 +209,14 @@ class Settings(BaseSettings):
         description="Seconds without a heartbeat after which a running job counts as abandoned and may be "
         "claimed by another worker.",
     )
+    job_max_crashes: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        validation_alias="RECDISTILL_JOB_MAX_CRASHES",
+        description="Runs of one job that may end with their worker gone (killed, out of memory, lease lapsed) "
+        "before the job fails instead of going back to the queue.",
+    )
     heartbeat_s: float = Field(
         10.0,
         gt=0,

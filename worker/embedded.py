@@ -206,7 +206,8 @@ class LocalWorker:
         self._watch.start()
 
     def _recover(self, worker_id: str) -> None:
-        """Hand the dead worker's running jobs back to the queue at once (or end them cancelled)."""
+        """Hand the dead worker's running jobs back to the queue at once (or end them cancelled, or failed
+        once they have crashed ``job_max_crashes`` workers)."""
         try:
             rec = recover(self.settings, worker_ids=[worker_id])
             for job_id in rec.requeued:
@@ -214,9 +215,13 @@ class LocalWorker:
         except Exception:  # the sweeper still recovers them once their lease lapses
             log.exception("could not release the jobs of dead worker %s", worker_id)
             return
-        if rec.requeued or rec.cancelled:
+        if rec.requeued or rec.cancelled or rec.failed:
             log.warning(
-                "dead worker %s: re-queued %s, cancelled %s", worker_id, rec.requeued or "-", rec.cancelled or "-"
+                "dead worker %s: re-queued %s, cancelled %s, failed %s",
+                worker_id,
+                rec.requeued or "-",
+                rec.cancelled or "-",
+                rec.failed or "-",
             )
 
     def _watchdog(self) -> None:

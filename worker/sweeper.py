@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 def sweep(settings: Settings, include_queued: bool = False) -> list[str]:
     """Move stale running jobs back to queued and enqueue them (and queued ones, when asked); returns the
-    enqueued ids. Stale or queued jobs with a pending cancel end cancelled, their training state removed."""
+    enqueued ids. Stale or queued jobs with a pending cancel end cancelled, and a stale job that has now
+    crashed ``job_max_crashes`` workers ends failed, their training state removed."""
     rec = recover(settings, lease_s=settings.job_lease_s, include_queued=include_queued)
     ids = rec.to_enqueue
     for job_id in ids:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.config import FINAL_STATUSES, JobStatus, ModelRole
@@ -142,26 +142,34 @@ def request_cancel(session: Session, job_id: str) -> Job:
     return job
 
 
-def claim_job(session: Session, job_id: str, worker_id: str, lease_s: float) -> bool:
+def claim_job(
+    session: Session, job_id: str, worker_id: str, lease_s: float, max_crashes: int | None = None
+) -> bool:
     """Atomically take a job for ``worker_id``: queued, or running with a heartbeat older than the lease.
 
-    One UPDATE decides, so two workers can never both win; the caller commits.
+    Taking over a running job counts a crash of its previous run; with ``max_crashes`` a job whose count
+    would reach it is not taken (recovery fails it, see ``recover_jobs``). One UPDATE decides, so two workers
+    can never both win; the caller commits.
     """
     now = utcnow()
     cutoff = now - timedelta(seconds=lease_s)
     stale = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
+    takeover = (Job.status == JobStatus.RUNNING) & stale
+    if max_crashes is not None:
+        takeover = takeover & (Job.crashes + 1 < max_crashes)
     res = session.execute(
         update(Job)
         .where(
             Job.id == job_id,
             Job.cancel_requested.is_(False),
-            or_(Job.status == JobStatus.QUEUED, (Job.status == JobStatus.RUNNING) & stale),
+            or_(Job.status == JobStatus.QUEUED, takeover),
         )
         .values(
             status=JobStatus.RUNNING,
             worker_id=worker_id,
             heartbeat_at=now,
             attempts=Job.attempts + 1,
+            crashes=Job.crashes + case((Job.status == JobStatus.RUNNING, 1), else_=0),
             started_at=func.coalesce(Job.started_at, now),
             error=None,
         )
@@ -213,6 +221,16 @@ def _cancelled_values() -> dict[str, Any]:
     return {"status": JobStatus.CANCELLED, "worker_id": None, "finished_at": utcnow()}
 
 
+def _crashed_values(max_crashes: int) -> dict[str, Any]:
+    return {
+        "status": JobStatus.FAILED,
+        "worker_id": None,
+        "finished_at": utcnow(),
+        "error": f"the worker running this job stopped without finishing it {max_crashes} times (killed, or out "
+        "of memory: a smaller m, batch_size or data set needs less); not retried (RECDISTILL_JOB_MAX_CRASHES)",
+    }
+
+
 # A queued job never carries the flag on purpose (request_cancel ends a queued job at once): it got there by
 # a cancel racing with a worker handing the job back. Claims refuse it, so only this resolves it.
 _PENDING_CANCEL_QUEUED = (Job.status == JobStatus.QUEUED) & Job.cancel_requested.is_(True)
@@ -228,10 +246,12 @@ def cancel_abandoned(session: Session, job_id: str, lease_s: float) -> bool:
 
 @dataclass
 class Recovery:
-    """What ``recover_jobs`` did: jobs put back in the queue, cancels honoured, and jobs already queued."""
+    """What ``recover_jobs`` did: jobs put back in the queue, cancels honoured, jobs failed for crashing their
+    workers too often, and jobs already queued."""
 
     requeued: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
     queued: list[str] = field(default_factory=list)
 
     @property
@@ -246,15 +266,20 @@ def recover_jobs(
     lease_s: float | None = None,
     worker_ids: Sequence[str] = (),
     include_queued: bool = False,
+    max_crashes: int | None = None,
 ) -> Recovery:
     """Take running jobs away from workers that are gone and resolve them; the one recovery state machine.
 
     A running job counts as abandoned when its heartbeat is older than ``lease_s`` (the sweeper) or its
-    worker is one of ``worker_ids`` (known dead: the server saw its local worker exit). An abandoned job goes
-    back to ``queued``, unless a cancel was requested: then it ends ``cancelled`` (the caller drops its
-    training state). Queued jobs with a pending cancel end ``cancelled`` too. Each job moves by conditional
-    UPDATEs, so concurrent sweepers never handle it twice. With ``include_queued`` the ids of jobs already
-    queued are returned too (a worker's start-up: their message may have been lost).
+    worker is one of ``worker_ids`` (known dead: the server saw its local worker exit, or the worker hands
+    the job back itself). An abandoned job goes back to ``queued``, unless a cancel was requested: then it
+    ends ``cancelled`` (the caller drops its training state). With ``max_crashes`` (the run crashed: not a
+    worker's own hand-back) the job's crash count grows by one, and a job that reaches it ends ``failed``
+    with an error saying so (the caller drops its training state): a job that kills every worker that runs
+    it, out of memory say, would otherwise be re-queued for ever and hold the queue. Queued jobs with a
+    pending cancel end ``cancelled`` too. Each job moves by conditional UPDATEs, so concurrent sweepers never
+    handle it twice. With ``include_queued`` the ids of jobs already queued are returned too (a worker's
+    start-up: their message may have been lost).
     """
     abandoned: list[ColumnElement[bool]] = []
     if lease_s is not None:
@@ -265,9 +290,15 @@ def recover_jobs(
     if abandoned:
         running = (Job.status == JobStatus.RUNNING) & or_(*abandoned)
         for job_id in session.scalars(select(Job.id).where(running).order_by(Job.created_at)).all():
+            live = running & Job.cancel_requested.is_(False)
+            crash = {} if max_crashes is None else {"crashes": Job.crashes + 1}
             if _move(session, job_id, running & Job.cancel_requested.is_(True), **_cancelled_values()):
                 rec.cancelled.append(job_id)
-            elif _move(session, job_id, running & Job.cancel_requested.is_(False), status=JobStatus.QUEUED, worker_id=None):
+            elif max_crashes is not None and _move(
+                session, job_id, live & (Job.crashes + 1 >= max_crashes), **crash, **_crashed_values(max_crashes)
+            ):
+                rec.failed.append(job_id)
+            elif _move(session, job_id, live, status=JobStatus.QUEUED, worker_id=None, **crash):
                 rec.requeued.append(job_id)
             # else: another sweeper moved it, or a cancel landed in between (the next pass cancels it)
     for job_id in session.scalars(select(Job.id).where(_PENDING_CANCEL_QUEUED)).all():

@@ -60,18 +60,27 @@ def recover(
     lease_s: float | None = None,
     worker_ids: list[str] | None = None,
     include_queued: bool = False,
+    crashed: bool = True,
 ) -> repo.Recovery:
-    """``repo.recover_jobs`` in its own transaction, then drop the training state of the jobs it cancelled.
+    """``repo.recover_jobs`` in its own transaction, then drop the training state of the jobs it ended.
 
-    The caller enqueues ``to_enqueue`` (this module knows no broker). Database errors propagate.
+    ``crashed``: the runs ended with their worker gone (a lapsed lease, a dead process), so each counts
+    towards ``job_max_crashes``; False for a worker handing its own job back. The caller enqueues
+    ``to_enqueue`` (this module knows no broker). Database errors propagate.
     """
     with session_scope(settings.database_url) as s:
         rec = repo.recover_jobs(
-            s, lease_s=lease_s, worker_ids=worker_ids or [], include_queued=include_queued
+            s,
+            lease_s=lease_s,
+            worker_ids=worker_ids or [],
+            include_queued=include_queued,
+            max_crashes=settings.job_max_crashes if crashed else None,
         )
     if rec.requeued or rec.cancelled:
         log.info("recovered jobs: requeued %s, cancelled %s", rec.requeued, rec.cancelled)
-    discard_train_state(settings, rec.cancelled)
+    if rec.failed:
+        log.warning("jobs failed after %d crashed runs: %s", settings.job_max_crashes, rec.failed)
+    discard_train_state(settings, rec.cancelled + rec.failed)
     return rec
 
 
@@ -114,7 +123,7 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
             return job.status
         if shutting_down():  # a message taken during a warm shutdown: leave the job to the next worker
             return "interrupted"
-        claimed = repo.claim_job(s, job_id, worker_id, settings.job_lease_s)
+        claimed = repo.claim_job(s, job_id, worker_id, settings.job_lease_s, settings.job_max_crashes)
         # A cancel that its worker never acted on (it crashed, or handed the job back) is honoured here.
         cancelled = not claimed and repo.cancel_abandoned(s, job_id, settings.job_lease_s)
     if cancelled:
@@ -183,7 +192,7 @@ def _release(ctx: JobContext) -> str | None:
     can claim it at once; a job with a pending cancel ends ``cancelled`` instead. Returns the new status, or
     None when the job was no longer ours (or the database is still down: the lease lapses, the sweeper acts)."""
     try:
-        rec = recover(ctx.settings, worker_ids=[ctx.worker_id])
+        rec = recover(ctx.settings, worker_ids=[ctx.worker_id], crashed=False)  # our own hand-back
     except (DBAPIError, *TRANSIENT_ERRORS) as exc:
         log.warning("could not release job %s: %s", ctx.job_id, exc)
         return None

@@ -36,7 +36,7 @@ def test_migrate_command_creates_the_embedded_database(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert current_revision(f"sqlite:///{tmp_path / 'home' / 'recdistill.db'}") == "0003"
+    assert current_revision(f"sqlite:///{tmp_path / 'home' / 'recdistill.db'}") == "0004"
     assert (tmp_path / "home" / "artifacts").is_dir()
 
 

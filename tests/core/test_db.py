@@ -41,7 +41,7 @@ def _model(s: Session, job_id: str | None, dataset_id: str, role: str = "student
 
 
 def test_migrations_create_every_table_and_match_the_models(db_url: str) -> None:
-    assert current_revision(db_url) == "0003"
+    assert current_revision(db_url) == "0004"
     engine = create_engine(db_url)
     with engine.connect() as conn:
         assert {"datasets", "jobs", "models", "activations"} <= set(inspect(conn).get_table_names())
@@ -49,7 +49,7 @@ def test_migrations_create_every_table_and_match_the_models(db_url: str) -> None
     engine.dispose()
     assert diff == []
     upgrade_head(db_url)  # idempotent
-    assert current_revision(db_url) == "0003"
+    assert current_revision(db_url) == "0004"
 
 
 def test_alembic_command_line_upgrades_a_fresh_sqlite_file(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_alembic_command_line_upgrades_a_fresh_sqlite_file(tmp_path: Path) -> No
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert current_revision(url) == "0003"
+    assert current_revision(url) == "0004"
 
 
 def test_0002_adds_a_nullable_sep_to_existing_datasets_and_downgrades(tmp_path: Path) -> None:
@@ -306,3 +306,32 @@ def test_0003_adds_a_nullable_latency_to_existing_models_and_downgrades(tmp_path
         assert conn.execute(text("SELECT n_params FROM models")).scalar_one() == 28
     engine.dispose()
     dispose_engines()
+
+
+def test_a_job_that_crashes_its_workers_fails_at_max_crashes_and_a_hand_back_is_not_a_crash(db_url: str) -> None:
+    with session_scope(db_url) as s:
+        job = _job(s, _dataset(s))
+        assert repo.claim_job(s, job, "w1", 60, max_crashes=3)
+    with session_scope(db_url) as s:  # the worker hands its own job back (shutdown): not counted
+        assert repo.recover_jobs(s, worker_ids=["w1"]).requeued == [job]
+        assert repo.get_job(s, job).crashes == 0
+        assert repo.claim_job(s, job, "w2", 60, max_crashes=3)
+    with session_scope(db_url) as s:  # w2 dies: its server sees it
+        assert repo.recover_jobs(s, worker_ids=["w2"], max_crashes=3).requeued == [job]
+        assert repo.claim_job(s, job, "w3", 60, max_crashes=3)
+        # w3 dies unseen: its lease lapses and another worker takes the job over (the second crash)
+        s.execute(update(Job).where(Job.id == job).values(heartbeat_at=utcnow() - timedelta(seconds=300)))
+    with session_scope(db_url) as s:
+        assert repo.claim_job(s, job, "w4", 60, max_crashes=3)
+        assert repo.get_job(s, job).crashes == 2
+        s.execute(update(Job).where(Job.id == job).values(heartbeat_at=utcnow() - timedelta(seconds=300)))
+    with session_scope(db_url) as s:  # a third crash would reach the cap: no take-over, the sweep fails it
+        assert not repo.claim_job(s, job, "w5", 60, max_crashes=3)
+        rec = repo.recover_jobs(s, lease_s=60, max_crashes=3)
+    assert (rec.failed, rec.requeued, rec.to_enqueue) == ([job], [], [])
+    with session_scope(db_url) as s:
+        row = repo.get_job(s, job)
+        assert (row.status, row.crashes, row.worker_id, row.attempts) == ("failed", 3, None, 4)
+        assert row.finished_at is not None and "3 times" in row.error and "RECDISTILL_JOB_MAX_CRASHES" in row.error
+        assert not repo.claim_job(s, job, "w6", 60, max_crashes=3)
+        assert repo.recover_jobs(s, lease_s=60, max_crashes=3) == repo.Recovery()  # nothing twice

@@ -41,7 +41,7 @@ def test_alembic_upgrade_head_on_postgres_matches_the_models(pg_url: str) -> Non
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert current_revision(pg_url) == "0003"
+    assert current_revision(pg_url) == "0004"
     engine = create_engine(pg_url)
     with engine.connect() as conn:
         assert {"datasets", "jobs", "models", "activations"} <= set(inspect(conn).get_table_names())

@@ -54,6 +54,31 @@ def test_sweep_requeues_stale_running_jobs_and_queued_ones_at_start(
     assert set(sweeper.sweep(embedded, include_queued=True)) == {stale, queued}
 
 
+
+def test_sweep_fails_a_job_at_its_last_allowed_crash_and_drops_its_training_state(
+    embedded: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.storage import ArtifactStore
+
+    sent: list[str] = []
+    monkeypatch.setattr(sweeper, "enqueue_job", lambda job_id, settings: sent.append(job_id))
+    settings = embedded.model_copy(update={"job_max_crashes": 2})
+    job = create_job(settings)
+    store = ArtifactStore(settings.artifact_dir)
+    store.checkpoint_dir(job, "distill").mkdir(parents=True)
+    for expected in ("queued", "failed"):  # the first crash re-queues it, the second (the cap) fails it
+        with session_scope(settings.database_url) as s:
+            assert repo.claim_job(s, job, "doomed-worker", settings.job_lease_s, settings.job_max_crashes)
+            s.execute(update(Job).where(Job.id == job).values(heartbeat_at=utcnow() - timedelta(seconds=600)))
+        sweeper.sweep(settings)
+        with session_scope(settings.database_url) as s:
+            assert repo.get_job(s, job).status == expected
+    assert sent == [job]  # enqueued once, after the first crash only
+    with session_scope(settings.database_url) as s:
+        row = repo.get_job(s, job)
+        assert (row.crashes, row.worker_id) == (2, None) and "2 times" in (row.error or "")
+    assert not store.job_dir(job).exists()
+
 def test_sweep_removes_leftovers_of_crashed_jobs(embedded: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
     import time
