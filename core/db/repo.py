@@ -289,9 +289,9 @@ def recover_jobs(
     rec = Recovery()
     if abandoned:
         running = (Job.status == JobStatus.RUNNING) & or_(*abandoned)
+        live = running & Job.cancel_requested.is_(False)
+        crash = {} if max_crashes is None else {"crashes": Job.crashes + 1}
         for job_id in session.scalars(select(Job.id).where(running).order_by(Job.created_at)).all():
-            live = running & Job.cancel_requested.is_(False)
-            crash = {} if max_crashes is None else {"crashes": Job.crashes + 1}
             if _move(session, job_id, running & Job.cancel_requested.is_(True), **_cancelled_values()):
                 rec.cancelled.append(job_id)
             elif max_crashes is not None and _move(
