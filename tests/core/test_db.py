@@ -335,3 +335,30 @@ def test_a_job_that_crashes_its_workers_fails_at_max_crashes_and_a_hand_back_is_
         assert row.finished_at is not None and "3 times" in row.error and "RECDISTILL_JOB_MAX_CRASHES" in row.error
         assert not repo.claim_job(s, job, "w6", 60, max_crashes=3)
         assert repo.recover_jobs(s, lease_s=60, max_crashes=3) == repo.Recovery()  # nothing twice
+
+
+def test_0004_counts_no_crashes_for_existing_jobs_and_downgrades(tmp_path: Path) -> None:
+    from alembic import command
+
+    from core.db.migrate import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0003")
+    with session_scope(url) as s:
+        s.execute(
+            text(
+                "INSERT INTO jobs (id, status, method, student, hyperparameters, seed, split, epoch, max_epochs,"
+                " progress, history, cancel_requested, attempts, created_at) VALUES ('j', 'queued', 'dcd',"
+                " '{}', '{}', 0, '{}', 0, 0, 0.0, '[]', 0, 2, '2025-01-01 00:00:00')"
+            )
+        )
+    upgrade_head(url)
+    with session_scope(url) as s:
+        assert (repo.get_job(s, "j").crashes, repo.get_job(s, "j").attempts) == (0, 2)
+    command.downgrade(alembic_config(url), "0003")
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert "crashes" not in {c["name"] for c in inspect(conn).get_columns("jobs")}
+        assert conn.execute(text("SELECT attempts FROM jobs")).scalar_one() == 2
+    engine.dispose()
+    dispose_engines()
