@@ -218,10 +218,14 @@ class JobCreate(Strict):
             raise ValueError(f"student.dim ({self.student.dim}) must be below teacher.dim ({self.teacher.dim})")
         # The worker builds the same spec from the stored row: a job it could not run is refused here (its
         # hyperparameters are checked again, laxly: the field validator above already held them to JSON types).
-        JobSpec.build(dataset_id=self.dataset_id, method=self.method, teacher=self.teacher,
-                      teacher_model_id=self.teacher_model_id, student=self.student,
-                      hyperparameters=self.hyperparameters, seed=self.seed, split=self.split)
+        self.spec()
         return self
+
+    def spec(self) -> JobSpec:
+        """The spec a worker will build from the stored row (a ValueError names a bad field)."""
+        return JobSpec.build(dataset_id=self.dataset_id, method=self.method, teacher=self.teacher,
+                             teacher_model_id=self.teacher_model_id, student=self.student,
+                             hyperparameters=self.hyperparameters, seed=self.seed, split=self.split)
 
 
 class JobPublic(BaseModel):

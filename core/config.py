@@ -26,6 +26,17 @@ MODEL_NAMES: tuple[str, ...] = ("bpr", "neumf", "lightgcn", "ease")
 # Solved in closed form, sized by the catalogue (no dim): the number in their spec is the L2 weight.
 CLOSED_FORM_MODEL_NAMES: tuple[str, ...] = ("ease",)
 EASE_DEFAULT_L2 = 1000.0  # the calibration's best on ML-1M validation (docs/results.md)
+# The item-item matrix is n_items² floats (and its float64 inverse twice that while it is computed): 20,000
+# items need 1.6 GB for B and 6.4 GB at the peak. Above this, EASE is refused with a message saying so.
+EASE_MAX_ITEMS = 20_000
+
+
+def check_ease_items(n_items: int, field: str = "n_items") -> None:
+    """EASE's catalogue limit (a ValueError naming ``field`` above it)."""
+    if n_items > EASE_MAX_ITEMS:
+        raise ValueError(
+            f"{field}: EASE keeps an n_items x n_items matrix; {n_items} items is above its limit of "
+            f"{EASE_MAX_ITEMS} (use a bpr or lightgcn teacher for a catalogue this large)")
 # Students are served through a FAISS inner-product index, so they must score by a dot product.
 SERVABLE_MODEL_NAMES: tuple[str, ...] = ("bpr", "lightgcn")
 # Every gradient of their training loss comes from embedding lookups, so ``sparse_updates`` can train them.

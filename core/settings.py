@@ -217,6 +217,16 @@ class Settings(BaseSettings):
         description="Runs of one job that may end with their worker gone (killed, out of memory, lease lapsed) "
         "before the job fails instead of going back to the queue.",
     )
+    job_memory_mb: int | None = Field(
+        None,
+        ge=64,
+        le=2**30,
+        validation_alias="RECDISTILL_JOB_MEMORY_MB",
+        description="Memory one job may use, in MiB. A job whose floor (the teacher's top-M lists, EASE's "
+        "solve, HetComp's trajectories: core/jobs/memory.py) is above it is refused at submission (422 naming "
+        "the option) and failed by the worker before its first phase. Unset: the machine's memory, or its "
+        "container's limit; set it to the workers' where they run elsewhere.",
+    )
     heartbeat_s: float = Field(
         10.0,
         gt=0,

@@ -15,6 +15,7 @@ from api.schemas import ID_PATTERN, JobCreate, JobPublic, JobsPublic, ModelRepor
 from core.config import JobStatus, JobStatusName, ModelRole
 from core.db import repo
 from core.db.models import Job, utcnow
+from core.jobs import memory
 from core.report import model_report
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,13 @@ def _check_teacher(session: SessionDep, body: JobCreate) -> None:
 @router.post("", status_code=201, response_model=JobPublic,
              responses={503: {"description": "The job was recorded as failed: the queue is unreachable."}})
 def create_job(body: JobCreate, session: SessionDep, request: Request) -> JobPublic | JSONResponse:
-    repo.get_dataset(session, body.dataset_id)  # 404 naming the id
+    dataset = repo.get_dataset(session, body.dataset_id)  # 404 naming the id
     _check_teacher(session, body)
+    try:  # refused now, not after its worker is killed for memory (core.jobs.memory)
+        memory.check(body.spec(), dataset.n_users, dataset.n_items,
+                     *memory.budget(request.app.state.settings.job_memory_mb))
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
     hp = body.hyperparameters
     job = repo.create_job(
         session, dataset_id=body.dataset_id, method=body.method,

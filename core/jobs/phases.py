@@ -17,7 +17,7 @@ from core.db import repo
 from core.db.models import utcnow
 from core.db.session import session_scope
 from core.index import BuiltIndex, IndexSpec
-from core.jobs import steps
+from core.jobs import memory, steps
 from core.jobs.context import JobContext, record_model
 from core.models.base import Recommender
 from core.train import EpochReport, FitResult, TrainingCancelled
@@ -137,6 +137,9 @@ def execute(ctx: JobContext) -> None:
     device = ctx.settings.device
     data = steps.load_split(ctx.store.resolve(dataset["path"]), dataset, spec.split, spec.seed)
     log.info("job %s: %d users, %d items, phases %s", ctx.job_id, data.n_users, data.n_items, ctx.phases)
+    # This worker's budget, which may be below the API's: the job fails now, not after RECDISTILL_JOB_MAX_CRASHES
+    # runs killed for memory.
+    memory.check(spec, data.n_users, data.n_items, *memory.budget(ctx.settings.job_memory_mb))
 
     teacher = _load_teacher(ctx, reuse, data) if reuse else _train_teacher(ctx, spec, data, history)
     _check_cancel(ctx, "distillation")

@@ -15,11 +15,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from core.config import check_ease_items
 from core.models.base import Recommender
 
-# The item-item matrix is n_items² floats (and its float64 inverse twice that while it is computed): 20,000
-# items need 1.6 GB for B and 6.4 GB at the peak. Above this, EASE is refused with a message saying so.
-EASE_MAX_ITEMS = 20_000
 EASE_MAX_L2 = 1e7
 
 
@@ -40,10 +38,7 @@ class EASE(Recommender):
     def __init__(self, n_users: int, n_items: int, dim: int | None = None, train: sp.spmatrix | None = None,
                  l2: float = 1000.0) -> None:
         super().__init__(n_users, n_items, n_items)
-        if n_items > EASE_MAX_ITEMS:
-            raise ValueError(
-                f"EASE keeps an n_items x n_items matrix; {n_items} items is above its limit of {EASE_MAX_ITEMS} "
-                "(use a bpr or lightgcn teacher for a catalogue this large)")
+        check_ease_items(n_items)
         if train is None:
             raise ValueError("ease needs train= (the training interaction matrix)")
         if train.shape != (n_users, n_items):

@@ -200,3 +200,29 @@ def test_every_distiller_number_is_bounded(client: TestClient, sessions: session
     body = job_body(add_dataset(sessions), method=method, hyperparameters={key: value})
     res = client.post("/jobs", json=body)
     assert res.status_code == 422 and key in res.json()["detail"], res.text
+
+
+def test_a_job_that_cannot_fit_in_memory_is_refused_naming_the_option(
+    client: TestClient, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    # The scale benchmark's 10M-interaction shape; a 24 GB worker (bench/results/scale-job.json ran m = 100 there).
+    client.app.state.settings = settings.model_copy(update={"job_memory_mb": 24 * 1024})  # type: ignore[attr-defined]
+    ds = add_dataset(sessions, n_users=1_000_000, n_items=100_000)
+    res = client.post("/jobs", json=job_body(ds, hyperparameters={"m": 1000}))
+    assert res.status_code == 422, res.text
+    detail = res.json()["detail"]
+    assert detail.startswith("hyperparameters.m: this job needs at least") and "RECDISTILL_JOB_MEMORY_MB" in detail
+    assert "no m above " in detail and count_rows(sessions, Job) == 0
+    assert client.post("/jobs", json=job_body(ds, hyperparameters={"m": 100})).status_code == 201
+    res = client.post("/jobs", json=job_body(ds, teacher={"model": "ease"}))
+    assert res.status_code == 422 and res.json()["detail"].startswith("teacher.model: EASE keeps"), res.text
+    res = client.post("/jobs", json=job_body(ds, method="hetcomp", hyperparameters={"teachers": ["ease:500"]}))
+    assert res.status_code == 422 and res.json()["detail"].startswith("hyperparameters.teachers[0]:"), res.text
+
+
+def test_without_the_setting_a_job_is_held_to_this_machines_memory(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    ds = add_dataset(sessions, n_users=100_000_000, n_items=10_000_000)  # 4.4 PB of lists at m = 100
+    res = client.post("/jobs", json=job_body(ds, hyperparameters={"m": 100}))
+    assert res.status_code == 422 and "this machine's memory" in res.json()["detail"], res.text

@@ -12,13 +12,12 @@ import scipy.sparse as sp
 import torch
 
 from core.checkpoint import load_checkpoint, save_checkpoint
-from core.config import DCDConfig, ModelSpec, TrainConfig, _model_spec
+from core.config import EASE_MAX_ITEMS, DCDConfig, ModelSpec, TrainConfig, _model_spec
 from core.db import repo
 from core.db.session import dispose_engines, session_scope
 from core.distill import distiller_for
 from core.jobs.lifecycle import run_job
 from core.models import build_model
-from core.models.ease import EASE_MAX_ITEMS
 from core.settings import Settings
 from core.train import fit
 from tests.core.test_train import Recorder, small_data

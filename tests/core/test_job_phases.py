@@ -173,3 +173,17 @@ def test_hetcomp_keeps_its_ensemble_trajectories_in_the_job_folder(
     monkeypatch.setattr(phases.steps, "make_distiller", spy)
     assert run_job(job_id, settings, worker_id="w1") == "succeeded"
     assert len(kept) == 1 and len(kept[0]) == 1 and kept[0][0].startswith("hetcomp-bpr4-seed")
+
+
+def test_a_job_above_the_workers_memory_fails_before_its_first_phase(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker holds a job to its own budget (it may have less memory than the API's machine): the job ends
+    # failed with the reason at once, instead of being killed RECDISTILL_JOB_MAX_CRASHES times.
+    monkeypatch.setattr(phases.memory, "DCD_BYTES_PER_ENTRY", 10**9)
+    job_id = make_job(settings, semicolon_file(), SEMI, method="dcd")
+    assert run_job(job_id, settings, worker_id="w1") == "failed"
+    with session_scope(settings.database_url) as s:
+        job = repo.get_job(s, job_id)
+        assert (job.error or "").startswith("hyperparameters.m: this job needs at least")
+        assert job.crashes == 0 and job.result_teacher_model_id is None and not job.history

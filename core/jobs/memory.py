@@ -1,0 +1,159 @@
+"""A floor on a job's memory, from its spec and its data's shape, checked before any work starts.
+
+A job whose worker runs out of memory is killed, re-queued and killed again until RECDISTILL_JOB_MAX_CRASHES
+ends it, minutes or hours later. The few structures that grow with what a client chooses are sized here
+instead, so such a job is refused at once: at submission (422 naming the option) and by the worker before its
+first phase (the worker's own budget; a distributed worker may have less memory than the API's machine).
+
+Each term is a floor, never a guess from above: what the named structure alone holds at its peak, from its
+dtype or from a measurement, in the phase that holds it (the teacher's, or distillation's); the fuller phase is
+held to the budget. Everything else a job holds (the data, the models, their optimiser state; 5.4 GB
+for the teacher phase at 10M interactions, bench/results/scale-job.json) comes on top, so a job that passes may
+still not fit, and the crash cap remains the last word.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.config import DCDConfig, HetCompConfig, JobSpec, ModelSpec, RRDConfig, check_ease_items
+
+# DCD: the teacher's top-M lists of both sides plus one rank refresh (its samplers) cost 46-65 bytes per list
+# entry ((users + items) x M) at the margin, between M = 100 and 3,700 on ML-1M's shape, with RKD and the sample
+# bank off (bench/results/topm-memory-m.json); 52 B per entry at 60,400 x 37,060 (topm-memory.json). The
+# floor is below the least of them.
+DCD_BYTES_PER_ENTRY = 40
+# RRD keeps the same lists, int64 (core.distill.topm.teacher_topm): 8 bytes an entry before anything else.
+RRD_BYTES_PER_ENTRY = 8
+# EASE's solve holds the float64 Gram matrix and its float64 inverse (core.models.ease.EASE.solve); the model
+# keeps float32 weights after it.
+EASE_SOLVE_BYTES, EASE_WEIGHT_BYTES = 16, 4
+# HetComp records a gradient teacher's top-k lists after every epoch as int32 and keeps each member's stages
+# as int64 (core.jobs.trajectory); an ensemble teacher trains at least this many epochs (its MIN_EPOCHS).
+HETCOMP_RECORD_BYTES, HETCOMP_STAGE_BYTES, HETCOMP_MIN_EPOCHS = 4, 8, 40
+
+
+class MemoryTooSmall(ValueError):
+    """The job cannot fit: the message names the option, what it needs at least and the budget."""
+
+
+@dataclass(frozen=True)
+class Need:
+    """At least ``bytes`` held during ``phase`` for ``what``, which the client controls through ``field``;
+    ``fix`` says how to need less."""
+
+    phase: str
+    field: str
+    bytes: int
+    what: str
+    fix: str
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def _list_entries(m: int, n_users: int, n_items: int) -> int:
+    """Entries of the top-M lists of both sides (M clipped to the other side's size less one, as topm does)."""
+    return n_users * min(m, n_items - 1) + n_items * min(m, n_users - 1)
+
+
+def needs(spec: JobSpec, n_users: int, n_items: int, budget: int) -> list[Need]:
+    """The floor terms of ``spec`` on ``n_users`` x ``n_items``, by phase; an EASE teacher above its catalogue
+    limit raises ValueError naming it (``budget`` only words the fix for ``m``)."""
+    out: list[Need] = []
+    ease_fix = "use a bpr or lightgcn teacher"
+    if spec.teacher is not None and spec.teacher.closed_form:
+        check_ease_items(n_items, "teacher.model")
+        out.append(Need("teacher", "teacher.model", EASE_SOLVE_BYTES * n_items**2,
+                        f"EASE's solve, a {n_items:,} x {n_items:,} float64 Gram matrix and its inverse", ease_fix))
+        out.append(Need("distill", "teacher.model", EASE_WEIGHT_BYTES * n_items**2,
+                        f"the EASE teacher's {n_items:,} x {n_items:,} float32 weights", ease_fix))
+    cfg = spec.distiller
+    if isinstance(cfg, DCDConfig) and cfg.bank > 0:
+        # The sample bank: int16 (int32 from 2^15 columns) [bank, 2 rows (over/under) per user or item, p].
+        rows = 2 * (n_users * cfg.use_ucd + n_items * cfg.use_icd)
+        width = 2 if (cfg.correction_m or cfg.m) < 2**15 else 4
+        out.append(Need("distill", "hyperparameters.bank", cfg.bank * rows * cfg.p * width,
+                        f"DCD's sample bank of {cfg.bank} x p = {cfg.p} draws for {rows:,} rows",
+                        "lower bank (0 draws fresh samples every batch) or p"))
+    if isinstance(cfg, (DCDConfig, RRDConfig)):
+        per = DCD_BYTES_PER_ENTRY if isinstance(cfg, DCDConfig) else RRD_BYTES_PER_ENTRY
+        entries = _list_entries(cfg.m, n_users, n_items)
+        left = budget - sum(n.bytes for n in out if n.phase == "distill")
+        largest = max(0, left // (per * (n_users + n_items)))
+        out.append(Need("distill", "hyperparameters.m", per * entries,
+                        f"the teacher's top-M lists at m = {cfg.m}, {entries:,} entries of {per} bytes or more",
+                        (f"no m above {largest:,} can fit, and the rest of the job comes on top" if largest
+                         else "this catalogue needs a larger worker")))
+    elif isinstance(cfg, HetCompConfig):
+        members = [ModelSpec.parse(t) for t in cfg.teachers]
+        for i, member in enumerate(members):
+            if member.closed_form:  # solved one after the other: one solve at a time
+                check_ease_items(n_items, f"hyperparameters.teachers[{i}]")
+        if any(m.closed_form for m in members):
+            i = next(i for i, m in enumerate(members) if m.closed_form)
+            out.append(Need("distill", f"hyperparameters.teachers[{i}]", EASE_SOLVE_BYTES * n_items**2,
+                            f"an EASE ensemble teacher's solve on {n_items:,} items", "drop the EASE teacher"))
+        k = min(cfg.k, n_items - 1)
+        lists = n_users * k
+        kept = lists * HETCOMP_STAGE_BYTES * (1 + cfg.stages * len(members))
+        recording = (lists * (HETCOMP_STAGE_BYTES + HETCOMP_RECORD_BYTES * min(cfg.ensemble_epochs,
+                                                                               HETCOMP_MIN_EPOCHS))
+                     if any(not m.closed_form for m in members) else 0)
+        out.append(Need("distill", "hyperparameters.k", max(kept, recording),
+                        f"HetComp's teacher trajectories, {n_users:,} users x k = {k} items for {cfg.stages} stages "
+                        f"of {len(members)} ensemble teacher(s) and every epoch of one being trained",
+                        "lower k, stages or ensemble_epochs, or drop ensemble teachers"))
+    return out
+
+
+def check(spec: JobSpec, n_users: int, n_items: int, budget: int, budget_source: str) -> None:
+    """Raise MemoryTooSmall naming the largest term of the fullest phase when its floor is above ``budget``."""
+    terms = needs(spec, n_users, n_items, budget)
+    by_phase: dict[str, list[Need]] = {}
+    for t in terms:
+        by_phase.setdefault(t.phase, []).append(t)
+    if not by_phase:
+        return
+    phase, held = max(by_phase.items(), key=lambda kv: sum(t.bytes for t in kv[1]))
+    total = sum(t.bytes for t in held)
+    if total <= budget:
+        return
+    worst = max(held, key=lambda t: t.bytes)
+    raise MemoryTooSmall(
+        f"{worst.field}: this job needs at least {_gb(total)} of memory in its {phase} phase on {n_users:,} users "
+        f"x {n_items:,} items, {_gb(worst.bytes)} of it for {worst.what}; a job may use {_gb(budget)} "
+        f"({budget_source}): {worst.fix}")
+
+
+# A container's memory limit: cgroup v2, then v1 ("max", or a huge number, when there is none).
+CGROUP_LIMIT_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def _cgroup_limit() -> int | None:
+    """This process's cgroup memory limit, None when there is none."""
+    for path in CGROUP_LIMIT_FILES:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            return int(text)
+    return None
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its container's limit when lower."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = _cgroup_limit()
+    return min(physical, limit) if limit else physical
+
+
+def budget(job_memory_mb: int | None) -> tuple[int, str]:
+    """(bytes a job may use, where that figure comes from) for the RECDISTILL_JOB_MEMORY_MB setting."""
+    if job_memory_mb is not None:
+        return job_memory_mb * 2**20, "RECDISTILL_JOB_MEMORY_MB"
+    return machine_memory(), "this machine's memory; set RECDISTILL_JOB_MEMORY_MB to the workers'"

@@ -1,0 +1,90 @@
+"""core.jobs.memory: a job's memory floor from its spec and its data's shape, the option it names, the budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.config import EASE_MAX_ITEMS, JobSpec
+from core.jobs import memory
+
+GB = 10**9
+
+
+def spec(method: str = "dcd", teacher: dict[str, Any] | None = None, **hp: Any) -> JobSpec:
+    return JobSpec.build(dataset_id=None, method=method, teacher=teacher or {"model": "bpr", "dim": 64},
+                         teacher_model_id=None, student={"model": "bpr", "dim": 16}, hyperparameters=hp,
+                         seed=0, split=None)
+
+
+def test_dcd_lists_are_counted_on_both_sides_with_m_clipped_to_the_other_side() -> None:
+    (need,) = memory.needs(spec(m=100, bank=0), 1_000_000, 100_000, 24 * GB)
+    assert need.field == "hyperparameters.m"
+    assert need.bytes == memory.DCD_BYTES_PER_ENTRY * 1_100_000 * 100
+    (need,) = memory.needs(spec(m=500, bank=0), 1000, 50, 24 * GB)  # 49 items a user, 500 users an item
+    assert need.bytes == memory.DCD_BYTES_PER_ENTRY * (1000 * 49 + 50 * 500)
+    (rrd,) = memory.needs(spec("rrd", m=100), 1_000_000, 100_000, 24 * GB)
+    assert rrd.bytes == memory.RRD_BYTES_PER_ENTRY * 1_100_000 * 100
+    assert memory.needs(spec("none"), 1_000_000, 100_000, 24 * GB) == []
+
+
+def test_dcds_sample_bank_counts_int16_draws_for_each_corrected_side() -> None:
+    bank, lists = memory.needs(spec(m=100, bank=8, p=40), 1_000_000, 100_000, 24 * GB)
+    assert bank.field == "hyperparameters.bank" and bank.bytes == 8 * 2 * 1_100_000 * 40 * 2
+    # The largest m that fits leaves room for the bank.
+    assert lists.fix.startswith(f"no m above {(24 * GB - bank.bytes) // (memory.DCD_BYTES_PER_ENTRY * 1_100_000):,} ")
+    users_only, _ = memory.needs(spec(m=100, bank=8, p=40, use_icd=False), 1_000_000, 100_000, 24 * GB)
+    assert users_only.bytes == 8 * 2 * 1_000_000 * 40 * 2
+
+
+def test_a_job_above_the_budget_is_refused_naming_the_option_and_the_largest_m_that_fits() -> None:
+    # The scale benchmark's 10M-interaction shape (bench/results/scale-job.json): m = 100 ran in 15.3 GB.
+    memory.check(spec(m=100, bank=0), 1_000_000, 100_000, 24 * GB, "RECDISTILL_JOB_MEMORY_MB")
+    with pytest.raises(memory.MemoryTooSmall) as err:
+        memory.check(spec(m=1000, bank=0), 1_000_000, 100_000, 24 * GB, "RECDISTILL_JOB_MEMORY_MB")
+    text = str(err.value)
+    assert text.startswith("hyperparameters.m: this job needs at least 44.0 GB of memory in its distill phase")
+    assert "RECDISTILL_JOB_MEMORY_MB" in text and "24.0 GB" in text
+    largest = int(text.split("no m above ", 1)[1].split(" ", 1)[0].replace(",", ""))
+    memory.check(spec(m=largest, bank=0), 1_000_000, 100_000, 24 * GB, "x")
+    with pytest.raises(memory.MemoryTooSmall):
+        memory.check(spec(m=largest + 1, bank=0), 1_000_000, 100_000, 24 * GB, "x")
+
+
+def test_an_ease_teacher_counts_its_solve_and_is_refused_above_its_catalogue_limit() -> None:
+    solve, weights, *_ = memory.needs(spec(teacher={"model": "ease", "l2": 500}, m=100), 100, 10_000, GB)
+    assert (solve.phase, solve.field, solve.bytes) == ("teacher", "teacher.model", 16 * 10_000**2)
+    assert (weights.phase, weights.bytes) == ("distill", 4 * 10_000**2)
+    # The phases do not add up: the solve's 1.6 GB is gone when the lists are made, its float32 weights stay.
+    memory.check(spec(teacher={"model": "ease", "l2": 500}, m=100, bank=0), 100, 10_000, int(1.7 * GB), "x")
+    with pytest.raises(memory.MemoryTooSmall, match=r"^teacher\.model: .* for EASE's solve"):
+        memory.check(spec(teacher={"model": "ease", "l2": 500}, m=100), 100, 10_000, GB, "x")
+    with pytest.raises(ValueError, match=rf"^teacher\.model: EASE keeps .* limit of {EASE_MAX_ITEMS}"):
+        memory.needs(spec(teacher={"model": "ease"}), 100, EASE_MAX_ITEMS + 1, 10**15)
+
+
+def test_hetcomp_counts_its_trajectories_and_its_ease_members() -> None:
+    s = spec("hetcomp", teachers=["bpr:32", "ease:500"], k=100, stages=4, ensemble_epochs=100)
+    terms = {t.field: t.bytes for t in memory.needs(s, 1_000_000, 10_000, GB)}
+    lists = 1_000_000 * 100
+    # Kept: the job teacher's lists and 4 stages of 2 members (int64); recording: 40 epochs of int32 at least.
+    assert terms["hyperparameters.k"] == max(lists * 8 * 9, lists * (8 + 4 * 40))
+    assert terms["hyperparameters.teachers[1]"] == 16 * 10_000**2
+    with pytest.raises(ValueError, match=r"^hyperparameters\.teachers\[0\]: EASE keeps"):
+        memory.needs(spec("hetcomp", teachers=["ease:500"]), 10, EASE_MAX_ITEMS + 1, GB)
+
+
+def test_the_budget_is_the_setting_or_this_machines_memory(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+    assert memory.budget(100) == (100 * 2**20, "RECDISTILL_JOB_MEMORY_MB")
+    size, source = memory.budget(None)
+    assert 0 < size <= memory.machine_memory() and "this machine's memory" in source
+    # A container's limit below the machine's wins; "max" (no limit) leaves the machine's.
+    limit = tmp_path / "memory.max"
+    monkeypatch.setattr(memory, "CGROUP_LIMIT_FILES", (str(limit),))
+    limit.write_text("max\n")
+    physical = memory.machine_memory()
+    limit.write_text(f"{2**30}\n")
+    assert memory.machine_memory() == min(physical, 2**30)
