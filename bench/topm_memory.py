@@ -1,8 +1,6 @@
 """Peak-memory benchmark of the teacher top-M lists plus one DCD rank refresh (fresh subprocess per size).
 
 Usage: .venv/bin/python bench/topm_memory.py [--m 500] [--out FILE]
-       .venv/bin/python bench/topm_memory.py --ms 100,500,2000,3700 --out bench/results/topm-memory-m.json
-       (ML-1M's shape at each M: the bytes per list entry that core/jobs/memory.py takes as DCD's floor)
 Sizes: ML-1M (6,040 x 3,706) and a synthetic catalogue 10x larger (60,400 x 37,060), random embeddings
 (teacher dim 200, student dim 20) and a random training matrix with ML-1M's mean of ~132 items per user.
 Peak RSS (ru_maxrss) is reported beside the predicted sizes of the lists and of a dense users x items matrix.
@@ -84,61 +82,22 @@ class SimpleData:
         self.train = train
 
 
-def _run_child(name: str, m: int, chunk: int) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", name, "--m", str(m), "--chunk", str(chunk)]
-    proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _entries(r: dict[str, Any]) -> int:
-    """List entries of both sides, M clipped to the other side's size less one (as teacher_topm does)."""
-    return r["n_users"] * min(r["m"], r["n_items"] - 1) + r["n_items"] * min(r["m"], r["n_users"] - 1)
-
-
-def sweep_m(ms: list[int], chunk: int, out: str, argv: list[str] | None) -> int:
-    """Peak increase at each M on ML-1M's shape, per entry and between consecutive Ms (the marginal cost)."""
-    runs = []
-    for m in sorted(ms):
-        r = _run_child("ml-1m", m, chunk)
-        r["bytes_per_entry"] = round(r["peak_increase_mb"] * 2**20 / _entries(r), 1)
-        runs.append(r)
-        logger.info("m=%d: %s", m, r)
-    marginal = [
-        {"from_m": a["m"], "to_m": b["m"],
-         "bytes_per_entry": round((b["peak_increase_mb"] - a["peak_increase_mb"]) * 2**20
-                                  / (_entries(b) - _entries(a)), 1)}
-        for a, b in zip(runs, runs[1:], strict=False)
-    ]
-    report = {
-        "command": "python bench/topm_memory.py " + " ".join(argv or sys.argv[1:]),
-        "what": "teacher top-M lists (both sides) + one DCD refresh (both sides, samplers), RKD off, bank 0, "
-                "ML-1M's shape (random data), one fresh process per M; peak RSS is ru_maxrss",
-        "runs": runs,
-        "marginal": marginal,
-    }
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(report, indent=2) + "\n")
-    logger.info("wrote %s", out)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--m", type=int, default=500)
     parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--child", choices=sorted(SIZES), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "topm-memory.json"))
-    parser.add_argument("--ms", help="comma-separated M values, ML-1M's shape only: the cost per list entry")
     args = parser.parse_args(argv)
     if args.child:
         sys.stdout.write(json.dumps(child(args.child, args.m, args.chunk)) + "\n")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.ms:
-        return sweep_m([int(m) for m in args.ms.split(",")], args.chunk, args.out, argv)
     results = {}
     for name in SIZES:
-        results[name] = _run_child(name, args.m, args.chunk)
+        cmd = [sys.executable, __file__, "--child", name, "--m", str(args.m), "--chunk", str(args.chunk)]
+        proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
         logger.info("%s: %s", name, results[name])
     a, b = results["ml-1m"], results["synthetic-10x"]
     report = {

@@ -48,7 +48,9 @@ def create_job(body: JobCreate, session: SessionDep, request: Request) -> JobPub
     try:  # refused now, not after its worker is killed for memory (core.jobs.memory)
         memory.check(body.spec(), dataset.n_users, dataset.n_items,
                      *memory.budget(request.app.state.settings.job_memory_mb))
-    except ValueError as exc:
+    except memory.MemoryTooSmall as exc:
+        raise InvalidInput(str(exc), code="job_too_large") from None
+    except ValueError as exc:  # an EASE teacher above its catalogue limit
         raise InvalidInput(str(exc)) from None
     hp = body.hyperparameters
     job = repo.create_job(

@@ -8,6 +8,7 @@ without replacement ∝ tanh(relu(±ε·(rank_S − rank_T))) + floor for the ba
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -15,7 +16,7 @@ from core.config import DCDConfig
 from core.distill.base import Distiller, ListsCache, SplitLike, batch_rows, require_prepared
 from core.distill.losses import RankingTerm, ranking_terms, score_items, score_users
 from core.distill.ranking import RankingSide
-from core.distill.sampling import WeightedRowSampler
+from core.distill.sampling import BUILD_ROW_CHUNK, WeightedRowSampler
 from core.models.base import Recommender
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,17 @@ def correction_weights(d: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch
     """(w+, w-) = (tanh(relu(ε·d)), tanh(relu(−ε·d))): under- and over-estimation weights."""
     x = eps * d.float()
     return torch.tanh(torch.relu(x)), torch.tanh(torch.relu(-x))
+
+
+def correction_rows(d: torch.Tensor, eps: float) -> torch.Tensor:
+    """[2R, M] float32: w+ of ``d``'s rows, then their w- (``correction_weights``), filled in row blocks so that no
+    full-size float temporary stands beside the result (bench/results/dcd-refresh-memory.json)."""
+    n = d.shape[0]
+    out = torch.empty((2 * n, d.shape[1]), dtype=torch.float32, device=d.device)
+    for start in range(0, n, BUILD_ROW_CHUNK):
+        stop = min(start + BUILD_ROW_CHUNK, n)
+        out[start:stop], out[n + start : n + stop] = correction_weights(d[start:stop], eps)
+    return out
 
 
 def _concat(pending: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,6 +131,7 @@ class DCDDistiller(Distiller):
             or (self.config.bank_epochs is not None and epoch % self.config.bank_epochs == 0)
             or (self.user_bank is None and self.item_bank is None)
         ):
+            self.user_bank = self.item_bank = None  # the old banks are not kept while the new ones are drawn
             self.user_bank = self._fill_bank(self.user_sampler)
             self.item_bank = self._fill_bank(self.item_sampler)
 
@@ -127,44 +140,39 @@ class DCDDistiller(Distiller):
         """Recompute the rank discrepancies of every listed entry, both sides, then the samplers."""
         user_list = require_prepared(self, "user_list", "dcd")
         item_list = require_prepared(self, "item_list", "dcd")
+        # What the last refresh built is dropped first: kept through the rebuild, it raised the peak of every
+        # refresh after the first by ~30 bytes a list entry (bench/results/dcd-refresh-memory.json).
+        self.user_sampler = self.item_sampler = None
+        self.user_bank = self.item_bank = None
+        self.user_disc = self.item_disc = None
         was_training = student.training
         student.eval()
         try:
-            ch = self.config.chunk
-            self.user_disc = torch.cat(
-                [
-                    discrepancy(
-                        student.score(
-                            torch.arange(s, min(s + ch, len(user_list)), device=self.device),
-                            user_list[s : s + ch],
-                        )
-                    ).to(torch.int16)
-                    for s in range(0, len(user_list), ch)
-                ]
-            )
-            self.item_disc = torch.cat(
-                [
-                    discrepancy(
-                        student.score_users(
-                            item_list[s : s + ch],
-                            torch.arange(s, min(s + ch, len(item_list)), device=self.device),
-                        )
-                    ).to(torch.int16)
-                    for s in range(0, len(item_list), ch)
-                ]
-            )
+            self.user_disc = self._discrepancies(user_list, lambda rows, lists: student.score(rows, lists))
+            self.item_disc = self._discrepancies(item_list, lambda rows, lists: student.score_users(lists, rows))
         finally:
             student.train(was_training)
         self._build_samplers()
 
+    def _discrepancies(
+        self, lists: torch.Tensor, score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """rank_S - rank_T of every entry of ``lists`` [R, M], ``score(rows, their lists)`` giving the student's
+        scores, chunk by chunk into one int16 tensor (int32 from M = 2^15, whose ranks int16 cannot hold)."""
+        n, m = lists.shape
+        out = torch.empty((n, m), dtype=torch.int16 if m < 2**15 else torch.int32, device=self.device)
+        ch = self.config.chunk
+        for s in range(0, n, ch):
+            rows = torch.arange(s, min(s + ch, n), device=self.device)
+            out[s : s + ch] = discrepancy(score(rows, lists[s : s + ch]))
+        return out
+
     def _build_samplers(self) -> None:
         c = self.config
         if c.use_ucd and self.user_disc is not None:
-            wp, wm = correction_weights(self.user_disc, c.eps)
-            self.user_sampler = WeightedRowSampler(torch.cat([wp, wm]), c.p, c.floor)  # rows: [w+ | w-]
+            self.user_sampler = WeightedRowSampler(correction_rows(self.user_disc, c.eps), c.p, c.floor)
         if c.use_icd and self.item_disc is not None:
-            wp, wm = correction_weights(self.item_disc, c.eps)
-            self.item_sampler = WeightedRowSampler(torch.cat([wp, wm]), c.p, c.floor)
+            self.item_sampler = WeightedRowSampler(correction_rows(self.item_disc, c.eps), c.p, c.floor)
 
     def _fill_bank(self, sampler: WeightedRowSampler | None) -> torch.Tensor | None:
         if sampler is None:

@@ -93,6 +93,10 @@ def _distinct_rounds(
     return out[:, :k].sort(dim=1).values
 
 
+# Rows per block when a sampler is built: its temporaries are [block, M] (~30 bytes an entry), not [R, M].
+BUILD_ROW_CHUNK = 4096
+
+
 class WeightedRowSampler:
     """Exact sampling of k positions per row without replacement ∝ (weights + floor), for fixed weights.
 
@@ -108,25 +112,33 @@ class WeightedRowSampler:
             raise ValueError(f"k must be in 1..{weights.shape[1]} (the list length), got {k}")
         if floor <= 0:
             raise ValueError(f"floor must be positive so that every row has k candidates, got {floor}")
-        if bool((weights < 0).any()):
+        if weights.numel() and bool(weights.min() < 0):
             raise ValueError("weights must be non-negative")
         self.weights = weights
         self.k = k
         self.floor = float(floor)
         n_rows, m = weights.shape
         self.m = m
-        positive = weights > 0
-        self.n_pos = positive.sum(1)  # [R]
-        # Positive slots first, then zero slots, each in position order.  [R, M]
-        order = torch.argsort((~positive).to(torch.int8), dim=1, stable=True)
-        self.slot_pos = order.to(torch.int16 if m < 2**15 else torch.int32)
-        self.slot_w = (weights.gather(1, order) + self.floor).reshape(-1)  # flat [R*M]
+        # Positive slots first, then zero slots, each in position order, built in row blocks: the argsort's int64
+        # [R, M] result was the largest temporary of a refresh (bench/results/dcd-refresh-memory.json).
+        self.slot_pos = torch.empty((n_rows, m), dtype=torch.int16 if m < 2**15 else torch.int32,
+                                    device=weights.device)
+        slot_w = torch.empty_like(weights)
+        self.n_pos = torch.empty(n_rows, dtype=torch.int64, device=weights.device)  # [R]
+        for start in range(0, n_rows, BUILD_ROW_CHUNK):
+            block = weights[start : start + BUILD_ROW_CHUNK]
+            positive = block > 0
+            self.n_pos[start : start + len(block)] = positive.sum(1)
+            order = torch.argsort((~positive).to(torch.int8), dim=1, stable=True)
+            self.slot_pos[start : start + len(block)] = order
+            torch.gather(block, 1, order, out=slot_w[start : start + len(block)]).add_(self.floor)
+        self.slot_w = slot_w.reshape(-1)  # flat [R*M]
         self.wmax = (weights.max(1).values + self.floor).double()  # [R]
         self.pos_mass = self.n_pos.double() * self.wmax
         self.total = self.pos_mass + (m - self.n_pos).double() * self.floor
         self.use_gumbel = self.n_pos < 2 * k
         # Expected acceptance of one draw, used to size the first round.
-        true_mass = weights.double().sum(1) + m * self.floor
+        true_mass = weights.sum(1, dtype=torch.float64) + m * self.floor  # no float64 copy of the weights
         self.accept = (true_mass / self.total).float()
 
     def sample(self, rows: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -5,11 +5,11 @@ ends it, minutes or hours later. The few structures that grow with what a client
 instead, so such a job is refused at once: at submission (422 naming the option) and by the worker before its
 first phase (the worker's own budget; a distributed worker may have less memory than the API's machine).
 
-Each term is a floor, never a guess from above: what the named structure alone holds at its peak, from its
-dtype or from a measurement, in the phase that holds it (the teacher's, or distillation's); the fuller phase is
-held to the budget. Everything else a job holds (the data, the models, their optimiser state; 5.4 GB
-for the teacher phase at 10M interactions, bench/results/scale-job.json) comes on top, so a job that passes may
-still not fit, and the crash cap remains the last word.
+Each term is a floor, never a guess from above: what the named structure alone holds, from its dtype, in the
+phase that holds it (the teacher's, or distillation's); the fuller phase is held to the budget. Everything else
+a job holds (the data, the models, their optimiser state, temporaries: 5.4 GB for the teacher phase at 10M
+interactions, bench/results/scale-job.json) comes on top, so a job that passes may still not fit, and the
+crash cap remains the last word.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from pathlib import Path
 
 from core.config import DCDConfig, HetCompConfig, JobSpec, ModelSpec, RRDConfig, check_ease_items
 
-# DCD: the teacher's top-M lists of both sides plus one rank refresh (its samplers) cost 46-65 bytes per list
-# entry ((users + items) x M) at the margin, between M = 100 and 3,700 on ML-1M's shape, with RKD and the sample
-# bank off (bench/results/topm-memory-m.json); 52 B per entry at 60,400 x 37,060 (topm-memory.json). The
-# floor is below the least of them.
-DCD_BYTES_PER_ENTRY = 40
-# RRD keeps the same lists, int64 (core.distill.topm.teacher_topm): 8 bytes an entry before anything else.
-RRD_BYTES_PER_ENTRY = 8
+# Bytes per entry of a teacher's top-M list, by dtype. Both methods keep the lists as int64
+# (core.distill.topm.teacher_topm). DCD adds, for each corrected side (UCD: users, ICD: items) and each entry of
+# its corrected prefix (correction_m, else M): the int16 rank discrepancy, and a sampler over the two rows w+ and
+# w- of float32 weights, int16 slot positions and float32 slot weights (core.distill.sampling).
+# With what a refresh builds and drops, DCD's peak was 50-62 B per entry on ML-1M's shape, RKD off
+# (bench/results/dcd-refresh-memory.json).
+LIST_BYTES = 8
+DCD_CORRECTION_BYTES = 2 + 2 * (4 + 2 + 4)
 # EASE's solve holds the float64 Gram matrix and its float64 inverse (core.models.ease.EASE.solve); the model
 # keeps float32 weights after it.
 EASE_SOLVE_BYTES, EASE_WEIGHT_BYTES = 16, 4
@@ -60,6 +61,30 @@ def _list_entries(m: int, n_users: int, n_items: int) -> int:
     return n_users * min(m, n_items - 1) + n_items * min(m, n_users - 1)
 
 
+def _lists_bytes(cfg: DCDConfig | RRDConfig, m: int, n_users: int, n_items: int) -> int:
+    """What ``cfg``'s lists hold at list length ``m`` (its other options as they are)."""
+    user_side, item_side = n_users * min(m, n_items - 1), n_items * min(m, n_users - 1)
+    total = LIST_BYTES * (user_side + item_side)
+    # RRD's terms (DCD's RKD on the user side) exclude observed and listed entries from the uninteresting
+    # draws: their sorted int64 keys (core.distill.ranking.RankingSide).
+    total += LIST_BYTES * (user_side * (cfg.use_rkd if isinstance(cfg, DCDConfig) else 1)
+                           + item_side * (isinstance(cfg, RRDConfig) and cfg.item_side))
+    if isinstance(cfg, DCDConfig):
+        mc = min(cfg.correction_m or m, m)
+        total += DCD_CORRECTION_BYTES * (n_users * min(mc, n_items - 1) * cfg.use_ucd
+                                         + n_items * min(mc, n_users - 1) * cfg.use_icd)
+    return total
+
+
+def _largest_m(cfg: DCDConfig | RRDConfig, left: int, n_users: int, n_items: int) -> int:
+    """The largest list length whose lists fit in ``left`` bytes (0: none)."""
+    lo, hi = 0, max(n_users, n_items)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if _lists_bytes(cfg, mid, n_users, n_items) <= left else (lo, mid - 1)
+    return lo
+
+
 def needs(spec: JobSpec, n_users: int, n_items: int, budget: int) -> list[Need]:
     """The floor terms of ``spec`` on ``n_users`` x ``n_items``, by phase; an EASE teacher above its catalogue
     limit raises ValueError naming it (``budget`` only words the fix for ``m``)."""
@@ -80,12 +105,12 @@ def needs(spec: JobSpec, n_users: int, n_items: int, budget: int) -> list[Need]:
                         f"DCD's sample bank of {cfg.bank} x p = {cfg.p} draws for {rows:,} rows",
                         "lower bank (0 draws fresh samples every batch) or p"))
     if isinstance(cfg, (DCDConfig, RRDConfig)):
-        per = DCD_BYTES_PER_ENTRY if isinstance(cfg, DCDConfig) else RRD_BYTES_PER_ENTRY
         entries = _list_entries(cfg.m, n_users, n_items)
-        left = budget - sum(n.bytes for n in out if n.phase == "distill")
-        largest = max(0, left // (per * (n_users + n_items)))
-        out.append(Need("distill", "hyperparameters.m", per * entries,
-                        f"the teacher's top-M lists at m = {cfg.m}, {entries:,} entries of {per} bytes or more",
+        held = _lists_bytes(cfg, cfg.m, n_users, n_items)
+        largest = _largest_m(cfg, budget - sum(n.bytes for n in out if n.phase == "distill"), n_users, n_items)
+        out.append(Need("distill", "hyperparameters.m", held,
+                        f"the teacher's top-M lists at m = {cfg.m} ({entries:,} entries) and what "
+                        f"{cfg.__class__.__name__.removesuffix('Config')} keeps beside them",
                         (f"no m above {largest:,} can fit, and the rest of the job comes on top" if largest
                          else "this catalogue needs a larger worker")))
     elif isinstance(cfg, HetCompConfig):

@@ -11,8 +11,8 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from core.distill import DISTILLERS, RELEASED_PROCEDURE, build_distiller, teacher_topm
-from core.distill.dcd import DCDDistiller, correction_weights
+from core.distill import DISTILLERS, RELEASED_PROCEDURE, build_distiller, sampling, teacher_topm
+from core.distill.dcd import DCDDistiller, correction_rows, correction_weights
 from core.distill.losses import (
     RankingTerm,
     ranking_terms,
@@ -180,6 +180,18 @@ def test_sampler_rejects_bad_inputs() -> None:
         WeightedRowSampler(torch.ones(2, 4), 5, 1e-5)
 
 
+def test_a_sampler_built_in_row_blocks_is_the_one_built_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.Generator().manual_seed(1)
+    weights = torch.rand(11, 9, generator=g) * (torch.rand(11, 9, generator=g) > 0.4)
+    whole = WeightedRowSampler(weights, 3, 1e-3)
+    monkeypatch.setattr(sampling, "BUILD_ROW_CHUNK", 4)  # blocks of 4, 4 and 3 rows
+    blocks = WeightedRowSampler(weights, 3, 1e-3)
+    for name in ("slot_pos", "slot_w", "n_pos", "wmax", "total", "use_gumbel", "accept"):
+        assert torch.equal(getattr(whole, name), getattr(blocks, name)), name
+    d = torch.randint(-8, 9, (11, 9), generator=g, dtype=torch.int16)
+    assert torch.equal(correction_rows(d, 0.1), torch.cat(correction_weights(d, 0.1)))
+
+
 # --- DCD refresh, losses, gradients, resume -------------------------------------------------------
 def dcd(data: SimpleNamespace, **cfg) -> tuple[DCDDistiller, BPRMF, BPRMF]:
     teacher, student = models()
@@ -209,6 +221,27 @@ def test_refresh_discrepancy_and_weights_match_loop(data: SimpleNamespace) -> No
     for x, a, b in zip(d.user_disc.reshape(-1).tolist(), wp.reshape(-1), wm.reshape(-1), strict=True):
         assert a.item() == pytest.approx(math.tanh(max(0.1 * x, 0)), abs=1e-6)
         assert b.item() == pytest.approx(math.tanh(max(-0.1 * x, 0)), abs=1e-6)
+
+
+def test_discrepancies_beyond_int16_are_kept_as_int32(data: SimpleNamespace) -> None:
+    # M >= 2^15 (a catalogue above 32,768 items): ranks int16 cannot hold are stored as int32, not wrapped.
+    d, _, _ = dcd(data)
+    m = 2**15 + 5
+    lists = torch.arange(m).repeat(2, 1)
+    reverse = torch.arange(m, 0, -1, dtype=torch.float32)  # the student ranks row 0 in the teacher's order
+    disc = d._discrepancies(lists, lambda rows, listed: torch.stack([reverse, -reverse])[rows])
+    assert disc.dtype == torch.int32 and disc[0].abs().max() == 0
+    assert disc[1, 0] == m - 1 and disc[1, -1] == -(m - 1)
+
+
+def test_refresh_rebuilds_samplers_and_banks_from_scratch(data: SimpleNamespace) -> None:
+    d, _, student = dcd(data, bank=2)
+    first = (d.user_sampler, d.item_sampler, d.user_bank)
+    with torch.no_grad():
+        student.user_emb.weight.add_(0.5)
+    d.on_epoch_start(student, d.config.period)  # a refresh epoch: what the last refresh built is replaced
+    assert all(new is not old for new, old in zip((d.user_sampler, d.item_sampler, d.user_bank), first, strict=True))
+    assert d.user_bank is not None and d.user_bank.shape == (2, 2 * N_USERS, 3)
 
 
 def test_dcd_loss_equals_loop_on_recorded_samples(data: SimpleNamespace) -> None:

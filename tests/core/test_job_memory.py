@@ -19,38 +19,48 @@ def spec(method: str = "dcd", teacher: dict[str, Any] | None = None, **hp: Any) 
                          seed=0, split=None)
 
 
-def test_dcd_lists_are_counted_on_both_sides_with_m_clipped_to_the_other_side() -> None:
-    (need,) = memory.needs(spec(m=100, bank=0), 1_000_000, 100_000, 24 * GB)
-    assert need.field == "hyperparameters.m"
-    assert need.bytes == memory.DCD_BYTES_PER_ENTRY * 1_100_000 * 100
-    (need,) = memory.needs(spec(m=500, bank=0), 1000, 50, 24 * GB)  # 49 items a user, 500 users an item
-    assert need.bytes == memory.DCD_BYTES_PER_ENTRY * (1000 * 49 + 50 * 500)
+def test_lists_are_counted_by_dtype_on_both_sides_with_m_clipped_to_the_other_side() -> None:
+    per = memory.LIST_BYTES + memory.DCD_CORRECTION_BYTES  # 8 + 22: both sides corrected
+    (need,) = memory.needs(spec(m=100, bank=0, use_rkd=False), 1_000_000, 100_000, 24 * GB)
+    assert need.field == "hyperparameters.m" and need.bytes == per * 1_100_000 * 100
+    (need,) = memory.needs(spec(m=500, bank=0, use_rkd=False), 1000, 50, 24 * GB)  # 49 items a user, 500 users an item
+    assert need.bytes == per * (1000 * 49 + 50 * 500)
+    # Corrections on a prefix, or on one side only, hold less.
+    (prefix,) = memory.needs(spec(m=100, bank=0, use_rkd=False, correction_m=50), 1_000_000, 100_000, 24 * GB)
+    assert prefix.bytes == 8 * 1_100_000 * 100 + 22 * 1_100_000 * 50
+    (users,) = memory.needs(spec(m=100, bank=0, use_rkd=False, use_icd=False), 1_000_000, 100_000, 24 * GB)
+    assert users.bytes == 8 * 1_100_000 * 100 + 22 * 1_000_000 * 100
+    # RKD (DCD) and RRD keep the int64 keys of each ranked side's listed entries; RRD no corrections.
+    (rkd,) = memory.needs(spec(m=100, bank=0), 1_000_000, 100_000, 24 * GB)
+    assert rkd.bytes == per * 1_100_000 * 100 + 8 * 1_000_000 * 100
     (rrd,) = memory.needs(spec("rrd", m=100), 1_000_000, 100_000, 24 * GB)
-    assert rrd.bytes == memory.RRD_BYTES_PER_ENTRY * 1_100_000 * 100
+    assert rrd.bytes == 8 * 1_100_000 * 100 + 8 * 1_000_000 * 100
+    (both,) = memory.needs(spec("rrd", m=100, item_side=True), 1_000_000, 100_000, 24 * GB)
+    assert both.bytes == 16 * 1_100_000 * 100
     assert memory.needs(spec("none"), 1_000_000, 100_000, 24 * GB) == []
 
 
 def test_dcds_sample_bank_counts_int16_draws_for_each_corrected_side() -> None:
-    bank, lists = memory.needs(spec(m=100, bank=8, p=40), 1_000_000, 100_000, 24 * GB)
+    bank, lists = memory.needs(spec(m=100, bank=8, p=40, use_rkd=False), 1_000_000, 100_000, 24 * GB)
     assert bank.field == "hyperparameters.bank" and bank.bytes == 8 * 2 * 1_100_000 * 40 * 2
     # The largest m that fits leaves room for the bank.
-    assert lists.fix.startswith(f"no m above {(24 * GB - bank.bytes) // (memory.DCD_BYTES_PER_ENTRY * 1_100_000):,} ")
+    assert lists.fix.startswith(f"no m above {(24 * GB - bank.bytes) // (30 * 1_100_000):,} ")
     users_only, _ = memory.needs(spec(m=100, bank=8, p=40, use_icd=False), 1_000_000, 100_000, 24 * GB)
     assert users_only.bytes == 8 * 2 * 1_000_000 * 40 * 2
 
 
 def test_a_job_above_the_budget_is_refused_naming_the_option_and_the_largest_m_that_fits() -> None:
     # The scale benchmark's 10M-interaction shape (bench/results/scale-job.json): m = 100 ran in 15.3 GB.
-    memory.check(spec(m=100, bank=0), 1_000_000, 100_000, 24 * GB, "RECDISTILL_JOB_MEMORY_MB")
+    memory.check(spec(m=100, bank=0, use_rkd=False), 1_000_000, 100_000, 24 * GB, "RECDISTILL_JOB_MEMORY_MB")
     with pytest.raises(memory.MemoryTooSmall) as err:
-        memory.check(spec(m=1000, bank=0), 1_000_000, 100_000, 24 * GB, "RECDISTILL_JOB_MEMORY_MB")
+        memory.check(spec(m=1000, bank=0, use_rkd=False), 1_000_000, 100_000, 24 * GB, "RECDISTILL_JOB_MEMORY_MB")
     text = str(err.value)
-    assert text.startswith("hyperparameters.m: this job needs at least 44.0 GB of memory in its distill phase")
+    assert text.startswith("hyperparameters.m: this job needs at least 33.0 GB of memory in its distill phase")
     assert "RECDISTILL_JOB_MEMORY_MB" in text and "24.0 GB" in text
     largest = int(text.split("no m above ", 1)[1].split(" ", 1)[0].replace(",", ""))
-    memory.check(spec(m=largest, bank=0), 1_000_000, 100_000, 24 * GB, "x")
+    memory.check(spec(m=largest, bank=0, use_rkd=False), 1_000_000, 100_000, 24 * GB, "x")
     with pytest.raises(memory.MemoryTooSmall):
-        memory.check(spec(m=largest + 1, bank=0), 1_000_000, 100_000, 24 * GB, "x")
+        memory.check(spec(m=largest + 1, bank=0, use_rkd=False), 1_000_000, 100_000, 24 * GB, "x")
 
 
 def test_an_ease_teacher_counts_its_solve_and_is_refused_above_its_catalogue_limit() -> None:

@@ -180,7 +180,7 @@ def test_a_job_above_the_workers_memory_fails_before_its_first_phase(
 ) -> None:
     # The worker holds a job to its own budget (it may have less memory than the API's machine): the job ends
     # failed with the reason at once, instead of being killed RECDISTILL_JOB_MAX_CRASHES times.
-    monkeypatch.setattr(phases.memory, "DCD_BYTES_PER_ENTRY", 10**9)
+    monkeypatch.setattr(phases.memory, "LIST_BYTES", 10**9)
     job_id = make_job(settings, semicolon_file(), SEMI, method="dcd")
     assert run_job(job_id, settings, worker_id="w1") == "failed"
     with session_scope(settings.database_url) as s:
