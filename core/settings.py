@@ -225,7 +225,8 @@ class Settings(BaseSettings):
         description="Memory one job may use, in MiB. A job whose floor (the teacher's top-M lists, EASE's "
         "solve, HetComp's trajectories: core/jobs/memory.py) is above it is refused at submission (422 naming "
         "the option) and failed by the worker before its first phase. Unset: the machine's memory, or its "
-        "container's limit; set it to the workers' where they run elsewhere.",
+        "container's limit; set it to the workers' where they run elsewhere (to the GPU's on a GPU worker, "
+        "where these structures live).",
     )
     heartbeat_s: float = Field(
         10.0,

@@ -58,12 +58,12 @@ def _gb(n: float) -> str:
 
 def _list_entries(m: int, n_users: int, n_items: int) -> int:
     """Entries of the top-M lists of both sides (M clipped to the other side's size less one, as topm does)."""
-    return n_users * min(m, n_items - 1) + n_items * min(m, n_users - 1)
+    return n_users * max(0, min(m, n_items - 1)) + n_items * max(0, min(m, n_users - 1))
 
 
 def _lists_bytes(cfg: DCDConfig | RRDConfig, m: int, n_users: int, n_items: int) -> int:
     """What ``cfg``'s lists hold at list length ``m`` (its other options as they are)."""
-    user_side, item_side = n_users * min(m, n_items - 1), n_items * min(m, n_users - 1)
+    user_side, item_side = n_users * max(0, min(m, n_items - 1)), n_items * max(0, min(m, n_users - 1))
     total = LIST_BYTES * (user_side + item_side)
     # RRD's terms (DCD's RKD on the user side) exclude observed and listed entries from the uninteresting
     # draws: their sorted int64 keys (core.distill.ranking.RankingSide).
@@ -71,8 +71,8 @@ def _lists_bytes(cfg: DCDConfig | RRDConfig, m: int, n_users: int, n_items: int)
                            + item_side * (isinstance(cfg, RRDConfig) and cfg.item_side))
     if isinstance(cfg, DCDConfig):
         mc = min(cfg.correction_m or m, m)
-        total += DCD_CORRECTION_BYTES * (n_users * min(mc, n_items - 1) * cfg.use_ucd
-                                         + n_items * min(mc, n_users - 1) * cfg.use_icd)
+        total += DCD_CORRECTION_BYTES * (n_users * max(0, min(mc, n_items - 1)) * cfg.use_ucd
+                                         + n_items * max(0, min(mc, n_users - 1)) * cfg.use_icd)
     return total
 
 
@@ -99,9 +99,12 @@ def needs(spec: JobSpec, n_users: int, n_items: int, budget: int) -> list[Need]:
     cfg = spec.distiller
     if isinstance(cfg, DCDConfig) and cfg.bank > 0:
         # The sample bank: int16 (int32 from 2^15 columns) [bank, 2 rows (over/under) per user or item, p].
-        rows = 2 * (n_users * cfg.use_ucd + n_items * cfg.use_icd)
-        width = 2 if (cfg.correction_m or cfg.m) < 2**15 else 4
-        out.append(Need("distill", "hyperparameters.bank", cfg.bank * rows * cfg.p * width,
+        # Each side's width follows its own list length, clipped as the lists are.
+        mc = min(cfg.correction_m or cfg.m, cfg.m)
+        sides = ((n_users, min(mc, n_items - 1), cfg.use_ucd), (n_items, min(mc, n_users - 1), cfg.use_icd))
+        rows = sum(2 * n for n, _, on in sides if on)
+        held = sum(2 * n * cfg.bank * cfg.p * (2 if length < 2**15 else 4) for n, length, on in sides if on)
+        out.append(Need("distill", "hyperparameters.bank", held,
                         f"DCD's sample bank of {cfg.bank} x p = {cfg.p} draws for {rows:,} rows",
                         "lower bank (0 draws fresh samples every batch) or p"))
     if isinstance(cfg, (DCDConfig, RRDConfig)):
@@ -119,10 +122,14 @@ def needs(spec: JobSpec, n_users: int, n_items: int, budget: int) -> list[Need]:
             if member.closed_form:  # solved one after the other: one solve at a time
                 check_ease_items(n_items, f"hyperparameters.teachers[{i}]")
         if any(m.closed_form for m in members):
+            # Its own moment: the members are made one after the other, a solve's matrices gone before the next.
             i = next(i for i, m in enumerate(members) if m.closed_form)
-            out.append(Need("distill", f"hyperparameters.teachers[{i}]", EASE_SOLVE_BYTES * n_items**2,
+            out.append(Need("ensemble solve", f"hyperparameters.teachers[{i}]", EASE_SOLVE_BYTES * n_items**2,
                             f"an EASE ensemble teacher's solve on {n_items:,} items", "drop the EASE teacher"))
-        k = min(cfg.k, n_items - 1)
+            if spec.teacher is not None and spec.teacher.closed_form:  # the job's EASE teacher is held meanwhile
+                out.append(Need("ensemble solve", "teacher.model", EASE_WEIGHT_BYTES * n_items**2,
+                                f"the EASE teacher's {n_items:,} x {n_items:,} float32 weights", ease_fix))
+        k = max(0, min(cfg.k, n_items - 1))
         lists = n_users * k
         kept = lists * HETCOMP_STAGE_BYTES * (1 + cfg.stages * len(members))
         recording = (lists * (HETCOMP_STAGE_BYTES + HETCOMP_RECORD_BYTES * min(cfg.ensemble_epochs,

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import repo
 from core.db.models import Job
+from core.jobs import memory
 from core.settings import Settings
 
 
@@ -221,8 +222,10 @@ def test_a_job_that_cannot_fit_in_memory_is_refused_naming_the_option(
 
 
 def test_without_the_setting_a_job_is_held_to_this_machines_memory(
-    client: TestClient, sessions: sessionmaker[Session]
+    client: TestClient, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ds = add_dataset(sessions, n_users=100_000_000, n_items=10_000_000)  # 4.4 PB of lists at m = 100
-    res = client.post("/jobs", json=job_body(ds, hyperparameters={"m": 100}))
-    assert res.status_code == 422 and "this machine's memory" in res.json()["detail"], res.text
+    monkeypatch.setattr(memory, "machine_memory", lambda: 8 * 2**30)  # an 8 GiB machine
+    ds = add_dataset(sessions, n_users=1_000_000, n_items=100_000)
+    res = client.post("/jobs", json=job_body(ds, hyperparameters={"m": 500}))  # a 21.9 GB floor
+    assert res.status_code == 422 and "a job may use 8.6 GB (this machine's memory" in res.json()["detail"], res.text
+    assert client.post("/jobs", json=job_body(ds, hyperparameters={"m": 100})).status_code == 201  # 5.5 GB

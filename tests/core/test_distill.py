@@ -12,6 +12,7 @@ import scipy.sparse as sp
 import torch
 
 from core.distill import DISTILLERS, RELEASED_PROCEDURE, build_distiller, sampling, teacher_topm
+from core.distill import dcd as dcd_module
 from core.distill.dcd import DCDDistiller, correction_rows, correction_weights
 from core.distill.losses import (
     RankingTerm,
@@ -183,11 +184,18 @@ def test_sampler_rejects_bad_inputs() -> None:
 def test_a_sampler_built_in_row_blocks_is_the_one_built_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     g = torch.Generator().manual_seed(1)
     weights = torch.rand(11, 9, generator=g) * (torch.rand(11, 9, generator=g) > 0.4)
-    whole = WeightedRowSampler(weights, 3, 1e-3)
-    monkeypatch.setattr(sampling, "BUILD_ROW_CHUNK", 4)  # blocks of 4, 4 and 3 rows
-    blocks = WeightedRowSampler(weights, 3, 1e-3)
-    for name in ("slot_pos", "slot_w", "n_pos", "wmax", "total", "use_gumbel", "accept"):
-        assert torch.equal(getattr(whole, name), getattr(blocks, name)), name
+    floor = 1e-3
+    for module in (sampling, dcd_module):
+        monkeypatch.setattr(module, "BUILD_ROW_CHUNK", 4)  # blocks of 4, 4 and 3 rows
+    blocks = WeightedRowSampler(weights, 3, floor)
+    # What the sampler computed at once before it was built in blocks.
+    positive = weights > 0
+    order = torch.argsort((~positive).to(torch.int8), dim=1, stable=True)
+    assert torch.equal(blocks.slot_pos, order.to(torch.int16))
+    assert torch.equal(blocks.slot_w, (weights.gather(1, order) + floor).reshape(-1))
+    assert torch.equal(blocks.n_pos, positive.sum(1))
+    total = positive.sum(1).double() * (weights.max(1).values + floor).double() + (9 - positive.sum(1)).double() * floor
+    assert torch.equal(blocks.accept, ((weights.double().sum(1) + 9 * floor) / total).float())
     d = torch.randint(-8, 9, (11, 9), generator=g, dtype=torch.int16)
     assert torch.equal(correction_rows(d, 0.1), torch.cat(correction_weights(d, 0.1)))
 
@@ -234,12 +242,32 @@ def test_discrepancies_beyond_int16_are_kept_as_int32(data: SimpleNamespace) -> 
     assert disc[1, 0] == m - 1 and disc[1, -1] == -(m - 1)
 
 
-def test_refresh_rebuilds_samplers_and_banks_from_scratch(data: SimpleNamespace) -> None:
+def test_a_refresh_drops_what_the_last_one_built_before_building_anew(
+    data: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     d, _, student = dcd(data, bank=2)
     first = (d.user_sampler, d.item_sampler, d.user_bank)
+    held: list[tuple[object, ...]] = []
+    build, fill = dcd_module.WeightedRowSampler, DCDDistiller._fill_bank
+
+    def sampler(*args: object) -> WeightedRowSampler:
+        held.append((d.user_sampler, d.item_sampler, d.user_bank, d.item_bank))
+        return build(*args)
+
+    def fill_bank(self: DCDDistiller, s: WeightedRowSampler | None) -> torch.Tensor | None:
+        held.append((self.user_bank, self.item_bank))
+        return fill(self, s)
+
+    monkeypatch.setattr(dcd_module, "WeightedRowSampler", sampler)
+    monkeypatch.setattr(DCDDistiller, "_fill_bank", fill_bank)
     with torch.no_grad():
         student.user_emb.weight.add_(0.5)
-    d.on_epoch_start(student, d.config.period)  # a refresh epoch: what the last refresh built is replaced
+    d.on_epoch_start(student, d.config.period)  # a refresh epoch
+    # Built in turn: the user sampler, the item sampler, the user bank, the item bank; none beside an old one.
+    user_sampler, item_sampler, user_bank, item_bank = held
+    assert all(x is None for x in user_sampler)
+    assert item_sampler[0] is d.user_sampler and all(x is None for x in item_sampler[1:])
+    assert user_bank == (None, None) and item_bank[0] is d.user_bank and item_bank[1] is None
     assert all(new is not old for new, old in zip((d.user_sampler, d.item_sampler, d.user_bank), first, strict=True))
     assert d.user_bank is not None and d.user_bank.shape == (2, 2 * N_USERS, 3)
 

@@ -86,6 +86,29 @@ def test_hetcomp_counts_its_trajectories_and_its_ease_members() -> None:
         memory.needs(spec("hetcomp", teachers=["ease:500"]), 10, EASE_MAX_ITEMS + 1, GB)
 
 
+def test_an_ease_member_is_solved_at_its_own_moment_not_beside_the_trajectories() -> None:
+    # The ensemble is made one member after the other: a solve's matrices are gone when the next one records.
+    s = spec("hetcomp", teacher={"model": "ease"}, teachers=["bpr:32", "ease:500"], k=100)
+    terms = memory.needs(s, 4_000_000, 20_000, GB)
+    solve = [t for t in terms if t.phase == "ensemble solve"]
+    assert {t.field for t in solve} == {"hyperparameters.teachers[1]", "teacher.model"}
+    assert sum(t.bytes for t in solve) == (16 + 4) * 20_000**2
+    trajectories = next(t for t in terms if t.field == "hyperparameters.k")
+    with pytest.raises(memory.MemoryTooSmall, match=r"in its distill phase"):
+        memory.check(s, 4_000_000, 20_000, trajectories.bytes + 4 * 20_000**2 - 1, "x")
+    memory.check(s, 4_000_000, 20_000, trajectories.bytes + 4 * 20_000**2, "x")
+
+
+def test_each_side_of_the_bank_takes_the_width_of_its_own_list() -> None:
+    # m = 40,000 on 1M users x 10k items: user lists are clipped to 9,999 (int16), item lists keep 40,000 (int32).
+    bank, _ = memory.needs(spec(m=40_000, bank=2, p=40), 1_000_000, 10_000, 10**15)
+    assert bank.bytes == 2 * 40 * 2 * (1_000_000 * 2 + 10_000 * 4)
+
+
+def test_tiny_catalogues_count_nothing_negative() -> None:
+    assert all(t.bytes >= 0 for t in memory.needs(spec(m=100), 1, 1, GB))
+
+
 def test_the_budget_is_the_setting_or_this_machines_memory(monkeypatch: pytest.MonkeyPatch,
                                                            tmp_path: Path) -> None:
     assert memory.budget(100) == (100 * 2**20, "RECDISTILL_JOB_MEMORY_MB")
@@ -93,8 +116,12 @@ def test_the_budget_is_the_setting_or_this_machines_memory(monkeypatch: pytest.M
     assert 0 < size <= memory.machine_memory() and "this machine's memory" in source
     # A container's limit below the machine's wins; "max" (no limit) leaves the machine's.
     limit = tmp_path / "memory.max"
-    monkeypatch.setattr(memory, "CGROUP_LIMIT_FILES", (str(limit),))
-    limit.write_text("max\n")
+    monkeypatch.setattr(memory, "CGROUP_LIMIT_FILES", (str(tmp_path / "absent"),))
     physical = memory.machine_memory()
+    monkeypatch.setattr(memory, "CGROUP_LIMIT_FILES", (str(tmp_path / "absent"), str(limit)))
+    limit.write_text("max\n")
+    assert memory.machine_memory() == physical
     limit.write_text(f"{2**30}\n")
     assert memory.machine_memory() == min(physical, 2**30)
+    limit.write_text(f"{2**63 - 4096}\n")  # cgroup v1 without a limit: a huge number
+    assert memory.machine_memory() == physical
