@@ -222,8 +222,8 @@ class Settings(BaseSettings):
         ge=64,
         le=2**30,
         validation_alias="RECDISTILL_JOB_MEMORY_MB",
-        description="Memory one job may use, in MiB. A job whose floor (the teacher's top-M lists, EASE's "
-        "solve, HetComp's trajectories: core/jobs/memory.py) is above it is refused at submission (422 naming "
+        description="Memory one job may use, in MiB. A job whose floor (its models and a batch, the teacher's "
+        "top-M lists, EASE's solve, HetComp's trajectories: core/jobs/memory.py) is above it is refused at submission (422 naming "
         "the option) and failed by the worker before its first phase. Unset: the machine's memory, or its "
         "container's limit; set it to the workers' where they run elsewhere (to the GPU's on a GPU worker, "
         "where these structures live).",

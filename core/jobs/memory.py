@@ -7,8 +7,8 @@ first phase (the worker's own budget; a distributed worker may have less memory 
 
 Each term is a floor, never a guess from above: what the named structure alone holds, from its dtype, in the
 phase that holds it (the teacher's, or distillation's); the fuller phase is held to the budget. Everything else
-a job holds (the data, the models, their optimiser state, temporaries: 5.4 GB for the teacher phase at 10M
-interactions, bench/results/scale-job.json) comes on top, so a job that passes may still not fit, and the
+a job holds (the data, its ids, the evaluation's chunks, temporaries: most of the 5.4 GB of the teacher phase at
+10M interactions, bench/results/scale-job.json) comes on top, so a job that passes may still not fit, and the
 crash cap remains the last word.
 """
 
@@ -28,6 +28,10 @@ from core.config import DCDConfig, HetCompConfig, JobSpec, ModelSpec, RRDConfig,
 # (bench/results/dcd-refresh-memory.json).
 LIST_BYTES = 8
 DCD_CORRECTION_BYTES = 2 + 2 * (4 + 2 + 4)
+# A model trained by gradient steps: float32 parameters and Adam's two moments (SparseAdam's too are dense).
+ADAM_PARAM_BYTES = 3 * 4
+# A training pair gathers a user's and two items' rows (float32; NeuMF gathers more).
+BATCH_ROW_BYTES = 3 * 4
 # EASE's solve holds the float64 Gram matrix and its float64 inverse (core.models.ease.EASE.solve); the model
 # keeps float32 weights after it.
 EASE_SOLVE_BYTES, EASE_WEIGHT_BYTES = 16, 4
@@ -85,6 +89,30 @@ def _largest_m(cfg: DCDConfig | RRDConfig, left: int, n_users: int, n_items: int
     return lo
 
 
+def _model_needs(spec: JobSpec, n_users: int, n_items: int) -> list[Need]:
+    """The embedding tables of the models a job trains (with Adam's two moments) or holds, and one batch's
+    gathered rows (a user's and two items' per training pair, float32)."""
+    out: list[Need] = []
+    rows = n_users + n_items
+    trained = [("teacher", spec.teacher, spec.teacher_train, "teacher"), ("student", spec.student, spec.student_train,
+                                                                          "distill")]
+    for role, model, train, phase in trained:
+        if model is None or model.closed_form or model.dim is None:
+            continue
+        out.append(Need(phase, f"{role}.dim", ADAM_PARAM_BYTES * rows * model.dim,
+                        f"the {role}'s {rows:,} x {model.dim} embeddings and their Adam moments",
+                        f"a smaller {role}.dim"))
+        key = ("teacher_batch_size" if role == "teacher" and "teacher_batch_size" in spec.hyperparameters
+               else "batch_size")
+        out.append(Need(phase, f"hyperparameters.{key}", BATCH_ROW_BYTES * train.batch_size * model.dim,
+                        f"one batch's {train.batch_size:,} x 3 embedding rows of dim {model.dim}",
+                        f"a smaller {key}"))
+    if spec.teacher is not None and not spec.teacher.closed_form and spec.teacher.dim is not None:
+        out.append(Need("distill", "teacher.dim", 4 * rows * spec.teacher.dim,
+                        f"the trained teacher's {rows:,} x {spec.teacher.dim} embeddings", "a smaller teacher.dim"))
+    return out
+
+
 def needs(spec: JobSpec, n_users: int, n_items: int, budget: int) -> list[Need]:
     """The floor terms of ``spec`` on ``n_users`` x ``n_items``, by phase; an EASE teacher above its catalogue
     limit raises ValueError naming it (``budget`` only words the fix for ``m``)."""
@@ -96,6 +124,7 @@ def needs(spec: JobSpec, n_users: int, n_items: int, budget: int) -> list[Need]:
                         f"EASE's solve, a {n_items:,} x {n_items:,} float64 Gram matrix and its inverse", ease_fix))
         out.append(Need("distill", "teacher.model", EASE_WEIGHT_BYTES * n_items**2,
                         f"the EASE teacher's {n_items:,} x {n_items:,} float32 weights", ease_fix))
+    out += _model_needs(spec, n_users, n_items)
     cfg = spec.distiller
     if isinstance(cfg, DCDConfig) and cfg.bank > 0:
         # The sample bank: int16 (int32 from 2^15 columns) [bank, 2 rows (over/under) per user or item, p].
