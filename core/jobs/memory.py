@@ -35,9 +35,9 @@ BATCH_ROW_BYTES = 3 * 4
 # EASE's solve holds the float64 Gram matrix and its float64 inverse (core.models.ease.EASE.solve); the model
 # keeps float32 weights after it.
 EASE_SOLVE_BYTES, EASE_WEIGHT_BYTES = 16, 4
-# HetComp records a gradient teacher's top-k lists after every epoch as int32 and keeps each member's stages
-# as int64 (core.jobs.trajectory); an ensemble teacher trains at least this many epochs (its MIN_EPOCHS).
-HETCOMP_RECORD_BYTES, HETCOMP_STAGE_BYTES, HETCOMP_MIN_EPOCHS = 4, 8, 40
+# HetComp keeps each ensemble member's stages as int64 top-k lists (core.jobs.trajectory; the lists a trained
+# member records every epoch go to disk).
+HETCOMP_STAGE_BYTES = 8
 
 
 class MemoryTooSmall(ValueError):
@@ -160,14 +160,11 @@ def needs(spec: JobSpec, n_users: int, n_items: int, budget: int) -> list[Need]:
                                 f"the EASE teacher's {n_items:,} x {n_items:,} float32 weights", ease_fix))
         k = max(0, min(cfg.k, n_items - 1))
         lists = n_users * k
-        kept = lists * HETCOMP_STAGE_BYTES * (1 + cfg.stages * len(members))
-        recording = (lists * (HETCOMP_STAGE_BYTES + HETCOMP_RECORD_BYTES * min(cfg.ensemble_epochs,
-                                                                               HETCOMP_MIN_EPOCHS))
-                     if any(not m.closed_form for m in members) else 0)
-        out.append(Need("distill", "hyperparameters.k", max(kept, recording),
+        kept = lists * HETCOMP_STAGE_BYTES * (1 + cfg.stages * len(members))  # the job teacher's lists: one
+        out.append(Need("distill", "hyperparameters.k", kept,
                         f"HetComp's teacher trajectories, {n_users:,} users x k = {k} items for {cfg.stages} stages "
-                        f"of {len(members)} ensemble teacher(s) and every epoch of one being trained",
-                        "lower k, stages or ensemble_epochs, or drop ensemble teachers"))
+                        f"of {len(members)} ensemble teacher(s)",
+                        "lower k or stages, or drop ensemble teachers"))
     return out
 
 

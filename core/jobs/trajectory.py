@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -38,14 +40,24 @@ CACHE_VERSION = 2  # in the cache key: a change of how stages are chosen invalid
 
 
 class _Recorder:
-    """Records the model's top-k lists after every epoch (int32 on the CPU: U x k x 4 bytes an epoch)."""
+    """Records the model's top-k lists after every epoch, each to its own file in ``folder`` (int32, U x k x 4
+    bytes an epoch): held in memory, 100 epochs of a million users' top-100 lists were 40 GB; the stages
+    are read back once the best epoch is known."""
 
-    def __init__(self, model: Recommender, data: SplitData, k: int, chunk: int, device: torch.device) -> None:
+    def __init__(self, model: Recommender, data: SplitData, k: int, chunk: int, device: torch.device,
+                 folder: Path) -> None:
         self.model, self.train, self.k, self.chunk, self.device = model, data.train.tocsr(), k, chunk, device
-        self.lists: list[torch.Tensor] = []
+        self.folder = folder
+        self.epochs = 0
 
     def on_epoch_end(self, report: EpochReport) -> None:
-        self.lists.append(top_unobserved(self.model, self.train, self.k, self.chunk, self.device).to("cpu", torch.int32))
+        lists = top_unobserved(self.model, self.train, self.k, self.chunk, self.device).to("cpu", torch.int32)
+        self.epochs += 1
+        np.save(self.folder / f"epoch{self.epochs}.npy", lists.numpy())
+
+    def read(self, epoch: int) -> torch.Tensor:
+        """The lists recorded after ``epoch`` (1-based)."""
+        return torch.from_numpy(np.load(self.folder / f"epoch{epoch}.npy"))
 
 
 def stage_epochs(best_epoch: int, stages: int) -> list[int]:
@@ -70,18 +82,23 @@ def _closed_form_path(spec: ModelSpec, data: SplitData, config: HetCompConfig, d
 
 
 def _trained(spec: ModelSpec, data: SplitData, config: HetCompConfig, seed: int, device: torch.device,
-             callbacks: Sequence[Any], should_cancel: Callable[[], bool] | None) -> Trajectory:
+             callbacks: Sequence[Any], should_cancel: Callable[[], bool] | None, spill: Path | None) -> Trajectory:
+    """Train ``spec``, its lists of every epoch recorded in a temporary folder under ``spill`` (the system's
+    temporary folder when None), removed when the stages are read."""
     k = min(config.k, data.n_items - 1)
     dim, opts = spec.build_args(data.n_items)
     model = build_model(spec.model, data.n_users, data.n_items, dim, train=data.train, seed=seed, **opts)
-    recorder = _Recorder(model, data, k, config.chunk, device)
     train = TrainConfig(epochs=config.ensemble_epochs, lr=config.ensemble_lr, patience=PATIENCE,
                         min_epochs=MIN_EPOCHS, seed=seed, device=str(device))
-    result = fit(model, data, train, callbacks=[recorder, *callbacks], should_cancel=should_cancel)
-    epochs = stage_epochs(result.best_epoch, config.stages)
-    log.info("hetcomp teacher %s: best epoch %d of %d (%s); stages at epochs %s", spec, result.best_epoch,
-             result.epochs_run, result.stopped_by, epochs)
-    stages = [recorder.lists[e - 1].long() for e in epochs]
+    if spill is not None:
+        spill.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hetcomp-recording-", dir=spill) as folder:
+        recorder = _Recorder(model, data, k, config.chunk, device, Path(folder))
+        result = fit(model, data, train, callbacks=[recorder, *callbacks], should_cancel=should_cancel)
+        epochs = stage_epochs(result.best_epoch, config.stages)
+        log.info("hetcomp teacher %s: best epoch %d of %d (%s); stages at epochs %s", spec, result.best_epoch,
+                 result.epochs_run, result.stopped_by, epochs)
+        stages = [recorder.read(e).long() for e in epochs]
     return Trajectory(str(spec), stages, observed_order(model, data.train, config.positives, config.chunk))
 
 
@@ -124,7 +141,7 @@ def trajectories(
             traj = _closed_form_path(spec, data, config, device)
         else:
             callbacks = list(callbacks_for(f"hetcomp teacher {text}")) if callbacks_for else []
-            traj = _trained(spec, data, config, seed, device, callbacks, should_cancel)
+            traj = _trained(spec, data, config, seed, device, callbacks, should_cancel, cache)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".partial")

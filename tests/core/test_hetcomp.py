@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -138,6 +139,26 @@ def test_trajectories_record_every_teacher_and_are_cached(tmp_path: Path, monkey
     again = trajectory.trajectories(teacher, data, config, torch.device("cpu"), seed=0, cache=tmp_path)
     for a, b in zip(got, again, strict=True):
         assert all(torch.equal(x, y) for x, y in zip(a.stages, b.stages, strict=True))
+
+
+def test_a_trained_teachers_lists_go_to_disk_epoch_by_epoch_and_its_stages_come_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = small_data()
+    teacher = build_model("bpr", data.n_users, data.n_items, 4, seed=0)
+    config = HetCompConfig(**{**SMALL, "teachers": ["bpr:4"], "ensemble_epochs": 4})
+    seen: list[torch.Tensor] = []
+    record = trajectory._Recorder.on_epoch_end
+
+    def spy(self: Any, report: Any) -> None:
+        record(self, report)
+        assert len(list(self.folder.iterdir())) == self.epochs and self.folder.parent == tmp_path
+        seen.append(self.read(self.epochs).long())
+
+    monkeypatch.setattr(trajectory._Recorder, "on_epoch_end", spy)
+    got = trajectory.trajectories(teacher, data, config, torch.device("cpu"), seed=0, cache=tmp_path)
+    assert len(seen) == 4 and all(any(torch.equal(stage, s) for s in seen) for stage in got[1].stages)
+    assert not list(tmp_path.glob("hetcomp-recording-*"))  # removed once the stages are read
 
 
 @pytest.mark.parametrize(("over", "message"), [
