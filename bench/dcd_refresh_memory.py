@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from faults_kit import ROOT, git_commit  # noqa: E402
+
 N_USERS, N_ITEMS, PER_USER = 6040, 3706, 132
 
 CHILD = """
@@ -73,11 +75,6 @@ def measure(code: Path, m: int, bank: int) -> dict[str, Any]:
     return {"m": m, "bank": bank, **{k: round(v, 1) for k, v in out.items()}, **per_entry}
 
 
-def commit(code: Path) -> str:
-    proc = subprocess.run(["git", "-C", str(code), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return proc.stdout.strip() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ms", default="500,1000")
@@ -97,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python bench/dcd_refresh_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "what": __doc__.split("\n\n")[0],
         "shape": {"users": N_USERS, "items": N_ITEMS, "train_items_per_user": PER_USER},
-        "commits": {name: commit(code) for name, code in codes.items()},
+        "commits": {name: git_commit(code) for name, code in codes.items()},
         "runs": runs,
     }
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -99,9 +99,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def git_commit() -> str:
+def git_commit(checkout: Path = ROOT) -> str:
+    """HEAD of ``checkout`` (this one by default), with "-dirty" when tracked files differ from it."""
     def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, timeout=10)
         return out.stdout.strip()
 
     commit = git("rev-parse", "HEAD") or "unknown"

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from faults_kit import ROOT, git_commit  # noqa: E402
 
 CHILD = """
 import json, resource, sys, tempfile
@@ -55,11 +56,6 @@ def measure(code: Path, users: int, items: int, interactions: int, k: int, epoch
     return {k_: round(v, 1) if isinstance(v, float) else v for k_, v in out.items()}
 
 
-def commit(code: Path) -> str:
-    proc = subprocess.run(["git", "-C", str(code), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return proc.stdout.strip() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=200_000)
@@ -81,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": __doc__.split("\n\n")[0],
         "settings": {"users": args.users, "items": args.items, "interactions": args.interactions, "k": args.k,
                      "ensemble_epochs": args.epochs, "teacher": "bpr:16", "ensemble": ["bpr:16"], "stages": 4},
-        "commits": {name: commit(code) for name, code in codes.items()},
+        "commits": {name: git_commit(code) for name, code in codes.items()},
         "runs": runs,
     }
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
