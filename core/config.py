@@ -37,6 +37,13 @@ def check_ease_items(n_items: int, field: str = "n_items") -> None:
         raise ValueError(
             f"{field}: EASE keeps an n_items x n_items matrix; {n_items} items is above its limit of "
             f"{EASE_MAX_ITEMS} (use a bpr or lightgcn teacher for a catalogue this large)")
+def list_lengths(m: int, n_users: int, n_items: int) -> tuple[int, int]:
+    """(the user side's, the item side's) length of a teacher list asked to be ``m`` long: clipped to
+    n_items - 1 and n_users - 1 (one column left out keeps a candidate outside the list for RRD's uninteresting
+    items), 0 for a side with nothing to list."""
+    return max(0, min(m, n_items - 1)), max(0, min(m, n_users - 1))
+
+
 # Students are served through a FAISS inner-product index, so they must score by a dot product.
 SERVABLE_MODEL_NAMES: tuple[str, ...] = ("bpr", "lightgcn")
 # Every gradient of their training loss comes from embedding lookups, so ``sparse_updates`` can train them.

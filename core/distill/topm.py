@@ -14,21 +14,20 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from core.config import list_lengths
 from core.models.base import Recommender
 
 logger = logging.getLogger(__name__)
 
 
 def clip_list_lengths(m: int, n_users: int, n_items: int) -> tuple[int, int]:
-    """(M for the user side, M for the item side): M clipped to n_items - 1 and n_users - 1.
-
-    Leaving one column out keeps at least one candidate outside the list for RRD's uninteresting items.
-    """
+    """(M for the user side, M for the item side), ``core.config.list_lengths``; a ValueError when a side would
+    have no list."""
     if m <= 0:
         raise ValueError(f"m (teacher list length) must be positive, got {m}")
     if n_users < 2 or n_items < 2:
         raise ValueError(f"need at least 2 users and 2 items for teacher lists, got {n_users} x {n_items}")
-    return min(m, n_items - 1), min(m, n_users - 1)
+    return list_lengths(m, n_users, n_items)
 
 
 def training_entries(csr: sp.csr_matrix, start: int, stop: int, device: torch.device | str

@@ -18,7 +18,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import DCDConfig, HetCompConfig, JobSpec, ModelSpec, RRDConfig, check_ease_items
+from core.config import (
+    DCDConfig,
+    HetCompConfig,
+    JobSpec,
+    ModelSpec,
+    RRDConfig,
+    check_ease_items,
+    list_lengths,
+)
 
 # Bytes per entry of a teacher's top-M list, by dtype. Both methods keep the lists as int64
 # (core.distill.topm.teacher_topm). DCD adds, for each corrected side (UCD: users, ICD: items) and each entry of
@@ -60,23 +68,23 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def _list_entries(m: int, n_users: int, n_items: int) -> int:
-    """Entries of the top-M lists of both sides (M clipped to the other side's size less one, as topm does)."""
-    return n_users * max(0, min(m, n_items - 1)) + n_items * max(0, min(m, n_users - 1))
+def _sides(m: int, n_users: int, n_items: int) -> tuple[int, int]:
+    """Entries of the user side's and the item side's lists at list length ``m``, clipped as topm clips them."""
+    mu, mi = list_lengths(m, n_users, n_items)
+    return n_users * mu, n_items * mi
 
 
 def _lists_bytes(cfg: DCDConfig | RRDConfig, m: int, n_users: int, n_items: int) -> int:
     """What ``cfg``'s lists hold at list length ``m`` (its other options as they are)."""
-    user_side, item_side = n_users * max(0, min(m, n_items - 1)), n_items * max(0, min(m, n_users - 1))
+    user_side, item_side = _sides(m, n_users, n_items)
     total = LIST_BYTES * (user_side + item_side)
     # RRD's terms (DCD's RKD on the user side) exclude observed and listed entries from the uninteresting
     # draws: their sorted int64 keys (core.distill.ranking.RankingSide).
     total += LIST_BYTES * (user_side * (cfg.use_rkd if isinstance(cfg, DCDConfig) else 1)
                            + item_side * (isinstance(cfg, RRDConfig) and cfg.item_side))
     if isinstance(cfg, DCDConfig):
-        mc = min(cfg.correction_m or m, m)
-        total += DCD_CORRECTION_BYTES * (n_users * max(0, min(mc, n_items - 1)) * cfg.use_ucd
-                                         + n_items * max(0, min(mc, n_users - 1)) * cfg.use_icd)
+        user_corrected, item_corrected = _sides(min(cfg.correction_m or m, m), n_users, n_items)
+        total += DCD_CORRECTION_BYTES * (user_corrected * cfg.use_ucd + item_corrected * cfg.use_icd)
     return total
 
 
@@ -129,15 +137,15 @@ def needs(spec: JobSpec, n_users: int, n_items: int, budget: int) -> list[Need]:
     if isinstance(cfg, DCDConfig) and cfg.bank > 0:
         # The sample bank: int16 (int32 from 2^15 columns) [bank, 2 rows (over/under) per user or item, p].
         # Each side's width follows its own list length, clipped as the lists are.
-        mc = min(cfg.correction_m or cfg.m, cfg.m)
-        sides = ((n_users, min(mc, n_items - 1), cfg.use_ucd), (n_items, min(mc, n_users - 1), cfg.use_icd))
+        mu, mi = list_lengths(min(cfg.correction_m or cfg.m, cfg.m), n_users, n_items)
+        sides = ((n_users, mu, cfg.use_ucd), (n_items, mi, cfg.use_icd))
         rows = sum(2 * n for n, _, on in sides if on)
         held = sum(2 * n * cfg.bank * cfg.p * (2 if length < 2**15 else 4) for n, length, on in sides if on)
         out.append(Need("distill", "hyperparameters.bank", held,
                         f"DCD's sample bank of {cfg.bank} x p = {cfg.p} draws for {rows:,} rows",
                         "lower bank (0 draws fresh samples every batch) or p"))
     if isinstance(cfg, (DCDConfig, RRDConfig)):
-        entries = _list_entries(cfg.m, n_users, n_items)
+        entries = sum(_sides(cfg.m, n_users, n_items))
         held = _lists_bytes(cfg, cfg.m, n_users, n_items)
         largest = _largest_m(cfg, budget - sum(n.bytes for n in out if n.phase == "distill"), n_users, n_items)
         out.append(Need("distill", "hyperparameters.m", held,
