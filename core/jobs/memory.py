@@ -102,8 +102,8 @@ def _model_needs(spec: JobSpec, n_users: int, n_items: int) -> list[Need]:
     gathered rows (a user's and two items' per training pair, float32)."""
     out: list[Need] = []
     rows = n_users + n_items
-    trained = [("teacher", spec.teacher, spec.teacher_train, "teacher"), ("student", spec.student, spec.student_train,
-                                                                          "distill")]
+    trained = (("teacher", spec.teacher, spec.teacher_train, "teacher"),
+               ("student", spec.student, spec.student_train, "distill"))
     for role, model, train, phase in trained:
         if model is None or model.closed_form or model.dim is None:
             continue
