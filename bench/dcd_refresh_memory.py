@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from faults_kit import ROOT, git_commit  # noqa: E402
+from faults_kit import ROOT, checkouts, git_commit, measure_each  # noqa: E402
 
 N_USERS, N_ITEMS, PER_USER = 6040, 3706, 132
 
@@ -82,14 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, help="a checkout of an earlier commit, measured alternately")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "dcd-refresh-memory.json"))
     args = parser.parse_args(argv)
-    codes = {"current": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
+    codes = checkouts(args.baseline)
     runs = []
     for m in (int(x) for x in args.ms.split(",")):
         for bank in (int(x) for x in args.banks.split(",")):
-            for name, code in codes.items():
-                r = {"code": name, **measure(code, m, bank)}
-                print(json.dumps(r), flush=True)  # noqa: T201
-                runs.append(r)
+            runs += measure_each(codes, lambda code, m=m, bank=bank: measure(code, m, bank))
     report = {
         "command": "python bench/dcd_refresh_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "what": __doc__.split("\n\n")[0],

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def checkouts(baseline: Path | None) -> dict[str, Path]:
+    """The code an A/B benchmark measures: this checkout as "current", and ``baseline`` (an earlier commit's
+    checkout) when given."""
+    return {"current": ROOT, **({"baseline": baseline.resolve()} if baseline else {})}
+
+
+def measure_each(codes: dict[str, Path], measure: Callable[[Path], dict[str, Any]]) -> list[dict[str, Any]]:
+    """``measure(checkout)`` for each of ``codes`` in turn, each result printed as it comes and tagged."""
+    runs = []
+    for name, code in codes.items():
+        runs.append({"code": name, **measure(code)})
+        print(json.dumps(runs[-1]), flush=True)  # noqa: T201
+    return runs
 
 
 def git_commit(checkout: Path = ROOT) -> str:

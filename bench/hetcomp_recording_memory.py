@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from faults_kit import ROOT, git_commit  # noqa: E402
+from faults_kit import ROOT, checkouts, git_commit, measure_each  # noqa: E402
 
 CHILD = """
 import json, resource, sys, tempfile
@@ -66,12 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, help="a checkout of an earlier commit, measured alternately")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "hetcomp-recording-memory.json"))
     args = parser.parse_args(argv)
-    codes = {"current": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
-    runs = []
-    for name, code in codes.items():
-        r = {"code": name, **measure(code, args.users, args.items, args.interactions, args.k, args.epochs)}
-        print(json.dumps(r), flush=True)  # noqa: T201
-        runs.append(r)
+    codes = checkouts(args.baseline)
+    runs = measure_each(codes, lambda code: measure(code, args.users, args.items, args.interactions, args.k,
+                                                    args.epochs))
     report = {
         "command": "python bench/hetcomp_recording_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "what": __doc__.split("\n\n")[0],
