@@ -16,7 +16,7 @@ from core.config import DCDConfig
 from core.distill.base import Distiller, ListsCache, SplitLike, batch_rows, require_prepared
 from core.distill.losses import RankingTerm, ranking_terms, score_items, score_users
 from core.distill.ranking import RankingSide
-from core.distill.sampling import BUILD_ROW_CHUNK, WeightedRowSampler
+from core.distill.sampling import EntryWeights, WeightedRowSampler
 from core.models.base import Recommender
 
 logger = logging.getLogger(__name__)
@@ -37,21 +37,31 @@ def discrepancy(scores: torch.Tensor) -> torch.Tensor:
     return rank_s - positions
 
 
+def correction_weight(d: torch.Tensor, eps: float) -> torch.Tensor:
+    """tanh(relu(ε·d)), float32: the weight of an entry whose student rank is d places below the teacher's."""
+    return torch.tanh(torch.relu(eps * d.float()))
+
+
 def correction_weights(d: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(w+, w-) = (tanh(relu(ε·d)), tanh(relu(−ε·d))): under- and over-estimation weights."""
-    x = eps * d.float()
-    return torch.tanh(torch.relu(x)), torch.tanh(torch.relu(-x))
+    return correction_weight(d, eps), correction_weight(-d, eps)
 
 
-def correction_rows(d: torch.Tensor, eps: float) -> torch.Tensor:
-    """[2R, M] float32: w+ of ``d``'s rows, then their w- (``correction_weights``), filled in row blocks so that no
-    full-size float temporary stands beside the result (bench/results/dcd-refresh-memory.json)."""
-    n = d.shape[0]
-    out = torch.empty((2 * n, d.shape[1]), dtype=torch.float32, device=d.device)
-    for start in range(0, n, BUILD_ROW_CHUNK):
-        stop = min(start + BUILD_ROW_CHUNK, n)
-        out[start:stop], out[n + start : n + stop] = correction_weights(d[start:stop], eps)
-    return out
+def correction_entry_weights(disc: torch.Tensor, eps: float) -> EntryWeights:
+    """The weights a sampler draws from, computed from the discrepancies ``disc`` [R, M] when asked: rows 0..R-1
+    are w+ of ``disc``'s rows, rows R..2R-1 their w- (``correction_weights``). Held as float32 rows beside their
+    sampler they were 8 of its 22 bytes a list entry, and more than half of a refresh's peak
+    (bench/results/dcd-refresh-memory.json)."""
+    n, m = disc.shape
+    flat = disc.view(-1)
+
+    def weight(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        under = rows < n  # a w+ row
+        d = flat.index_select(0, (torch.where(under, rows, rows - n)[:, None] * m + cols).reshape(-1))
+        d = d.view(cols.shape)
+        return correction_weight(torch.where(under[:, None], d, -d), eps)  # -d: exact (|d| < M)
+
+    return weight
 
 
 def _concat(pending: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,15 +179,21 @@ class DCDDistiller(Distiller):
 
     def _build_samplers(self) -> None:
         c = self.config
-        if c.use_ucd and self.user_disc is not None:
-            self.user_sampler = WeightedRowSampler(correction_rows(self.user_disc, c.eps), c.p, c.floor)
-        if c.use_icd and self.item_disc is not None:
-            self.item_sampler = WeightedRowSampler(correction_rows(self.item_disc, c.eps), c.p, c.floor)
+        self.user_sampler = self._sampler(self.user_disc) if c.use_ucd else None
+        self.item_sampler = self._sampler(self.item_disc) if c.use_icd else None
+
+    def _sampler(self, disc: torch.Tensor | None) -> WeightedRowSampler | None:
+        """The sampler of one side's w+ and w- rows (2R rows over ``disc`` [R, M])."""
+        if disc is None:
+            return None
+        weight = correction_entry_weights(disc, self.config.eps)
+        return WeightedRowSampler(weight, (2 * disc.shape[0], disc.shape[1]), self.config.p, self.config.floor,
+                                  self.device)
 
     def _fill_bank(self, sampler: WeightedRowSampler | None) -> torch.Tensor | None:
         if sampler is None:
             return None
-        n_rows = sampler.weights.shape[0]
+        n_rows = sampler.n_rows
         small = torch.int16 if sampler.m < 2**15 else torch.int32
         bank = torch.empty((self.config.bank, n_rows, sampler.k), dtype=small, device=self.device)
         for s in range(self.config.bank):

@@ -93,8 +93,21 @@ def _distinct_rounds(
     return out[:, :k].sort(dim=1).values
 
 
-# Rows per block when a sampler is built: its temporaries are [block, M] (~30 bytes an entry), not [R, M].
+# Rows per block when a sampler is built: its temporaries are [block, M], not [R, M].
 BUILD_ROW_CHUNK = 4096
+
+#: ``weight(rows [A], cols [A, D])`` -> float32 [A, D]: the weights of the entries (row, col), non-negative.
+EntryWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def table_weights(weights: torch.Tensor) -> EntryWeights:
+    """The entry weights of a dense [R, M] table."""
+    m, flat = weights.shape[1], weights.reshape(-1)
+
+    def weight(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return flat.index_select(0, (rows[:, None] * m + cols).reshape(-1)).view(cols.shape)
+
+    return weight
 
 
 class WeightedRowSampler:
@@ -103,43 +116,56 @@ class WeightedRowSampler:
     Rows with at least ``2k`` positive weights use rejection sampling under a two-part envelope
     (positive slots at the row maximum, zero slots at the floor) followed by first-distinct selection;
     the others use one Gumbel top-k. Both are exact; the first is several times cheaper per batch.
+
+    The weights are not held: ``weight`` gives those of the entries a build block or a draw needs, so a caller
+    whose weights are a function of something smaller (DCD's int16 rank discrepancies) holds only that. What
+    the sampler keeps is 2 bytes an entry (int16 slot positions; 4 from 2^15 columns) and a few numbers a row.
     """
 
-    def __init__(self, weights: torch.Tensor, k: int, floor: float) -> None:
-        if weights.dim() != 2:
-            raise ValueError(f"weights must be [R, M], got shape {tuple(weights.shape)}")
-        if not 0 < k <= weights.shape[1]:
-            raise ValueError(f"k must be in 1..{weights.shape[1]} (the list length), got {k}")
+    def __init__(self, weight: EntryWeights, shape: tuple[int, int], k: int, floor: float,
+                 device: torch.device | str = "cpu") -> None:
+        n_rows, m = shape
+        if not 0 < k <= m:
+            raise ValueError(f"k must be in 1..{m} (the list length), got {k}")
         if floor <= 0:
             raise ValueError(f"floor must be positive so that every row has k candidates, got {floor}")
-        if weights.numel() and bool(weights.min() < 0):
-            raise ValueError("weights must be non-negative")
-        self.weights = weights
-        self.k = k
+        self.weight = weight
+        self.n_rows, self.m, self.k = n_rows, m, k
         self.floor = float(floor)
-        n_rows, m = weights.shape
-        self.m = m
+        self.cols = torch.arange(m, device=device)
         # Positive slots first, then zero slots, each in position order, built in row blocks: the argsort's int64
         # [R, M] result was the largest temporary of a refresh (bench/results/dcd-refresh-memory.json).
-        self.slot_pos = torch.empty((n_rows, m), dtype=torch.int16 if m < 2**15 else torch.int32,
-                                    device=weights.device)
-        slot_w = torch.empty_like(weights)
-        self.n_pos = torch.empty(n_rows, dtype=torch.int64, device=weights.device)  # [R]
+        self.slot_pos = torch.empty((n_rows, m), dtype=torch.int16 if m < 2**15 else torch.int32, device=device)
+        self.n_pos = torch.empty(n_rows, dtype=torch.int64, device=device)  # [R]
+        wmax = torch.empty(n_rows, dtype=torch.float32, device=device)
+        true_mass = torch.empty(n_rows, dtype=torch.float64, device=device)
         for start in range(0, n_rows, BUILD_ROW_CHUNK):
-            block = weights[start : start + BUILD_ROW_CHUNK]
+            stop = min(start + BUILD_ROW_CHUNK, n_rows)
+            block = self.row_weights(torch.arange(start, stop, device=device))
+            if bool(block.min() < 0):
+                raise ValueError("weights must be non-negative")
             positive = block > 0
-            self.n_pos[start : start + len(block)] = positive.sum(1)
-            order = torch.argsort((~positive).to(torch.int8), dim=1, stable=True)
-            self.slot_pos[start : start + len(block)] = order
-            torch.gather(block, 1, order, out=slot_w[start : start + len(block)]).add_(self.floor)
-        self.slot_w = slot_w.reshape(-1)  # flat [R*M]
-        self.wmax = (weights.max(1).values + self.floor).double()  # [R]
+            self.n_pos[start:stop] = positive.sum(1)
+            self.slot_pos[start:stop] = torch.argsort((~positive).to(torch.int8), dim=1, stable=True)
+            wmax[start:stop] = block.max(1).values
+            true_mass[start:stop] = block.sum(1, dtype=torch.float64)  # no float64 copy of the weights
+        self.wmax = (wmax + self.floor).double()  # [R]
         self.pos_mass = self.n_pos.double() * self.wmax
         self.total = self.pos_mass + (m - self.n_pos).double() * self.floor
         self.use_gumbel = self.n_pos < 2 * k
         # Expected acceptance of one draw, used to size the first round.
-        true_mass = weights.sum(1, dtype=torch.float64) + m * self.floor  # no float64 copy of the weights
-        self.accept = (true_mass / self.total).float()
+        self.accept = ((true_mass + m * self.floor) / self.total).float()
+
+    @classmethod
+    def of_table(cls, weights: torch.Tensor, k: int, floor: float) -> WeightedRowSampler:
+        """A sampler over a dense [R, M] table of weights (which it then holds)."""
+        if weights.dim() != 2:
+            raise ValueError(f"weights must be [R, M], got shape {tuple(weights.shape)}")
+        return cls(table_weights(weights), (weights.shape[0], weights.shape[1]), k, floor, weights.device)
+
+    def row_weights(self, rows: torch.Tensor) -> torch.Tensor:
+        """[len(rows), M] float32: every weight of the given rows."""
+        return self.weight(rows, self.cols.expand(rows.shape[0], self.m))
 
     def sample(self, rows: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """rows [B] -> [B, k] positions sorted ascending; each row takes the path ``use_gumbel`` [R] picks."""
@@ -147,7 +173,7 @@ class WeightedRowSampler:
         gmask = self.use_gumbel.index_select(0, rows)
         g_idx = gmask.nonzero().squeeze(1)
         if g_idx.numel():
-            logw = torch.log(self.weights[rows[g_idx]] + self.floor)
+            logw = torch.log(self.row_weights(rows[g_idx]) + self.floor)
             out[g_idx] = gumbel_topk(logw, self.k, generator)
         r_idx = (~gmask).nonzero().squeeze(1)
         if r_idx.numel():
@@ -173,9 +199,9 @@ class WeightedRowSampler:
             slot = torch.where(in_pos, s_pos, s_zero)  # [A, D]
             flat = r[:, None] * m + slot
             coin = x - s_pos.double() * wmax
-            flat_1d = flat.view(-1)
-            ok = ~in_pos | (coin < self.slot_w.index_select(0, flat_1d).view_as(flat).double())
-            return self.slot_pos.view(-1).index_select(0, flat_1d).view_as(flat).long(), ok
+            pos = self.slot_pos.view(-1).index_select(0, flat.view(-1)).view_as(flat).long()
+            ok = ~in_pos | (coin < (self.weight(r, pos) + self.floor).double())
+            return pos, ok
 
         return _distinct_rounds(rows.shape[0], m, k, rows.device, draw)
 

@@ -30,12 +30,11 @@ from core.config import (
 
 # Bytes per entry of a teacher's top-M list, by dtype. Both methods keep the lists as int64
 # (core.distill.topm.teacher_topm). DCD adds, for each corrected side (UCD: users, ICD: items) and each entry of
-# its corrected prefix (correction_m, else M): the int16 rank discrepancy, and a sampler over the two rows w+ and
-# w- of float32 weights, int16 slot positions and float32 slot weights (core.distill.sampling).
-# With what a refresh builds and drops, DCD's peak was 50-62 B per entry on ML-1M's shape, RKD off
-# (bench/results/dcd-refresh-memory.json).
+# its corrected prefix (correction_m, else M): the int16 rank discrepancy, and its sampler's int16 slot
+# positions for the two rows w+ and w- (core.distill.sampling; the weights are computed from the discrepancy
+# when drawn). DCD's peak on ML-1M's shape, RKD off, is in bench/results/dcd-refresh-memory.json.
 LIST_BYTES = 8
-DCD_CORRECTION_BYTES = 2 + 2 * (4 + 2 + 4)
+DCD_CORRECTION_BYTES = 2 + 2 * 2
 # A model trained by gradient steps: float32 parameters and Adam's two moments (SparseAdam's too are dense).
 ADAM_PARAM_BYTES = 3 * 4
 # A training pair gathers a user's and two items' rows (float32; NeuMF gathers more).

@@ -209,7 +209,7 @@ def test_a_job_that_cannot_fit_in_memory_is_refused_naming_the_option(
     # The scale benchmark's 10M-interaction shape; a 24 GB worker (bench/results/scale-job.json ran m = 100 there).
     client.app.state.settings = settings.model_copy(update={"job_memory_mb": 24 * 1024})  # type: ignore[attr-defined]
     ds = add_dataset(sessions, n_users=1_000_000, n_items=100_000)
-    res = client.post("/jobs", json=job_body(ds, hyperparameters={"m": 1000}))
+    res = client.post("/jobs", json=job_body(ds, hyperparameters={"m": 2000}))
     assert res.status_code == 422, res.text
     detail = res.json()["detail"]
     assert detail.startswith("hyperparameters.m: this job needs at least") and "RECDISTILL_JOB_MEMORY_MB" in detail
@@ -226,6 +226,6 @@ def test_without_the_setting_a_job_is_held_to_this_machines_memory(
 ) -> None:
     monkeypatch.setattr(memory, "machine_memory", lambda: 8 * 2**30)  # an 8 GiB machine
     ds = add_dataset(sessions, n_users=1_000_000, n_items=100_000)
-    res = client.post("/jobs", json=job_body(ds, hyperparameters={"m": 500}))  # a 22 GB floor
+    res = client.post("/jobs", json=job_body(ds, hyperparameters={"m": 500}))  # a 13.6 GB floor
     assert res.status_code == 422 and "a job may use 8.6 GB (this machine's memory" in res.json()["detail"], res.text
-    assert client.post("/jobs", json=job_body(ds, hyperparameters={"m": 100})).status_code == 201  # 6 GB
+    assert client.post("/jobs", json=job_body(ds, hyperparameters={"m": 100})).status_code == 201  # 4.2 GB

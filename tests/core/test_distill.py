@@ -11,9 +11,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from core.distill import DISTILLERS, RELEASED_PROCEDURE, build_distiller, sampling, teacher_topm
+from core.distill import DISTILLERS, RELEASED_PROCEDURE, build_distiller, ranking, sampling, teacher_topm
 from core.distill import dcd as dcd_module
-from core.distill.dcd import DCDDistiller, correction_rows, correction_weights
+from core.distill.dcd import DCDDistiller, correction_entry_weights, correction_weights
 from core.distill.losses import (
     RankingTerm,
     ranking_terms,
@@ -22,6 +22,7 @@ from core.distill.losses import (
     relaxed_ranking_loss_rows,
     row_dot,
 )
+from core.distill.ranking import RankingSide
 from core.distill.sampling import WeightedRowSampler, gumbel_topk
 from core.models.bpr import BPRMF
 
@@ -139,7 +140,7 @@ def empirical(samples: torch.Tensor) -> dict[tuple[int, ...], float]:
 def test_weighted_sampler_matches_sequential_without_replacement(force: str) -> None:
     weights = torch.tensor([[0.9, 0.5, 0.0, 0.2, 0.0, 0.7]])
     floor, k, n = 0.05, 3, 20000
-    sampler = WeightedRowSampler(weights, k, floor)
+    sampler = WeightedRowSampler.of_table(weights, k, floor)
     g = torch.Generator().manual_seed(0)
     sampler.use_gumbel = torch.tensor([force == "gumbel"])  # route the row through the path under test
     out = sampler.sample(torch.zeros(n, dtype=torch.int64), g)
@@ -163,7 +164,7 @@ def test_gumbel_topk_matches_torch_multinomial_distribution() -> None:
 def test_sampler_with_fewer_positive_weights_than_p() -> None:
     # Row 0: all zero (uniform through the floor); row 1: one positive weight; p = 3 > positives.
     weights = torch.tensor([[0.0] * 6, [0.0, 0.0, 0.8, 0.0, 0.0, 0.0]])
-    sampler = WeightedRowSampler(weights, 3, 1e-5)
+    sampler = WeightedRowSampler.of_table(weights, 3, 1e-5)
     assert sampler.use_gumbel.all()
     g = torch.Generator().manual_seed(0)
     out = sampler.sample(torch.tensor([0, 1] * 3000), g)
@@ -176,28 +177,42 @@ def test_sampler_with_fewer_positive_weights_than_p() -> None:
 
 def test_sampler_rejects_bad_inputs() -> None:
     with pytest.raises(ValueError, match="floor"):
-        WeightedRowSampler(torch.ones(2, 4), 2, 0.0)
+        WeightedRowSampler.of_table(torch.ones(2, 4), 2, 0.0)
     with pytest.raises(ValueError, match="k must be"):
-        WeightedRowSampler(torch.ones(2, 4), 5, 1e-5)
+        WeightedRowSampler.of_table(torch.ones(2, 4), 5, 1e-5)
 
 
 def test_a_sampler_built_in_row_blocks_is_the_one_built_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     g = torch.Generator().manual_seed(1)
     weights = torch.rand(11, 9, generator=g) * (torch.rand(11, 9, generator=g) > 0.4)
     floor = 1e-3
-    for module in (sampling, dcd_module):
-        monkeypatch.setattr(module, "BUILD_ROW_CHUNK", 4)  # blocks of 4, 4 and 3 rows
-    blocks = WeightedRowSampler(weights, 3, floor)
+    monkeypatch.setattr(sampling, "BUILD_ROW_CHUNK", 4)  # blocks of 4, 4 and 3 rows
+    blocks = WeightedRowSampler.of_table(weights, 3, floor)
     # What the sampler computed at once before it was built in blocks.
     positive = weights > 0
     order = torch.argsort((~positive).to(torch.int8), dim=1, stable=True)
     assert torch.equal(blocks.slot_pos, order.to(torch.int16))
-    assert torch.equal(blocks.slot_w, (weights.gather(1, order) + floor).reshape(-1))
     assert torch.equal(blocks.n_pos, positive.sum(1))
     total = positive.sum(1).double() * (weights.max(1).values + floor).double() + (9 - positive.sum(1)).double() * floor
     assert torch.equal(blocks.accept, ((weights.double().sum(1) + 9 * floor) / total).float())
-    d = torch.randint(-8, 9, (11, 9), generator=g, dtype=torch.int16)
-    assert torch.equal(correction_rows(d, 0.1), torch.cat(correction_weights(d, 0.1)))
+
+
+def test_correction_samplers_compute_the_weights_they_do_not_hold() -> None:
+    # Rows 0..R-1 are w+ of the discrepancies, R..2R-1 their w-, bit for bit, from any (row, column) entries.
+    g = torch.Generator().manual_seed(2)
+    d = torch.randint(-40, 41, (11, 9), generator=g, dtype=torch.int16)
+    weight = correction_entry_weights(d, 0.1)
+    table = torch.cat(correction_weights(d, 0.1))
+    rows = torch.randint(0, 22, (30,), generator=g)
+    cols = torch.randint(0, 9, (30, 5), generator=g)
+    assert torch.equal(weight(rows, cols), table[rows[:, None], cols])
+    # A sampler over them is the sampler over the table: the same draws from the same generator.
+    over_table, computed = WeightedRowSampler.of_table(table, 3, 1e-5), WeightedRowSampler(weight, (22, 9), 3, 1e-5)
+    for name in ("slot_pos", "n_pos", "wmax", "total", "accept", "use_gumbel"):
+        assert torch.equal(getattr(over_table, name), getattr(computed, name))
+    every = torch.arange(22).repeat(50)
+    a = over_table.sample(every, torch.Generator().manual_seed(5))
+    assert torch.equal(a, computed.sample(every, torch.Generator().manual_seed(5)))
 
 
 # --- DCD refresh, losses, gradients, resume -------------------------------------------------------
@@ -520,6 +535,27 @@ def test_rrd_samples(data: SimpleNamespace, deterministic: bool) -> None:
         assert len(set(unint)) == 6 and not set(unint) & set(listed) and not observed[u, unint].any()
     total, parts = d.loss(student, torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5]))
     assert set(parts) == {"rrd", "rrd_item"} and total.item() > 0
+
+
+def test_ranking_side_in_row_blocks_is_the_one_built_at_once(
+    data: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    teacher, _ = models()
+    lists = teacher_topm(teacher, data.train, 10)[0]
+    lists[3, -2:] = torch.from_numpy(data.train[3].indices[:2].astype(np.int64))  # a padded row: duplicate keys
+    sides = []
+    for block in (N_USERS, 7):  # one block, then blocks of 7, 7, 7, 7 and 2 rows
+        monkeypatch.setattr(ranking, "ROW_BLOCK", block)
+        side = RankingSide(lists, data.train, 4, 3, 10.0, False)
+        side.resample(torch.Generator().manual_seed(4))
+        sides.append(side)
+    whole, blocks = sides
+    obs = data.train.tocoo()
+    keys = np.unique(np.concatenate([obs.row * N_ITEMS + obs.col, (np.arange(N_USERS)[:, None] * N_ITEMS
+                                                                   + lists.numpy()).reshape(-1)]))
+    assert torch.equal(blocks.excluded, torch.from_numpy(keys)) and torch.equal(whole.excluded, blocks.excluded)
+    assert torch.equal(whole.interesting, blocks.interesting)  # the same draws from the same generator
+    assert torch.equal(whole.uninteresting, blocks.uninteresting)
 
 
 def test_none_distiller_adds_zero_and_registry_validates() -> None:
