@@ -89,10 +89,16 @@ def test_teacher_topm_matches_dense_argsort(data: SimpleNamespace) -> None:
     np.testing.assert_array_equal(item_top.numpy(), np.argsort(-masked.T, axis=1, kind="stable")[:, :6])
 
 
-def test_teacher_topm_item_side_skips_only_items_that_cannot_change() -> None:
+@pytest.mark.parametrize("block", [8192, 3])
+def test_teacher_topm_item_side_skips_only_items_that_cannot_change(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Many chunks and a short M: most late chunks reach few items' lists (the merge skips the others), and the
-    item lists still equal a dense argsort over all users."""
+    item lists still equal a dense argsort over all users, the items merged at once or in blocks of 3."""
+    from core.distill import topm
     from core.models import build_model
+
+    monkeypatch.setattr(topm, "MERGE_ROW_BLOCK", block)
 
     n_users, n_items = 3000, 40
     rng = np.random.default_rng(5)
