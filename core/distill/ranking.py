@@ -16,9 +16,14 @@ from core.distill.sampling import gumbel_topk, sample_excluding
 logger = logging.getLogger(__name__)
 
 
-# Rows per block when the excluded keys are built and when interesting entries are drawn: the temporaries are
-# [block, M], not [rows, M].
-ROW_BLOCK = 16_384
+# List entries per block when the excluded keys are built and when interesting entries are drawn: the
+# temporaries are those of a block (tens of MB), not of every row.
+BLOCK_ENTRIES = 1 << 20
+
+
+def row_blocks(n_rows: int, m: int) -> range:
+    """Starts of the row blocks of a [n_rows, m] table, ~BLOCK_ENTRIES entries each."""
+    return range(0, n_rows, max(1, BLOCK_ENTRIES // max(m, 1)))
 
 
 def excluded_keys(lists: torch.Tensor, observed: sp.spmatrix) -> torch.Tensor:
@@ -26,15 +31,15 @@ def excluded_keys(lists: torch.Tensor, observed: sp.spmatrix) -> torch.Tensor:
     [R, M], on ``lists``' device.
 
     Built in row blocks: a row's keys all lie between those of the rows before and after it, so sorted blocks in
-    row order are sorted overall, and the temporaries (the keys of one block, their sort) stay [block, M]; at
-    once they were about 3 times the result (12 GB beside 4 GB at a million users and M = 500)."""
+    row order are sorted overall, and the temporaries (the keys of one block, their sort) are a block's; at once
+    they were about 3 times the result (12 GB beside 4 GB at a million users and M = 500)."""
     n_rows, n_cols = observed.shape
     csr = observed.tocsr()
     dev = lists.device
     out = torch.empty(csr.nnz + lists.numel(), dtype=torch.int64, device=dev)
-    fill = 0
-    for start in range(0, n_rows, ROW_BLOCK):
-        stop = min(start + ROW_BLOCK, n_rows)
+    fill, blocks = 0, row_blocks(n_rows, lists.shape[1])
+    for start in blocks:
+        stop = min(start + blocks.step, n_rows)
         obs = csr[start:stop].tocoo()
         obs_keys = torch.from_numpy((obs.row.astype(np.int64) + start) * n_cols + obs.col.astype(np.int64)).to(dev)
         list_keys = (torch.arange(start, stop, device=dev)[:, None] * n_cols + lists[start:stop]).reshape(-1)
@@ -92,9 +97,10 @@ class RankingSide:
             self.interesting = None  # last epoch's is not kept while this one's is drawn
             interesting = torch.empty((self.n_rows, self.k), dtype=self.lists.dtype, device=dev)
             # In row blocks: gumbel_topk's float32 noise is 3 temporaries of [rows, M] (6 GB at a million users and
-            # M = 500). Blocks draw the same numbers as one call (the generator's stream is consumed in row order).
-            for start in range(0, self.n_rows, ROW_BLOCK):
-                stop = min(start + ROW_BLOCK, self.n_rows)
+            # M = 500) at once. Blocks draw the same numbers as one call (the generator's stream is consumed in row order).
+            blocks = row_blocks(self.n_rows, self.lists.shape[1])
+            for start in blocks:
+                stop = min(start + blocks.step, self.n_rows)
                 logits = self.rank_logits.expand(stop - start, -1)
                 positions = gumbel_topk(logits, self.k, generator)  # [B, K] sorted: teacher order kept
                 interesting[start:stop] = self.lists[start:stop].gather(1, positions)

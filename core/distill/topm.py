@@ -93,8 +93,8 @@ def teacher_topm(
     return user_top, item_top
 
 
-# Items merged at once by ``_merge_items``.
-MERGE_ROW_BLOCK = 8192
+# Entries (list plus chunk) of the item rows merged at once by ``_merge_items``.
+MERGE_BLOCK_ENTRIES = 1 << 20
 
 
 def _merge_items(item_vals: torch.Tensor, item_top: torch.Tensor, scores: torch.Tensor, start: int) -> None:
@@ -111,8 +111,9 @@ def _merge_items(item_vals: torch.Tensor, item_top: torch.Tensor, scores: torch.
     """
     mi = item_vals.shape[1]
     changing = (scores.amax(dim=0) >= item_vals[:, -1]).nonzero().squeeze(1)  # [R] items whose list can change
-    # In blocks of rows: a merged row holds ~60 bytes a list entry of temporaries (3 GB over 100k items at M = 500).
-    for rows in changing.split(MERGE_ROW_BLOCK):
+    # In blocks of rows: a merged row holds ~60 bytes a list entry of temporaries (3 GB over 100k items at
+    # M = 500 at once).
+    for rows in changing.split(max(1, MERGE_BLOCK_ENTRIES // (mi + scores.shape[0]))):
         merged = torch.cat([item_vals.index_select(0, rows), scores.index_select(1, rows).T], dim=1)  # [R, Mi + C]
         best_vals, best_pos = merged.topk(mi, dim=1)
         del merged

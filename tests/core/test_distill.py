@@ -89,16 +89,16 @@ def test_teacher_topm_matches_dense_argsort(data: SimpleNamespace) -> None:
     np.testing.assert_array_equal(item_top.numpy(), np.argsort(-masked.T, axis=1, kind="stable")[:, :6])
 
 
-@pytest.mark.parametrize("block", [8192, 3])
+@pytest.mark.parametrize("block", [1 << 20, 3 * (5 + 64)])
 def test_teacher_topm_item_side_skips_only_items_that_cannot_change(
     block: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Many chunks and a short M: most late chunks reach few items' lists (the merge skips the others), and the
-    item lists still equal a dense argsort over all users, the items merged at once or in blocks of 3."""
+    item lists still equal a dense argsort over all users, the items merged at once or 3 at a time."""
     from core.distill import topm
     from core.models import build_model
 
-    monkeypatch.setattr(topm, "MERGE_ROW_BLOCK", block)
+    monkeypatch.setattr(topm, "MERGE_BLOCK_ENTRIES", block)
 
     n_users, n_items = 3000, 40
     rng = np.random.default_rng(5)
@@ -550,8 +550,8 @@ def test_ranking_side_in_row_blocks_is_the_one_built_at_once(
     lists = teacher_topm(teacher, data.train, 10)[0]
     lists[3, -2:] = torch.from_numpy(data.train[3].indices[:2].astype(np.int64))  # a padded row: duplicate keys
     sides = []
-    for block in (N_USERS, 7):  # one block, then blocks of 7, 7, 7, 7 and 2 rows
-        monkeypatch.setattr(ranking, "ROW_BLOCK", block)
+    for block in (N_USERS * 10, 70):  # one block, then blocks of 7, 7, 7, 7 and 2 rows (M = 10)
+        monkeypatch.setattr(ranking, "BLOCK_ENTRIES", block)
         side = RankingSide(lists, data.train, 4, 3, 10.0, False)
         side.resample(torch.Generator().manual_seed(4))
         sides.append(side)
