@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,6 +66,19 @@ def stage_epochs(best_epoch: int, stages: int) -> list[int]:
     return [max(1, round(best_epoch * (s + 1) / stages)) for s in range(stages)]
 
 
+def _check_disk(folder: Path, spec: ModelSpec, n_users: int, k: int, epochs: int) -> None:
+    """A ValueError naming the option when ``folder``'s disk cannot hold the recording of every epoch up to the
+    cap (patience usually stops sooner): refused before training, not ended by a full disk hours into it."""
+    need = n_users * k * np.dtype(np.int32).itemsize * epochs
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise ValueError(
+            f"hyperparameters.ensemble_epochs: HetComp records the ensemble teacher {spec}'s top-k lists after "
+            f"every epoch, up to {need / 1e9:.1f} GB of disk ({n_users:,} users x k = {k} x {epochs} epochs, "
+            f"int32), and the job folder's disk has {free / 1e9:.1f} GB free: lower ensemble_epochs or k, or "
+            f"free disk")
+
+
 def _closed_form_path(spec: ModelSpec, data: SplitData, config: HetCompConfig, device: torch.device,
                       final: Recommender | None = None) -> Trajectory:
     k = min(config.k, data.n_items - 1)
@@ -93,6 +107,7 @@ def _trained(spec: ModelSpec, data: SplitData, config: HetCompConfig, seed: int,
     if spill is not None:
         spill.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hetcomp-recording-", dir=spill) as folder:
+        _check_disk(Path(folder), spec, data.n_users, k, config.ensemble_epochs)
         recorder = _Recorder(model, data, k, config.chunk, device, Path(folder))
         result = fit(model, data, train, callbacks=[recorder, *callbacks], should_cancel=should_cancel)
         epochs = stage_epochs(result.best_epoch, config.stages)

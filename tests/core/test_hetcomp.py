@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -159,6 +160,20 @@ def test_a_trained_teachers_lists_go_to_disk_epoch_by_epoch_and_its_stages_come_
     got = trajectory.trajectories(teacher, data, config, torch.device("cpu"), seed=0, cache=tmp_path)
     assert len(seen) == 4 and all(any(torch.equal(stage, s) for s in seen) for stage in got[1].stages)
     assert not list(tmp_path.glob("hetcomp-recording-*"))  # removed once the stages are read
+
+
+def test_a_recording_the_disk_cannot_hold_is_refused_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = small_data()
+    teacher = build_model("bpr", data.n_users, data.n_items, 4, seed=0)
+    config = HetCompConfig(**{**SMALL, "teachers": ["bpr:4"], "ensemble_epochs": 4})
+    need = data.n_users * min(config.k, data.n_items - 1) * 4 * 4  # int32 lists, 4 epochs
+    monkeypatch.setattr(trajectory.shutil, "disk_usage", lambda _: SimpleNamespace(free=need - 1))
+    monkeypatch.setattr(trajectory, "fit", lambda *a, **k: pytest.fail("trained without room to record"))
+    with pytest.raises(ValueError, match=r"^hyperparameters.ensemble_epochs: .* bpr:4.*lower ensemble_epochs or k"):
+        trajectory.trajectories(teacher, data, config, torch.device("cpu"), seed=0, cache=tmp_path)
+    assert not list(tmp_path.glob("hetcomp-recording-*"))
 
 
 @pytest.mark.parametrize(("over", "message"), [
