@@ -37,14 +37,15 @@ def discrepancy(scores: torch.Tensor) -> torch.Tensor:
     return rank_s - positions
 
 
-def correction_weight(d: torch.Tensor, eps: float) -> torch.Tensor:
-    """tanh(relu(ε·d)), float32: the weight of an entry whose student rank is d places below the teacher's."""
-    return torch.tanh(torch.relu(eps * d.float()))
+def correction_weight(d: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    """tanh(relu(scale·d)), float32, scale = ε for w+ (an entry the student ranks d places below the teacher) and
+    −ε for w− (above); a [R, 1] tensor scales each row. Computed in place on one float32 copy of ``d``."""
+    return d.float().mul_(scale).relu_().tanh_()
 
 
 def correction_weights(d: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(w+, w-) = (tanh(relu(ε·d)), tanh(relu(−ε·d))): under- and over-estimation weights."""
-    return correction_weight(d, eps), correction_weight(-d, eps)
+    return correction_weight(d, eps), correction_weight(d, -eps)
 
 
 def correction_entry_weights(disc: torch.Tensor, eps: float) -> EntryWeights:
@@ -54,12 +55,13 @@ def correction_entry_weights(disc: torch.Tensor, eps: float) -> EntryWeights:
     (bench/results/dcd-refresh-memory.json)."""
     n, m = disc.shape
     flat = disc.view(-1)
+    signed = torch.tensor([eps, -eps], dtype=torch.float32, device=disc.device)
 
     def weight(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        under = rows < n  # a w+ row
-        d = flat.index_select(0, (torch.where(under, rows, rows - n)[:, None] * m + cols).reshape(-1))
-        d = d.view(cols.shape)
-        return correction_weight(torch.where(under[:, None], d, -d), eps)  # -d: exact (|d| < M)
+        over = rows >= n  # a w- row
+        start = (rows - n * over) * m  # where its discrepancy row begins in ``flat``
+        d = flat.index_select(0, (cols + start[:, None]).reshape(-1)).view(cols.shape)
+        return correction_weight(d, signed[over.long()][:, None])
 
     return weight
 
