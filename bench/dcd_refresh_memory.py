@@ -1,10 +1,14 @@
 """Peak memory of DCD per teacher-list entry: after the lists (prepare), the first and the second refresh.
 
 A job refreshes DCD's ranks every `period` epochs; from the second refresh on, what the previous one built
-exists while the new one is made. Each measurement is a fresh subprocess (ru_maxrss is a process's peak) on
-ML-1M's shape (6,040 x 3,706, ~132 random training items a user), random BPR-MF embeddings (teacher dim 200,
-student dim 20, perturbed between the refreshes), RKD off. With ``--baseline DIR`` every setting is measured
-on that checkout too, alternating with this one, in the same run.
+exists while the new one is made. Each measurement is a fresh subprocess (ru_maxrss is a process's peak; a
+peak that a step does not raise reads as the one before it) on ML-1M's shape (6,040 x 3,706, ~132 random
+training items a user) or ``--shape``, random BPR-MF embeddings (teacher dim 200, student dim 20, perturbed
+between the refreshes), RKD off unless ``--rkd`` (then its excluded keys, built in prepare, and its per-epoch
+draws count too). ``held_after``: what is still resident after the second refresh, free heap pages handed back
+(malloc_trim), the structures DCD keeps through an epoch. ``*_s``: each step's seconds (a refresh's include
+RKD's draws and the bank's; the machine shared, so compare versions within a run). With ``--baseline DIR`` every setting is measured on
+that checkout too, alternating with this one, in the same run.
 
 Usage:
     git worktree add /tmp/dcd-base <commit>
@@ -23,10 +27,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from faults_kit import ROOT, checkouts, git_commit, measure_each  # noqa: E402
 
-N_USERS, N_ITEMS, PER_USER = 6040, 3706, 132
+ML_1M_SHAPE = "6040x3706x132"
 
 CHILD = """
-import json, resource, sys
+import ctypes, json, os, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np, scipy.sparse as sp, torch
 from core.distill import build_distiller
@@ -35,7 +39,13 @@ from core.models.bpr import BPRMF
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-m, bank, n_users, n_items, per_user = (int(a) for a in sys.argv[2:7])
+def held_mb(trim=True):  # resident now, after handing the allocator's free pages back
+    if trim:  # not at the start: the pages it hands back would be faulted in again inside the timed steps
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+m, bank, n_users, n_items, per_user, rkd = (int(a) for a in sys.argv[2:8])
 rng = np.random.default_rng(0)
 rows = np.repeat(np.arange(n_users), per_user)
 train = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, rng.integers(0, n_items, len(rows)))),
@@ -50,47 +60,55 @@ class Data:
 torch.manual_seed(0)
 teacher = BPRMF(n_users, n_items, 200, init_std=0.1).requires_grad_(False)
 student = BPRMF(n_users, n_items, 20, init_std=0.1)
-base = peak_mb()
-dcd = build_distiller("dcd", m=m, chunk=512, use_rkd=False, bank=bank, period=1)
+base, base_held = peak_mb(), held_mb(trim=False)
+dcd = build_distiller("dcd", m=m, chunk=512, use_rkd=bool(rkd), bank=bank, period=1)
+t0 = time.perf_counter()
 dcd.prepare(teacher, Data(train), "cpu")
-after_prepare = peak_mb()
+t1, after_prepare = time.perf_counter(), peak_mb()
 dcd.on_epoch_start(student, 0)
-after_first = peak_mb()
+t2, after_first = time.perf_counter(), peak_mb()
 with torch.no_grad():
     for p in student.parameters():
         p.add_(torch.randn_like(p) * 0.1)
+t3 = time.perf_counter()
 dcd.on_epoch_start(student, 1)
-after_second = peak_mb()
+t4, after_second = time.perf_counter(), peak_mb()
 print(json.dumps({"base_mb": base, "prepare_mb": after_prepare - base, "first_refresh_mb": after_first - base,
-                  "second_refresh_mb": after_second - base}))
+                  "second_refresh_mb": after_second - base, "held_after_mb": held_mb() - base_held,
+                  "prepare_s": t1 - t0, "first_refresh_s": t2 - t1, "second_refresh_s": t4 - t3}))
 """
 
 
-def measure(code: Path, m: int, bank: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-c", CHILD, str(code), str(m), str(bank), str(N_USERS), str(N_ITEMS), str(PER_USER)]
+def measure(code: Path, m: int, bank: int, rkd: bool, shape: tuple[int, int, int]) -> dict[str, Any]:
+    n_users, n_items, per_user = shape
+    cmd = [sys.executable, "-c", CHILD, str(code), str(m), str(bank), str(n_users), str(n_items), str(per_user),
+           str(int(rkd))]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    entries = (N_USERS + N_ITEMS) * m  # M below both sides' sizes: no clipping
+    entries = (n_users + n_items) * m  # M below both sides' sizes: no clipping
     per_entry = {k.removesuffix("_mb") + "_bytes_per_entry": round(v * 2**20 / entries, 1)
-                 for k, v in out.items() if k != "base_mb"}
-    return {"m": m, "bank": bank, **{k: round(v, 1) for k, v in out.items()}, **per_entry}
+                 for k, v in out.items() if k.endswith("_mb") and k != "base_mb"}
+    return {"m": m, "bank": bank, "rkd": rkd, **{k: round(v, 2 if k.endswith("_s") else 1) for k, v in out.items()}, **per_entry}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ms", default="500,1000")
     parser.add_argument("--banks", default="0,8")
+    parser.add_argument("--shape", default=ML_1M_SHAPE, help="USERSxITEMSxTRAINING_ITEMS_PER_USER (default ML-1M's)")
+    parser.add_argument("--rkd", action="store_true", help="with DCD's RKD term (the default job's setting)")
     parser.add_argument("--baseline", type=Path, help="a checkout of an earlier commit, measured alternately")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "dcd-refresh-memory.json"))
     args = parser.parse_args(argv)
     codes = checkouts(args.baseline)
+    n_users, n_items, per_user = shape = tuple(int(x) for x in args.shape.split("x"))
     runs = []
     for m in (int(x) for x in args.ms.split(",")):
         for bank in (int(x) for x in args.banks.split(",")):
-            runs += measure_each(codes, lambda code, m=m, bank=bank: measure(code, m, bank))
+            runs += measure_each(codes, lambda code, m=m, bank=bank: measure(code, m, bank, args.rkd, shape))
     report = {
         "command": "python bench/dcd_refresh_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "what": __doc__.split("\n\n")[0],
-        "shape": {"users": N_USERS, "items": N_ITEMS, "train_items_per_user": PER_USER},
+        "shape": {"users": n_users, "items": n_items, "train_items_per_user": per_user},
         "commits": {name: git_commit(code) for name, code in codes.items()},
         "runs": runs,
     }
