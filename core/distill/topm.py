@@ -1,8 +1,8 @@
 """Teacher top-M lists: per user the top-M unobserved items, per item the top-M users, in teacher order.
 
-One streaming pass over user chunks: ``full_scores`` of a chunk [C, n_items] gives the users' lists, and a
-running top-M per item is merged with the chunk's transposed scores (only for the items whose list can change). Peak memory is
-O((users + items) x M + items x (M + chunk)), never users x items.
+One streaming pass over user chunks: ``full_scores`` of a chunk [C, n_items] gives the users' lists, and each
+item's running top-M takes the chunk's users that can still enter it (``_ItemLists``). Peak memory is
+O((users + items) x M + items x chunk), never users x items.
 """
 
 from __future__ import annotations
@@ -81,47 +81,80 @@ def teacher_topm(
     dev = torch.device(device)
     csr = train_csr.tocsr()
     user_top = torch.empty((n_users, mu), dtype=torch.int64, device=dev)
-    item_vals = torch.full((n_items, mi), -torch.inf, device=dev)  # running best scores per item
-    item_top = torch.zeros((n_items, mi), dtype=torch.int64, device=dev)
+    items = _ItemLists(n_items, mi, dev)
     for start, stop, scores, rows, cols in scored_chunks(teacher, csr, chunk, dev):
-        # Masked entries sit below every real score but above the -inf placeholders of item_vals.
+        # Masked entries sit below every real score but above the -inf placeholders of the item lists.
         scores[rows, cols] = torch.finfo(scores.dtype).min
         user_top[start:stop] = scores.topk(mu, dim=1).indices
-        _merge_items(item_vals, item_top, scores, start)
+        items.add(scores, start)
         del scores
     _log_padding(csr, mu, mi)
-    return user_top, item_top
+    return user_top, items.lists()
 
 
-# Entries (list plus chunk) of the item rows merged at once by ``_merge_items``.
+# Entries of the item rows handled at once by ``_ItemLists``: their temporaries are a block's, not every item's.
 MERGE_BLOCK_ENTRIES = 1 << 20
 
 
-def _merge_items(item_vals: torch.Tensor, item_top: torch.Tensor, scores: torch.Tensor, start: int) -> None:
-    """Merge a chunk's users (``scores`` [C, n_items], users ``start..start+C``) into every item's running top
-    list, in place (``item_vals`` [n_items, Mi] sorted descending, ``item_top`` their users).
+class _ItemLists:
+    """Every item's running top-Mi users over the user chunks seen so far (values descending, and their users).
 
-    Only the items where some chunk score reaches the list's current last value can change, so only their rows
-    are merged (a top-k over [R, Mi + C]): once the lists hold real scores, after ~C x Mi users, the share of
-    items that qualify falls like C x Mi / users seen (316k users x 31.6k items, M = 100: 126 s of CPU against
-    182 s merging every item). A merged row is what merging every row gives (ties with the last value included,
-    ``>=``), any other row keeps its list; so the lists are the same, except the order of exactly equal scores,
-    which topk leaves unspecified and the merge of every row reshuffled at every chunk (30 of 31.6k item lists
-    there, none on ML-100K or ML-1M shaped tests).
+    The chunk's users that reach an item's current Mi-th score, its threshold, are its candidates: they wait in a
+    buffer of Mi slots and join the list in one top-Mi over list and buffer when the buffer is full, or at the
+    end. A user below an item's threshold can never be in its final list (a threshold only rises), so the lists
+    are those of one top-Mi over every user, except the order of exactly equal scores, which topk leaves
+    unspecified. Merging every chunk into every list it could change (a top-Mi over Mi + chunk entries per item)
+    cost most of DCD's preparation at m = 500: 3.8 s a chunk of 512 users over 100k items, an hour over 1M users.
     """
-    mi = item_vals.shape[1]
-    changing = (scores.amax(dim=0) >= item_vals[:, -1]).nonzero().squeeze(1)  # [R] items whose list can change
-    # In blocks of rows: a merged row holds ~60 bytes a list entry of temporaries (3 GB over 100k items at
-    # M = 500 at once).
-    for rows in changing.split(max(1, MERGE_BLOCK_ENTRIES // (mi + scores.shape[0]))):
-        merged = torch.cat([item_vals.index_select(0, rows), scores.index_select(1, rows).T], dim=1)  # [R, Mi + C]
-        best_vals, best_pos = merged.topk(mi, dim=1)
-        del merged
-        from_chunk = best_pos >= mi
-        chunk_users = (best_pos - mi).clamp_min(0) + start
-        kept = item_top.index_select(0, rows).gather(1, best_pos.clamp_max(mi - 1))
-        item_top.index_copy_(0, rows, torch.where(from_chunk, chunk_users, kept))
-        item_vals.index_copy_(0, rows, best_vals)
+
+    def __init__(self, n_items: int, mi: int, device: torch.device) -> None:
+        self.mi = mi
+        self.vals = torch.full((n_items, mi), -torch.inf, device=device)
+        self.top = torch.zeros((n_items, mi), dtype=torch.int64, device=device)
+        self.buf_vals = torch.full((n_items, mi), -torch.inf, device=device)
+        self.buf_users = torch.zeros((n_items, mi), dtype=torch.int64, device=device)
+        self.fill = torch.zeros(n_items, dtype=torch.int64, device=device)
+
+    def add(self, scores: torch.Tensor, start: int) -> None:
+        """Take the candidates of a chunk's ``scores`` [C, n_items] (users ``start..start+C``)."""
+        counts = (scores >= self.vals[:, -1]).sum(0)  # [n_items] candidates of each item in this chunk
+        changing = counts.nonzero().squeeze(1)
+        if changing.numel() == 0:  # (split would give one empty block)
+            return
+        for rows in changing.split(max(1, MERGE_BLOCK_ENTRIES // (self.mi + scores.shape[0]))):
+            # The block's largest count of best chunk scores per item: an item with fewer candidates takes a few
+            # entries below its threshold too, which cannot displace what belongs in its list.
+            k = int(counts.index_select(0, rows).max())
+            vals, pos = scores.index_select(1, rows).T.topk(k, dim=1)
+            users = pos + start
+            full = self.fill.index_select(0, rows) + k > self.mi
+            if bool(full.any()):
+                self._flush(rows[full])
+            if k > self.mi:  # more than a buffer holds (the first chunks): straight into the lists
+                self._merge(rows, vals, users)
+                continue
+            slots = self.fill.index_select(0, rows)[:, None] + torch.arange(k, device=rows.device)
+            self.buf_vals[rows[:, None], slots] = vals
+            self.buf_users[rows[:, None], slots] = users
+            self.fill.index_add_(0, rows, torch.full_like(rows, k))
+
+    def lists(self) -> torch.Tensor:
+        """Every item's top-Mi users, the buffers merged."""
+        waiting = self.fill.nonzero().squeeze(1)
+        for rows in waiting.split(max(1, MERGE_BLOCK_ENTRIES // (2 * self.mi))) if waiting.numel() else ():
+            self._flush(rows)
+        return self.top
+
+    def _flush(self, rows: torch.Tensor) -> None:
+        self._merge(rows, self.buf_vals.index_select(0, rows), self.buf_users.index_select(0, rows))
+        self.buf_vals.index_fill_(0, rows, -torch.inf)
+        self.fill.index_fill_(0, rows, 0)
+
+    def _merge(self, rows: torch.Tensor, vals: torch.Tensor, users: torch.Tensor) -> None:
+        best_vals, best_pos = torch.cat([self.vals.index_select(0, rows), vals], dim=1).topk(self.mi, dim=1)
+        both = torch.cat([self.top.index_select(0, rows), users], dim=1)
+        self.top.index_copy_(0, rows, both.gather(1, best_pos))
+        self.vals.index_copy_(0, rows, best_vals)
 
 
 # (shape, Mu, Mi) already explained: an experiment computes the lists once per seed, and the same words once

@@ -89,26 +89,31 @@ def test_teacher_topm_matches_dense_argsort(data: SimpleNamespace) -> None:
     np.testing.assert_array_equal(item_top.numpy(), np.argsort(-masked.T, axis=1, kind="stable")[:, :6])
 
 
-@pytest.mark.parametrize("block", [1 << 20, 3 * (5 + 64)])
-def test_teacher_topm_item_side_skips_only_items_that_cannot_change(
-    block: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("m", "chunk", "block"), [(5, 64, 1 << 20), (5, 64, 3 * (5 + 64)), (20, 7, 1 << 20)])
+def test_teacher_topm_item_lists_take_only_the_users_that_can_enter_them(
+    m: int, chunk: int, block: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Many chunks and a short M: most late chunks reach few items' lists (the merge skips the others), and the
-    item lists still equal a dense argsort over all users, the items merged at once or 3 at a time."""
+    """Many chunks: after the first ones a chunk holds few candidates for an item's list (they wait in its buffer
+    until it is full), and the item lists still equal a dense argsort over all users; the items handled at once
+    or 3 at a time; a list longer than a chunk (m 20, chunk 7) starts in the buffer."""
     from core.distill import topm
     from core.models import build_model
 
     monkeypatch.setattr(topm, "MERGE_BLOCK_ENTRIES", block)
+    flushes: list[int] = []
+    flush = topm._ItemLists._flush
+    monkeypatch.setattr(topm._ItemLists, "_flush", lambda self, rows: (flushes.append(len(rows)), flush(self, rows)))
 
     n_users, n_items = 3000, 40
     rng = np.random.default_rng(5)
     train = sp.random(n_users, n_items, density=0.1, format="csr", random_state=rng, dtype=np.float32)
     train.data[:] = 1.0
     teacher = build_model("bpr", n_users, n_items, 8, train=train, seed=2)
-    _, item_top = teacher_topm(teacher, train, m=5, chunk=64)
+    _, item_top = teacher_topm(teacher, train, m=m, chunk=chunk)
     full = teacher.full_scores(torch.arange(n_users)).detach().numpy().astype(np.float64)
     masked = np.where(train.toarray() > 0, -np.inf, full)
-    np.testing.assert_array_equal(item_top.numpy(), np.argsort(-masked.T, axis=1, kind="stable")[:, :5])
+    np.testing.assert_array_equal(item_top.numpy(), np.argsort(-masked.T, axis=1, kind="stable")[:, :m])
+    assert sum(flushes) > n_items  # buffers filled and merged along the way, not only at the end
 
 
 def test_teacher_topm_clips_m_and_pads_with_observed(data: SimpleNamespace) -> None:
