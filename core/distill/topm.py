@@ -117,26 +117,34 @@ class _ItemLists:
 
     def add(self, scores: torch.Tensor, start: int) -> None:
         """Take the candidates of a chunk's ``scores`` [C, n_items] (users ``start..start+C``)."""
-        counts = (scores >= self.vals[:, -1]).sum(0)  # [n_items] candidates of each item in this chunk
+        hit = scores >= self.vals[:, -1]  # [C, n_items]: each item's candidates in this chunk
+        counts = hit.sum(0, dtype=torch.int32).long()  # (count_nonzero down a column: 8x slower)
         changing = counts.nonzero().squeeze(1)
         if changing.numel() == 0:  # (split would give one empty block)
             return
+        users = torch.arange(start, start + scores.shape[0], device=scores.device)
         for rows in changing.split(max(1, MERGE_BLOCK_ENTRIES // (self.mi + scores.shape[0]))):
-            # The block's largest count of best chunk scores per item: an item with fewer candidates takes a few
-            # entries below its threshold too, which cannot displace what belongs in its list.
-            k = int(counts.index_select(0, rows).max())
-            vals, pos = scores.index_select(1, rows).T.topk(k, dim=1)
-            users = pos + start
-            full = self.fill.index_select(0, rows) + k > self.mi
+            count = counts.index_select(0, rows)
+            full = self.fill.index_select(0, rows) + count > self.mi
             if bool(full.any()):
                 self._flush(rows[full])
-            if k > self.mi:  # more than a buffer holds (the first chunks): straight into the lists
-                self._merge(rows, vals, users)
+            over = count > self.mi  # more candidates than a buffer holds (the first chunks): merged straight in
+            if bool(over.any()):
+                big = rows[over]
+                self._merge(big, scores.index_select(1, big).T, users.expand(len(big), -1))
+            rows, count = rows[~over], count[~over]
+            if rows.numel() == 0:
                 continue
-            slots = self.fill.index_select(0, rows)[:, None] + torch.arange(k, device=rows.device)
-            self.buf_vals[rows[:, None], slots] = vals
-            self.buf_users[rows[:, None], slots] = users
-            self.fill.index_add_(0, rows, torch.full_like(rows, k))
+            # Each candidate goes to its item's next free slot: fill + its rank among the item's candidates.
+            cand = hit.index_select(1, rows).T  # [R, C]
+            slots = self.fill.index_select(0, rows)[:, None] + cand.cumsum(1) - 1
+            r, c = cand.nonzero(as_tuple=True)
+            items = rows[r]
+            # On flat views: index_select / index_copy_ are several times cheaper than advanced indexing on CPU.
+            at = items * self.mi + slots.view(-1).index_select(0, r * slots.shape[1] + c)
+            self.buf_vals.view(-1).index_copy_(0, at, scores.view(-1).index_select(0, c * scores.shape[1] + items))
+            self.buf_users.view(-1).index_copy_(0, at, users.index_select(0, c))
+            self.fill.index_add_(0, rows, count)
 
     def lists(self) -> torch.Tensor:
         """Every item's top-Mi users, the buffers merged."""
