@@ -95,6 +95,9 @@ def _distinct_rounds(
 
 # Rows per block when a sampler is built: its temporaries are [block, M], not [R, M].
 BUILD_ROW_CHUNK = 4096
+# First-round rejection draws taken at once (rows x draws a row): bounds their temporaries to ~2 GB. Above
+# every MovieLens bank (2 x 6,040 rows x at most 1,044 draws), so their samples are unchanged.
+MAX_DRAWS = 1 << 24
 
 #: ``weight(rows [A], cols [A, D])`` -> float32 [A, D]: the weights of the entries (row, col), non-negative.
 EntryWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -183,6 +186,12 @@ class WeightedRowSampler:
     def _rejection(self, rows: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         k, m = self.k, self.m
         acc = float(self.accept[rows].min().clamp_min(0.05))
+        if rows.numel() > 1 and rows.numel() * (1.3 * k / acc) > MAX_DRAWS:
+            # Halves until a round's draws fit: each draw holds ~100 bytes of temporaries, and one row of low
+            # acceptance sizes every row's draws (65,536 rows of a DCD bank: ~7 GB at the 0.05 floor, which ended
+            # a 10M-interaction job out of memory). Rows within the bound draw as they always did.
+            half = rows.numel() // 2
+            return torch.cat([self._rejection(rows[:half], generator), self._rejection(rows[half:], generator)])
 
         def draw(active: torch.Tensor, need: torch.Tensor, first_round: bool) -> tuple[torch.Tensor, torch.Tensor]:
             r = rows.index_select(0, active)

@@ -147,10 +147,16 @@ def empirical(samples: torch.Tensor) -> dict[tuple[int, ...], float]:
     return {tuple(k.tolist()): c / len(samples) for k, c in zip(keys, counts, strict=True)}
 
 
-@pytest.mark.parametrize("force", ["gumbel", "rejection"])
-def test_weighted_sampler_matches_sequential_without_replacement(force: str) -> None:
+@pytest.mark.parametrize("force", ["gumbel", "rejection", "rejection in halves"])
+def test_weighted_sampler_matches_sequential_without_replacement(force: str, monkeypatch: pytest.MonkeyPatch) -> None:
     weights = torch.tensor([[0.9, 0.5, 0.0, 0.2, 0.0, 0.7]])
     floor, k, n = 0.05, 3, 20000
+    if force == "rejection in halves":  # rows x draws above the bound: drawn in 8 or more blocks of rows
+        monkeypatch.setattr(sampling, "MAX_DRAWS", 20000)
+        calls: list[int] = []
+        rejection = WeightedRowSampler._rejection
+        monkeypatch.setattr(WeightedRowSampler, "_rejection",
+                            lambda self, rows, g: (calls.append(len(rows)), rejection(self, rows, g))[1])
     sampler = WeightedRowSampler.of_table(weights, k, floor)
     g = torch.Generator().manual_seed(0)
     sampler.use_gumbel = torch.tensor([force == "gumbel"])  # route the row through the path under test
@@ -161,6 +167,8 @@ def test_weighted_sampler_matches_sequential_without_replacement(force: str) -> 
     # 20000 draws: the standard error of any frequency is <= 0.0036; 0.02 is > 5 sigma.
     assert max(abs(exact[s] - emp.get(s, 0.0)) for s in exact) < 0.02
     assert set(emp) <= set(exact)
+    if force == "rejection in halves":
+        assert max(calls) == n and min(calls) <= n // 8
 
 
 def test_gumbel_topk_matches_torch_multinomial_distribution() -> None:
