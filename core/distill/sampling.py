@@ -188,8 +188,9 @@ class WeightedRowSampler:
         acc = float(self.accept[rows].min().clamp_min(0.05))
         if rows.numel() > 1 and rows.numel() * (1.3 * k / acc) > MAX_DRAWS:
             # Halves until a round's draws fit: each draw holds ~100 bytes of temporaries, and one row of low
-            # acceptance sizes every row's draws (65,536 rows of a DCD bank: ~7 GB at the 0.05 floor, which ended
-            # a 10M-interaction job out of memory). Rows within the bound draw as they always did.
+            # acceptance sizes every row's draws (65,536 rows of a DCD bank at the 0.05 floor: ~7 GB by the
+            # shapes; a 10M-interaction job at m = 500 was killed out of memory around its first bank). Rows within
+            # the bound draw as they always did.
             half = rows.numel() // 2
             return torch.cat([self._rejection(rows[:half], generator), self._rejection(rows[half:], generator)])
 
