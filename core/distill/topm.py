@@ -103,8 +103,9 @@ class _ItemLists:
     buffer of Mi slots and join the list in one top-Mi over list and buffer when the buffer is full, or at the
     end. A user below an item's threshold can never be in its final list (a threshold only rises), so the lists
     are those of one top-Mi over every user, except the order of exactly equal scores, which topk leaves
-    unspecified. Merging every chunk into every list it could change (a top-Mi over Mi + chunk entries per item)
-    cost most of DCD's preparation at m = 500: 3.8 s a chunk of 512 users over 100k items, an hour over 1M users.
+    unspecified. Merging every chunk into every list it could change (a top-Mi over Mi + chunk entries per item,
+    for nearly every item at m = 500) kept a 10M-interaction job in ``teacher_topm`` for about 80 minutes
+    (docs/results.md; bench/results/topm-speed-*.json compares the two).
     """
 
     def __init__(self, n_items: int, mi: int, device: torch.device) -> None:
