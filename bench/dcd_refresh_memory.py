@@ -32,7 +32,7 @@ ML_1M_SHAPE = "6040x3706x132"
 CHILD = """
 import ctypes, json, os, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-import numpy as np, scipy.sparse as sp, torch
+import torch
 from core.distill import build_distiller
 from core.models.bpr import BPRMF
 
@@ -46,12 +46,9 @@ def held_mb(trim=True):  # resident now, after handing the allocator's free page
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 m, bank, n_users, n_items, per_user, rkd = (int(a) for a in sys.argv[2:8])
-rng = np.random.default_rng(0)
-rows = np.repeat(np.arange(n_users), per_user)
-train = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, rng.integers(0, n_items, len(rows)))),
-                      shape=(n_users, n_items))
-train.sum_duplicates()
-train.data[:] = 1.0
+sys.path.insert(0, sys.argv[8])  # this bench's folder
+from bench_data import random_train
+train = random_train(n_users, n_items, per_user)
 
 class Data:
     def __init__(self, train):
@@ -82,7 +79,7 @@ print(json.dumps({"base_mb": base, "prepare_mb": after_prepare - base, "first_re
 def measure(code: Path, m: int, bank: int, rkd: bool, shape: tuple[int, int, int]) -> dict[str, Any]:
     n_users, n_items, per_user = shape
     cmd = [sys.executable, "-c", CHILD, str(code), str(m), str(bank), str(n_users), str(n_items), str(per_user),
-           str(int(rkd))]
+           str(int(rkd)), str(Path(__file__).resolve().parent)]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
     entries = (n_users + n_items) * m  # M below both sides' sizes: no clipping
     per_entry = {k.removesuffix("_mb") + "_bytes_per_entry": round(v * 2**20 / entries, 1)

@@ -27,18 +27,15 @@ from faults_kit import checkouts, git_commit, measure_each  # noqa: E402
 CHILD = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-import numpy as np, scipy.sparse as sp, torch
+import numpy as np, torch
 from core.distill.topm import teacher_topm
 from core.models.bpr import BPRMF
 
 torch.set_num_threads(1)
 n_users, n_items, per_user, m = (int(a) for a in sys.argv[2:6])
-rng = np.random.default_rng(0)
-rows = np.repeat(np.arange(n_users), per_user)
-train = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, rng.integers(0, n_items, len(rows)))),
-                      shape=(n_users, n_items))
-train.sum_duplicates()
-train.data[:] = 1.0
+sys.path.insert(0, sys.argv[8])  # this bench's folder
+from bench_data import random_train
+train = random_train(n_users, n_items, per_user)
 torch.manual_seed(0)
 teacher = BPRMF(n_users, n_items, 64, init_std=0.1).requires_grad_(False)
 c0, w0 = time.process_time(), time.perf_counter()
@@ -63,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     def measure(code: Path) -> dict[str, Any]:
         name = "current" if code == codes["current"] else "baseline"
         cmd = [sys.executable, "-c", CHILD, str(code), str(n_users), str(n_items), str(per_user), str(args.m),
-               str(work / f"{name}-items.npy"), str(work / f"{name}-users.npy")]
+               str(work / f"{name}-items.npy"), str(work / f"{name}-users.npy"),
+               str(Path(__file__).resolve().parent)]
         wall, cpu = (float(x) for x in subprocess.run(cmd, check=True, capture_output=True, text=True
                                                      ).stdout.split()[-2:])
         return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
