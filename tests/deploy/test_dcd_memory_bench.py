@@ -20,4 +20,4 @@ def test_a_tiny_shape_reports_peaks_what_is_held_and_seconds_per_setting(tmp_pat
         ("current", 60, 0, True), ("current", 60, 2, True)]
     for run in report["runs"]:
         assert run["second_refresh_mb"] >= run["first_refresh_mb"] >= run["prepare_mb"] >= 0  # one process's peak
-        assert run["prepare_s"] > 0 and run["first_refresh_s"] > 0 and "held_after_bytes_per_entry" in run
+        assert run["prepare_s"] >= 0 and run["first_refresh_s"] >= 0 and "held_after_bytes_per_entry" in run  # (0.0: a tiny step rounds to 0)
