@@ -124,6 +124,8 @@ def run_size(args: argparse.Namespace, size: tuple[int, int, int], work: Path) -
         RECDISTILL_MAX_UPLOAD_MB=str(max(500, int(out["file_mb"]) + 64)),
         RECDISTILL_MAX_UPLOAD_DECOMPRESSED_MB=str(max(1024, int(out["file_mb"]) + 64)),
         RECDISTILL_INGEST_TIMEOUT="3600",
+        # A job killed (out of memory) is measured once, not re-run by the crash cap for hours.
+        RECDISTILL_JOB_MAX_CRASHES="1",
     )
     url, headers = f"http://{LOOPBACK}:{port}", {"X-API-Key": key}
     procs = Processes(env, home)
