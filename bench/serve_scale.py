@@ -1,7 +1,8 @@
 """Serving at scale (issue 14): a 1M-item bundle served by one and by four API processes.
 
 Writes one bundle the way the worker does (``write_bundle``: index chosen by size, built and tuned on all cores,
-recall@10 measured on the model's own users), then for ``uvicorn api.main:app --workers N`` (N = 1, 4) on a
+recall@10 measured on the model's own users), then for ``python -m api.server --workers N`` (N = 1, 4; with
+``--listen shared``, also uvicorn's own ``--workers``, whose processes share one listening socket) on a
 fresh home whose bundle files are hard links of that one (same inodes, so the page cache is shared as with one
 artifact store): memory per process before and after activation (/proc/<pid>/smaps_rollup: ``Anonymous`` is
 memory a process holds privately — its own copies; ``Pss`` its proportional share of everything it maps;
@@ -113,7 +114,7 @@ def memory(pid: int) -> dict[str, int]:
 
 
 def workers_of(master: int, n: int) -> list[int]:
-    """The uvicorn worker processes (children of the master; the master itself with --workers 1)."""
+    """The API processes (children of the master; the master itself with --workers 1)."""
     if n == 1:
         return [master]
     deadline = time.monotonic() + 60
@@ -124,7 +125,7 @@ def workers_of(master: int, n: int) -> list[int]:
         if len(pids) >= n:
             return pids[:n]
         time.sleep(0.2)
-    raise RuntimeError(f"expected {n} uvicorn workers")
+    raise RuntimeError(f"expected {n} API processes")
 
 
 def readyz(port: int) -> dict[str, Any]:  # answers before a model is active too (503 + body)
@@ -211,18 +212,21 @@ def served_recall(port: int, arrays: dict[str, Any], n: int) -> float:
     return round(float(np.mean(hits)), 4)
 
 
-def run_servers(args: argparse.Namespace, bundle: Path, arrays: dict[str, Any], n_workers: int,
+def run_servers(args: argparse.Namespace, bundle: Path, arrays: dict[str, Any], n_workers: int, listen: str,
                 workdir: Path) -> dict[str, Any]:
-    home = workdir / f"home-{n_workers}"
+    home = workdir / f"home-{n_workers}-{listen}"
     folders = make_home(home, bundle)
     first, second = list(folders)
     port = st.free_port()
     key = "bench-key-0123456789"
     env = {**os.environ, "RECDISTILL_HOME": str(home), "RECDISTILL_LOG_LEVEL": "WARNING", "RECDISTILL_API_KEY": key,
            "RECDISTILL_OPEN_SERVING": "true"}
+    # What the API container runs (a listening socket per process), or uvicorn's shared socket to compare.
+    server_cmd = (["-m", "api.server"] if listen == "per-process" else
+                  ["-m", "uvicorn", "api.main:app", "--no-access-log"])
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port), "--workers",
-         str(n_workers), "--log-level", "warning", "--no-access-log"], cwd=ROOT, env=env)
+        [sys.executable, *server_cmd, "--host", "127.0.0.1", "--port", str(port), "--workers", str(n_workers),
+         "--log-level", "warning"], cwd=ROOT, env=env)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -257,6 +261,7 @@ def run_servers(args: argparse.Namespace, bundle: Path, arrays: dict[str, Any], 
         server.wait(timeout=60)
     return {
         "api_processes": n_workers,
+        "listen": listen if n_workers > 1 else "one process",
         "activation": activation,
         "hot_swap_again": again,
         "load": runs,
@@ -275,6 +280,9 @@ def main() -> None:
     parser.add_argument("--seen", type=int, default=50, help="seen items drawn per user (10M interactions)")
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--listen", choices=["per-process", "shared"], nargs="+", default=["per-process"],
+                        help="with several processes: python -m api.server (a socket per process), and/or "
+                             "uvicorn --workers (one shared socket)")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--batch-connections", type=int, default=4)
@@ -300,7 +308,8 @@ def main() -> None:
             [sys.executable, "-c", "import sys, time; sys.path.insert(0, '.'); from core.index import ServingBundle;"
              f"t = time.perf_counter(); b = ServingBundle.load({str(bundle)!r}); b.recommend('u1', 10);"
              "print(time.perf_counter() - t)"], cwd=ROOT, capture_output=True, text=True, check=True)
-        runs = [run_servers(args, bundle, arrays, n, workdir) for n in args.workers]
+        runs = [run_servers(args, bundle, arrays, n, listen, workdir)
+                for n in args.workers for listen in (args.listen if n > 1 else args.listen[:1])]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     index_mib = sizes["index.faiss"] / 2**20

@@ -30,7 +30,8 @@ SERVICE_VARS: dict[str, tuple[str, str]] = {
     ),
     "WEB_CONCURRENCY": (
         "1",
-        "Number of uvicorn processes in the api container; each loads the active serving bundle.",
+        "Number of API processes in the api container, each listening on its own socket (SO_REUSEPORT); each "
+        "loads the active serving bundle.",
     ),
 }
 
