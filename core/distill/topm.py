@@ -66,7 +66,12 @@ def teacher_topm(
     chunk: int = 512,
     device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(user_top [n_users, Mu] item codes, item_top [n_items, Mi] user codes), int64 on ``device``.
+    """(user_top [n_users, Mu] item codes, item_top [n_items, Mi] user codes), int32 on ``device``.
+
+    int32, not the int64 that topk returns: the lists are DCD's and RRD's largest structures (with RKD each list
+    entry is also a key, an int64), and 4 bytes an entry less on both sides is ~15 % of what DCD holds. torch
+    indexes with int32 (index_select, gather, embeddings); arithmetic on codes that can pass 2^31 (keys
+    row * n_cols + col) is done on int64 rows, which promotes. Codes past int32 (2^31 users or items) stay int64.
 
     Training positives are masked (lowest finite score) before ranking. Mu = min(m, n_items - 1), Mi = min(m, n_users - 1).
     A row with fewer unobserved candidates than its M is padded at the end with observed entries
@@ -80,12 +85,13 @@ def teacher_topm(
     mu, mi = clip_list_lengths(m, n_users, n_items)
     dev = torch.device(device)
     csr = train_csr.tocsr()
-    user_top = torch.empty((n_users, mu), dtype=torch.int64, device=dev)
-    items = _ItemLists(n_items, mi, dev)
+    codes = torch.int32 if max(n_users, n_items) <= torch.iinfo(torch.int32).max else torch.int64
+    user_top = torch.empty((n_users, mu), dtype=codes, device=dev)
+    items = _ItemLists(n_items, mi, dev, codes)
     for start, stop, scores, rows, cols in scored_chunks(teacher, csr, chunk, dev):
         # Masked entries sit below every real score but above the -inf placeholders of the item lists.
         scores[rows, cols] = torch.finfo(scores.dtype).min
-        user_top[start:stop] = scores.topk(mu, dim=1).indices
+        user_top[start:stop] = scores.topk(mu, dim=1).indices  # (copied as ``codes``)
         items.add(scores, start)
         del scores
     _log_padding(csr, mu, mi)
@@ -108,12 +114,12 @@ class _ItemLists:
     (docs/results.md; bench/results/topm-speed-*.json compares the two).
     """
 
-    def __init__(self, n_items: int, mi: int, device: torch.device) -> None:
+    def __init__(self, n_items: int, mi: int, device: torch.device, codes: torch.dtype) -> None:
         self.mi = mi
         self.vals = torch.full((n_items, mi), -torch.inf, device=device)
-        self.top = torch.zeros((n_items, mi), dtype=torch.int64, device=device)
+        self.top = torch.zeros((n_items, mi), dtype=codes, device=device)
         self.buf_vals = torch.full((n_items, mi), -torch.inf, device=device)
-        self.buf_users = torch.zeros((n_items, mi), dtype=torch.int64, device=device)
+        self.buf_users = torch.zeros((n_items, mi), dtype=codes, device=device)
         self.fill = torch.zeros(n_items, dtype=torch.int64, device=device)
 
     def add(self, scores: torch.Tensor, start: int) -> None:
@@ -123,7 +129,7 @@ class _ItemLists:
         changing = counts.nonzero().squeeze(1)
         if changing.numel() == 0:  # (split would give one empty block)
             return
-        users = torch.arange(start, start + scores.shape[0], device=scores.device)
+        users = torch.arange(start, start + scores.shape[0], dtype=self.top.dtype, device=scores.device)
         for rows in changing.split(max(1, MERGE_BLOCK_ENTRIES // (self.mi + scores.shape[0]))):
             count = counts.index_select(0, rows)
             full = self.fill.index_select(0, rows) + count > self.mi

@@ -82,6 +82,7 @@ def test_relaxed_ranking_loss_rejects_bad_shapes() -> None:
 def test_teacher_topm_matches_dense_argsort(data: SimpleNamespace) -> None:
     teacher, _ = models()
     user_top, item_top = teacher_topm(teacher, data.train, m=6, chunk=7)
+    assert user_top.dtype == item_top.dtype == torch.int32  # 4 bytes an entry: the lists are the largest structures
     full = teacher.full_scores(torch.arange(N_USERS)).detach().numpy().astype(np.float64)
     observed = data.train.toarray() > 0
     masked = np.where(observed, -np.inf, full)

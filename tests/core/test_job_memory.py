@@ -28,23 +28,23 @@ def distiller_needs(s: JobSpec, n_users: int, n_items: int, budget: int) -> list
 
 
 def test_lists_are_counted_by_dtype_on_both_sides_with_m_clipped_to_the_other_side() -> None:
-    per = memory.LIST_BYTES + memory.DCD_CORRECTION_BYTES  # 8 + 6: both sides corrected
+    per = memory.LIST_BYTES + memory.DCD_CORRECTION_BYTES  # 4 + 6: both sides corrected
     (need,) = distiller_needs(spec(m=100, bank=0, use_rkd=False), 1_000_000, 100_000, 24 * GB)
     assert need.field == "hyperparameters.m" and need.bytes == per * 1_100_000 * 100
     (need,) = distiller_needs(spec(m=500, bank=0, use_rkd=False), 1000, 50, 24 * GB)  # 49 items a user, 500 users an item
     assert need.bytes == per * (1000 * 49 + 50 * 500)
     # Corrections on a prefix, or on one side only, hold less.
     (prefix,) = distiller_needs(spec(m=100, bank=0, use_rkd=False, correction_m=50), 1_000_000, 100_000, 24 * GB)
-    assert prefix.bytes == 8 * 1_100_000 * 100 + 6 * 1_100_000 * 50
+    assert prefix.bytes == 4 * 1_100_000 * 100 + 6 * 1_100_000 * 50
     (users,) = distiller_needs(spec(m=100, bank=0, use_rkd=False, use_icd=False), 1_000_000, 100_000, 24 * GB)
-    assert users.bytes == 8 * 1_100_000 * 100 + 6 * 1_000_000 * 100
+    assert users.bytes == 4 * 1_100_000 * 100 + 6 * 1_000_000 * 100
     # RKD (DCD) and RRD keep the int64 keys of each ranked side's listed entries; RRD no corrections.
     (rkd,) = distiller_needs(spec(m=100, bank=0), 1_000_000, 100_000, 24 * GB)
     assert rkd.bytes == per * 1_100_000 * 100 + 8 * 1_000_000 * 100
     (rrd,) = distiller_needs(spec("rrd", m=100), 1_000_000, 100_000, 24 * GB)
-    assert rrd.bytes == 8 * 1_100_000 * 100 + 8 * 1_000_000 * 100
+    assert rrd.bytes == 4 * 1_100_000 * 100 + 8 * 1_000_000 * 100
     (both,) = distiller_needs(spec("rrd", m=100, item_side=True), 1_000_000, 100_000, 24 * GB)
-    assert both.bytes == 16 * 1_100_000 * 100
+    assert both.bytes == 12 * 1_100_000 * 100
     assert distiller_needs(spec("none"), 1_000_000, 100_000, 24 * GB) == []
 
 
@@ -54,7 +54,7 @@ def test_dcds_sample_bank_counts_int16_draws_for_each_corrected_side() -> None:
     # The largest m that fits leaves room for the bank and the student.
     models = sum(t.bytes for t in memory.needs(spec(m=100), 1_000_000, 100_000, 0)
                  if t.phase == "distill" and t.field in MODEL_FIELDS)
-    assert lists.fix.startswith(f"no m above {(24 * GB - bank.bytes - models) // (14 * 1_100_000):,} ")
+    assert lists.fix.startswith(f"no m above {(24 * GB - bank.bytes - models) // (10 * 1_100_000):,} ")
     users_only, _ = distiller_needs(spec(m=100, bank=8, p=40, use_icd=False), 1_000_000, 100_000, 24 * GB)
     assert users_only.bytes == 8 * 2 * 1_000_000 * 40 * 2
 
@@ -63,10 +63,10 @@ def test_a_job_above_the_budget_is_refused_naming_the_option_and_the_largest_m_t
     # The scale benchmark's 10M-interaction shape (bench/results/scale-job.json): m = 100 ran in 15.3 GB.
     memory.check(spec(m=100, bank=0, use_rkd=False), 1_000_000, 100_000, 24 * GB, "RECDISTILL_JOB_MEMORY_MB")
     with pytest.raises(memory.MemoryTooSmall) as err:
-        memory.check(spec(m=2000, bank=0, use_rkd=False), 1_000_000, 100_000, 24 * GB, "RECDISTILL_JOB_MEMORY_MB")
+        memory.check(spec(m=3000, bank=0, use_rkd=False), 1_000_000, 100_000, 24 * GB, "RECDISTILL_JOB_MEMORY_MB")
     text = str(err.value)
-    assert text.startswith("hyperparameters.m: this job needs at least 31.3 GB of memory in its distill phase")
-    assert "30.8 GB of it for the teacher's top-M lists at m = 2000" in text
+    assert text.startswith("hyperparameters.m: this job needs at least 33.5 GB of memory in its distill phase")
+    assert "33.0 GB of it for the teacher's top-M lists at m = 3000" in text
     assert "RECDISTILL_JOB_MEMORY_MB" in text and "24.0 GB" in text
     largest = int(text.split("no m above ", 1)[1].split(" ", 1)[0].replace(",", ""))
     memory.check(spec(m=largest, bank=0, use_rkd=False), 1_000_000, 100_000, 24 * GB, "x")
