@@ -20,18 +20,16 @@ import pytest
 from api.server import MAX_HEAD_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "deploy"))
+from script_loader import load_script  # noqa: E402
+
+spread = load_script("bench/api_spread.py")  # which API process holds each connection (/proc), and its bench
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _listening(port: int) -> int:
-    """Sockets listening on ``port`` (state 0A in /proc/net/tcp): one per API process once each has started."""
-    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
-    return sum(1 for r in rows if int(r[1].split(":")[1], 16) == port and r[3] == "0A")
 
 
 def _start(home: Path, port: int, workers: int, **env: str) -> subprocess.Popen[bytes]:
@@ -44,7 +42,8 @@ def _start(home: Path, port: int, workers: int, **env: str) -> subprocess.Popen[
     deadline = time.monotonic() + 60
     while True:
         try:
-            if _listening(port) == workers and httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+            healthy = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+            if healthy and spread.listening(port) == workers:
                 return proc
         except httpx.HTTPError:
             pass
@@ -57,19 +56,6 @@ def _start(home: Path, port: int, workers: int, **env: str) -> subprocess.Popen[
 def _stop(proc: subprocess.Popen[bytes]) -> int:
     proc.terminate()
     return proc.wait(timeout=60)
-
-
-def _children(pid: int) -> list[int]:
-    """The API processes under a server (multiprocessing's resource tracker left out)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid \
-                    and b"resource_tracker" not in (entry / "cmdline").read_bytes():
-                out.append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue  # a process that ended while listed
-    return sorted(out)
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-processes"])
@@ -119,24 +105,6 @@ def test_normal_requests_keep_alive_and_large_bodies_pass(base: str) -> None:
         assert res.status_code == 422, res.text
 
 
-def _owner_of_each_connection(port: int, client_ports: list[int], pids: list[int]) -> list[int]:
-    """For each client port, the pid holding the server side of that loopback connection (/proc/net/tcp)."""
-    inode_of = {}
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote, inode = fields[1], fields[2], fields[9]
-        if int(local.split(":")[1], 16) == port:
-            inode_of[int(remote.split(":")[1], 16)] = f"socket:[{inode}]"
-    pid_of = {}
-    for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                pid_of[os.readlink(fd)] = pid
-            except OSError:
-                continue
-    return [pid_of.get(inode_of.get(c, ""), 0) for c in client_ports]
-
-
 def test_connections_opened_together_spread_over_the_processes(tmp_path: Path) -> None:
     # uvicorn's shared socket let the first process to wake accept every waiting connection: 8 connections
     # opened together all landed on one of four processes. With a socket per process the kernel spreads
@@ -144,18 +112,9 @@ def test_connections_opened_together_spread_over_the_processes(tmp_path: Path) -
     port = _free_port()
     proc = _start(tmp_path / "home", port, 2)
     try:
-        pids = _children(proc.pid)
+        pids = spread.api_processes(proc.pid)
         assert len(pids) == 2
-        socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(24)]
-        try:
-            for sock in socks:  # a request on each: the connection has been accepted once it is answered
-                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            for sock in socks:
-                assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-            owners = _owner_of_each_connection(port, [s.getsockname()[1] for s in socks], pids)
-        finally:
-            for sock in socks:
-                sock.close()
+        owners = spread.trial(port, 24, pids)  # 24 connections opened together, a request on each
         assert set(owners) == set(pids), owners
     finally:
         assert _stop(proc) == 0
@@ -165,10 +124,11 @@ def test_a_killed_process_is_replaced_and_sigterm_stops_them_all(tmp_path: Path)
     port = _free_port()
     proc = _start(tmp_path / "home", port, 2)
     try:
-        first = _children(proc.pid)
+        first = spread.api_processes(proc.pid)
         os.kill(first[0], signal.SIGKILL)  # as the kernel's OOM killer would
         deadline = time.monotonic() + 60
-        while not ((now := _children(proc.pid)) and len(now) == 2 and first[0] not in now and _listening(port) == 2):
+        while not ((now := spread.api_processes(proc.pid)) and len(now) == 2 and first[0] not in now
+                   and spread.listening(port) == 2):
             assert time.monotonic() < deadline, now
             time.sleep(0.2)
         for _ in range(20):  # every request is answered, by either process
@@ -188,14 +148,13 @@ def test_a_process_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
     assert "RECDISTILL_MAX_UPLOAD_MB" in res.stderr and "stopping the server" in res.stderr
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_port_already_serving_is_refused(server: tuple[str, int], workers: int, tmp_path: Path) -> None:
+def test_a_port_already_serving_is_refused(server: tuple[str, int], tmp_path: Path) -> None:
     # SO_REUSEPORT would let a second server share the first one's port and take half its clients.
     port = int(server[0].rsplit(":", 1)[1])
     env = {**os.environ, "RECDISTILL_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, "-m", "api.server", "--port", str(port), "--workers", str(workers)],
+    res = subprocess.run([sys.executable, "-m", "api.server", "--port", str(port), "--workers", "2"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode != 0  # 1 from the supervisor, 3 from uvicorn (it starts the app, then binds)
+    assert res.returncode == 1
     assert "address already in use" in res.stderr.lower()
 
 
