@@ -8,7 +8,7 @@ processes' file descriptors). Reported per mode, over every trial: how many of t
 one connection and the largest number one process got; then a closed-loop ``wrk`` run on C keep-alive
 connections (when wrk is installed) and the CPU seconds each process spent during it.
 
-    .venv/bin/python bench/api_spread.py --out bench/results/api-spread.json
+    .venv/bin/python bench/api_spread.py --workers 4 --out bench/results/api-spread-4.json
 """
 
 from __future__ import annotations
