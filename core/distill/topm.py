@@ -125,8 +125,8 @@ class _ItemLists:
     def add(self, scores: torch.Tensor, start: int) -> None:
         """Take the candidates of a chunk's ``scores`` [C, n_items] (users ``start..start+C``)."""
         # Each item's candidates in this chunk, [C, n_items]. The thresholds are a column of ``vals`` (stride Mi):
-        # compared as that strided view, the broadcast took 1.2 s a chunk of 512 users at 100k items, 17 times
-        # the contiguous copy's, and a third of teacher_topm's time at 1M users (sampled with py-spy).
+        # compared as that strided view, the broadcast took 0.3-1.2 s a chunk of 512 users at 100k items, 5-17
+        # times the contiguous copy's, and a third of the samples of teacher_topm in a 1M-user job (py-spy).
         hit = scores >= self.vals[:, -1].contiguous()
         counts = hit.sum(0, dtype=torch.int32).long()  # (count_nonzero down a column: 8x slower)
         changing = counts.nonzero().squeeze(1)
