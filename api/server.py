@@ -97,9 +97,13 @@ def run(host: str, port: int, *, workers: int = 1, log_level: str = "info", prox
     uvicorn.run("api.main:app", host=host, port=port, workers=workers, **_options(log_level, proxy_headers))
 
 
+def _tcp_socket(host: str) -> socket.socket:
+    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)  # as uvicorn
+
+
 def reuseport_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to (host, port) with SO_REUSEPORT: every process of this server binds its own."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock = _tcp_socket(host)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -135,7 +139,7 @@ class Supervisor:
         self.host, self.workers, self.options = host, workers, options
         self.log = logging.getLogger("uvicorn.error")
         uvicorn.Config("api.main:app", log_level=options["log_level"]).configure_logging()
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as plain:
+        with _tcp_socket(host) as plain:
             plain.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT does not block
             plain.bind((host, port))
             port = plain.getsockname()[1]  # port 0: the one the OS chose, for every process
