@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from faults_kit import LOOPBACK, ROOT, children, free_port, git_commit  # noqa: E402
+from serve_throughput import cpu_seconds  # noqa: E402
 
 COMMANDS = {
     "per-process": ["-m", "api.server"],
@@ -116,18 +117,13 @@ def trial(port: int, connections: int, pids: list[int]) -> list[int]:
             sock.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def wrk_run(port: int, connections: int, seconds: int, pids: list[int]) -> dict[str, Any]:
-    before = [cpu_seconds(p) for p in pids]
+    before = [float(cpu_seconds(p).sum()) for p in pids]
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"http://{LOOPBACK}:{port}/healthz"],
                          capture_output=True, text=True, check=True).stdout
     rate = next(float(line.split()[1]) for line in out.splitlines() if line.startswith("Requests/sec"))
     return {"requests_per_s": rate,
-            "cpu_s_per_process": [round(cpu_seconds(p) - b, 2) for p, b in zip(pids, before, strict=True)]}
+            "cpu_s_per_process": [round(float(cpu_seconds(p).sum()) - b, 2) for p, b in zip(pids, before, strict=True)]}
 
 
 def run_mode(mode: str, args: argparse.Namespace, home: Path) -> dict[str, Any]:
