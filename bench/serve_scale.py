@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import api_spread as spread  # noqa: E402
 import serve_throughput as st  # noqa: E402
 
 from core.db import repo  # noqa: E402
@@ -111,27 +112,6 @@ def memory(pid: int) -> dict[str, int]:
         if key.rstrip(":") in ("Rss", "Pss", "Anonymous", "Private_Clean", "Private_Dirty", "Shared_Clean"):
             out[key.rstrip(":")] = round(int(value) / 1024, 1)
     return out
-
-
-def workers_of(master: int, n: int) -> list[int]:
-    """The API processes (children of the master; the master itself with --workers 1)."""
-    if n == 1:
-        return [master]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        kids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-        # multiprocessing's resource tracker is a child too: keep the ones running uvicorn's app
-        pids = [int(k) for k in kids if b"multiprocessing.resource_tracker" not in Path(f"/proc/{k}/cmdline").read_bytes()]
-        if len(pids) >= n:
-            return pids[:n]
-        time.sleep(0.2)
-    raise RuntimeError(f"expected {n} API processes")
-
-
-def readyz(port: int) -> dict[str, Any]:  # answers before a model is active too (503 + body)
-    import httpx
-
-    return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5, headers={"Connection": "close"}).json()
 
 
 def maps_index(pid: int, folder: Path) -> bool:
@@ -222,22 +202,11 @@ def run_servers(args: argparse.Namespace, bundle: Path, arrays: dict[str, Any], 
     env = {**os.environ, "RECDISTILL_HOME": str(home), "RECDISTILL_LOG_LEVEL": "WARNING", "RECDISTILL_API_KEY": key,
            "RECDISTILL_OPEN_SERVING": "true"}
     # What the API container runs (a listening socket per process), or uvicorn's shared socket to compare.
-    server_cmd = (["-m", "api.server"] if listen == "per-process" else
-                  ["-m", "uvicorn", "api.main:app", "--no-access-log"])
     server = subprocess.Popen(
-        [sys.executable, *server_cmd, "--host", "127.0.0.1", "--port", str(port), "--workers", str(n_workers),
-         "--log-level", "warning"], cwd=ROOT, env=env)
+        [sys.executable, *spread.COMMANDS[listen], "--host", "127.0.0.1", "--port", str(port), "--workers",
+         str(n_workers), "--log-level", "warning"], cwd=ROOT, env=env)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                readyz(port)
-                break
-            except Exception:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("server did not start") from None
-                time.sleep(0.5)
-        pids = workers_of(server.pid, n_workers)
+        pids = spread.ready(port, server, n_workers)
         time.sleep(2)
         before = [memory(p) for p in pids]
         activation = activate(port, first, folders, pids, key)
