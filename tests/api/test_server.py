@@ -26,31 +26,19 @@ from script_loader import load_script  # noqa: E402
 spread = load_script("bench/api_spread.py")  # which API process holds each connection (/proc), and its bench
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(home: Path, port: int, workers: int, **env: str) -> subprocess.Popen[bytes]:
+def _start(home: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
     """``python -m api.server`` on a migrated home, once every process listens and /healthz answers."""
-    env = {**os.environ, "RECDISTILL_HOME": str(home), "PYTHONPATH": str(ROOT), **env}
+    env = {**os.environ, "RECDISTILL_HOME": str(home), "PYTHONPATH": str(ROOT)}
     if not home.exists():
         subprocess.run([sys.executable, "-m", "cli", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
     proc = subprocess.Popen([sys.executable, "-m", "api.server", "--port", str(port), "--workers", str(workers),
                              "--log-level", "warning"], cwd=ROOT, env=env)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            healthy = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-            if healthy and spread.listening(port) == workers:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            _stop(proc)
-            raise AssertionError("server did not start")
-        time.sleep(0.2)
+    try:
+        spread.ready(port, proc, workers, timeout=60)
+    except RuntimeError:
+        _stop(proc)
+        raise
+    return proc
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
@@ -60,7 +48,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-processes"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    port = _free_port()
+    port = spread.free_port()
     proc = _start(tmp_path_factory.mktemp("server") / "home", port, request.param)
     try:
         yield f"http://127.0.0.1:{port}", proc.pid
@@ -109,7 +97,7 @@ def test_connections_opened_together_spread_over_the_processes(tmp_path: Path) -
     # uvicorn's shared socket let the first process to wake accept every waiting connection: 8 connections
     # opened together all landed on one of four processes. With a socket per process the kernel spreads
     # them (by a hash of each connection: 24 on one of 2 processes has odds 2^-23).
-    port = _free_port()
+    port = spread.free_port()
     proc = _start(tmp_path / "home", port, 2)
     try:
         pids = spread.api_processes(proc.pid)
@@ -121,7 +109,7 @@ def test_connections_opened_together_spread_over_the_processes(tmp_path: Path) -
 
 
 def test_a_killed_process_is_replaced_and_sigterm_stops_them_all(tmp_path: Path) -> None:
-    port = _free_port()
+    port = spread.free_port()
     proc = _start(tmp_path / "home", port, 2)
     try:
         first = spread.api_processes(proc.pid)
@@ -142,7 +130,7 @@ def test_a_killed_process_is_replaced_and_sigterm_stops_them_all(tmp_path: Path)
 def test_a_process_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
     env = {**os.environ, "RECDISTILL_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT),
            "RECDISTILL_MAX_UPLOAD_MB": "lots"}
-    res = subprocess.run([sys.executable, "-m", "api.server", "--port", str(_free_port()), "--workers", "2"],
+    res = subprocess.run([sys.executable, "-m", "api.server", "--port", str(spread.free_port()), "--workers", "2"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 1
     assert "RECDISTILL_MAX_UPLOAD_MB" in res.stderr and "stopping the server" in res.stderr
