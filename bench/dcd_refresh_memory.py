@@ -1,14 +1,16 @@
-"""Peak memory of DCD per teacher-list entry: after the lists (prepare), the first and the second refresh.
+"""Peak memory of DCD per teacher-list entry: after the lists (prepare), the first and the second refresh, and
+the trainer's checkpoint after them.
 
 A job refreshes DCD's ranks every `period` epochs; from the second refresh on, what the previous one built
 exists while the new one is made. Each measurement is a fresh subprocess (ru_maxrss is a process's peak; a
 peak that a step does not raise reads as the one before it) on ML-1M's shape (6,040 x 3,706, ~132 random
 training items a user) or ``--shape``, random BPR-MF embeddings (teacher dim 200, student dim 20, perturbed
-between the refreshes), RKD off unless ``--rkd`` (then its excluded keys, built in prepare, and its per-epoch
-draws count too). ``held_after``: what is still resident after the second refresh, free heap pages handed back
-(malloc_trim), the structures DCD keeps through an epoch. ``*_s``: each step's seconds (a refresh's include
-RKD's draws and the bank's; the machine shared, so compare versions within a run). With ``--baseline DIR`` every setting is measured on
-that checkout too, alternating with this one, in the same run.
+between the refreshes, then given Adam moments and a best copy for the checkpoint), RKD off unless ``--rkd``
+(then its excluded keys, built in prepare, and its per-epoch draws count too). ``held_after``: what is still
+resident after the second refresh, free heap pages handed back (malloc_trim), the structures DCD keeps
+through an epoch. ``*_s``: each step's seconds (a refresh's include RKD's draws and the bank's; the machine
+shared, so compare versions within a run). With ``--baseline DIR`` every setting is measured on that checkout
+too, alternating with this one, in the same run.
 
 Usage:
     git worktree add /tmp/dcd-base <commit>
@@ -70,9 +72,24 @@ with torch.no_grad():
 t3 = time.perf_counter()
 dcd.on_epoch_start(student, 1)
 t4, after_second = time.perf_counter(), peak_mb()
+held_after = held_mb() - base_held
+# The trainer's checkpoint at the end of that epoch: the student, its best copy, Adam's moments and DCD's state.
+import tempfile
+from pathlib import Path
+from core.config import TrainConfig
+from core.train_state import TrainState, save_state
+opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+sum(p.square().sum() for p in student.parameters()).backward()
+opt.step()
+state = TrainState(best_tensors={k: v.detach().clone() for k, v in student.state_dict().items()})
+with tempfile.TemporaryDirectory() as folder:
+    t5 = time.perf_counter()
+    save_state(Path(folder) / "train_state.safetensors", state, TrainConfig(), student, opt, dcd)
+    t6, after_checkpoint = time.perf_counter(), peak_mb()
 print(json.dumps({"base_mb": base, "prepare_mb": after_prepare - base, "first_refresh_mb": after_first - base,
-                  "second_refresh_mb": after_second - base, "held_after_mb": held_mb() - base_held,
-                  "prepare_s": t1 - t0, "first_refresh_s": t2 - t1, "second_refresh_s": t4 - t3}))
+                  "second_refresh_mb": after_second - base, "checkpoint_mb": after_checkpoint - base,
+                  "held_after_mb": held_after, "prepare_s": t1 - t0, "first_refresh_s": t2 - t1,
+                  "second_refresh_s": t4 - t3, "checkpoint_s": t6 - t5}))
 """
 
 

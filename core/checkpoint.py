@@ -1,6 +1,6 @@
 """Checkpoints without pickles: a model's safetensors + manifest.json, and the trainer's resumable state.
 
-Every file is written atomically (``core.storage.atomic_write_bytes``: a temporary name, then ``os.replace``).
+Every file is written atomically (``core.storage.atomic_path``: a temporary name, then ``os.replace``).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import scipy.sparse as sp
 import torch
 from safetensors import safe_open
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from safetensors.torch import save_file as st_save_file
 
 import core
 from core.models import build_model
 from core.models.base import Recommender
-from core.storage import atomic_write_bytes
+from core.storage import atomic_path, atomic_write_bytes
 
 MODEL_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -36,8 +36,17 @@ class CheckpointError(ValueError):
 
 
 def cpu_tensors(tensors: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
-    """Detached, contiguous CPU copies (safetensors refuses shared or strided storage)."""
-    return {prefix + k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    """Detached, contiguous CPU tensors (safetensors refuses strided storage): the tensors themselves where they
+    already are, copies of the others. Copying every one held a second image of a training state while it was
+    written (bench/results/dcd-memory-checkpoint.json)."""
+    return {prefix + k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Stream ``tensors`` into ``path`` atomically. safetensors' ``save`` builds the whole file as bytes (and
+    copies them once more); a large DCD training state then held ~3 images of itself at each epoch's save."""
+    with atomic_path(path) as tmp:
+        st_save_file(tensors, tmp, metadata=metadata)
 
 
 def library_versions() -> dict[str, str]:
@@ -82,7 +91,7 @@ def save_checkpoint(directory: str | os.PathLike[str], model: Recommender, manif
     full = dict(manifest)
     full.update(config=model_config(model), versions=library_versions(), format_version=FORMAT_VERSION)
     payload = json.dumps(full, indent=1, sort_keys=True, default=_json_default).encode()
-    atomic_write_bytes(folder / MODEL_FILE, st_save(tensors))
+    write_safetensors(folder / MODEL_FILE, tensors)
     atomic_write_bytes(folder / MANIFEST_FILE, payload)
     return folder
 
@@ -137,7 +146,7 @@ def load_checkpoint(
 def save_train_state(path: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     """One atomic file: tensors in safetensors, everything else as JSON in its metadata."""
     meta = {"state": json.dumps(state, default=_json_default), "format_version": str(FORMAT_VERSION)}
-    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    write_safetensors(path, tensors, meta)
 
 
 def load_train_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

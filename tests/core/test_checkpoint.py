@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 from safetensors.torch import load_file
 
-from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from core.checkpoint import CheckpointError, cpu_tensors, load_checkpoint, save_checkpoint, write_safetensors
 from core.models import MODELS, build_model
 
 # Models trained by gradient steps (EASE, solved in closed form, has its own tests: test_ease.py).
@@ -78,6 +78,26 @@ def test_unserialisable_manifest_fails_before_replacing_files(tmp_path: Path) ->
     with pytest.raises(TypeError, match="not JSON serialisable"):
         save_checkpoint(tmp_path, model, {"bad": object()})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_state_is_written_from_the_tensors_themselves(tmp_path: Path) -> None:
+    # A training state is written without a copy of its CPU tensors (DCD's is gigabytes at scale); a strided one
+    # is packed, and what is read back is what was given.
+    flat, table = torch.arange(6, dtype=torch.int16), torch.arange(12.0).view(3, 4)
+    out = cpu_tensors({"flat": flat, "column": table[:, 1]}, "p/")
+    assert out["p/flat"].data_ptr() == flat.data_ptr() and out["p/column"].is_contiguous()
+    write_safetensors(tmp_path / "s.safetensors", out, {"k": "v"})
+    back = load_file(str(tmp_path / "s.safetensors"))
+    assert torch.equal(back["p/flat"], flat) and torch.equal(back["p/column"], table[:, 1])
+
+
+def test_a_failed_write_leaves_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.safetensors"
+    write_safetensors(path, {"a": torch.ones(3)})
+    shared = torch.zeros(3)
+    with pytest.raises(RuntimeError, match="share memory"):  # refused by safetensors after the file was opened
+        write_safetensors(path, {"a": shared, "b": shared[:2]})
+    assert torch.equal(load_file(str(path))["a"], torch.ones(3)) and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -19,5 +19,5 @@ def test_a_tiny_shape_reports_peaks_what_is_held_and_seconds_per_setting(tmp_pat
     assert [(r["code"], r["m"], r["bank"], r["rkd"]) for r in report["runs"]] == [
         ("current", 60, 0, True), ("current", 60, 2, True)]
     for run in report["runs"]:
-        assert run["second_refresh_mb"] >= run["first_refresh_mb"] >= run["prepare_mb"] >= 0  # one process's peak
-        assert run["prepare_s"] >= 0 and run["first_refresh_s"] >= 0 and "held_after_bytes_per_entry" in run  # (0.0: a tiny step rounds to 0)
+        assert run["checkpoint_mb"] >= run["second_refresh_mb"] >= run["first_refresh_mb"] >= run["prepare_mb"] >= 0  # one process's peak
+        assert run["prepare_s"] >= 0 and run["first_refresh_s"] >= 0 and run["checkpoint_s"] >= 0 and "held_after_bytes_per_entry" in run  # (0.0: a tiny step rounds to 0)
