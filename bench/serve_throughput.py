@@ -15,7 +15,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,9 @@ import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from faults_kit import free_port  # noqa: E402  (re-exported: stall.py and serve_scale.py take it from here)
 
 from core.db import repo  # noqa: E402
 from core.db.migrate import upgrade_head  # noqa: E402
@@ -107,12 +109,6 @@ def setup_home(args: argparse.Namespace, home: Path) -> tuple[dict[str, Any], li
         repo.activate_model(s, model_id)
     users = ServingBundle.load(settings.artifact_dir / "models" / model_id / "serving").user_ids.tolist()
     return info, users
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:

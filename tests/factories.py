@@ -6,6 +6,7 @@ Each ``*_row`` takes complete defaults; a test overrides only the fields it read
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,13 @@ MODEL_ROW: dict[str, Any] = {
     "size_bytes": 112,
     "metrics": {"ndcg@10": 0.1},
 }
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (the OS's pick), for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def two_taste_csv(

@@ -6,7 +6,6 @@ import argparse
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import pytest
 
 from cli import quickstart as qs
 from core.settings import Settings
+from tests.factories import free_port
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -123,14 +123,8 @@ def fake_server(request: pytest.FixtureRequest) -> Iterator[int]:
     server.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_probe_tells_ours_from_free() -> None:
-    assert qs.probe(f"http://127.0.0.1:{_free_port()}") == "free"
+    assert qs.probe(f"http://127.0.0.1:{free_port()}") == "free"
 
 
 def test_running_server_is_reused_without_starting_another(fake_server: int, tmp_path: Path) -> None:
@@ -224,7 +218,7 @@ def test_the_report_is_the_apis_report_as_text() -> None:
 @pytest.mark.timeout(1800)
 def test_quickstart_end_to_end(tmp_path: Path) -> None:
     """The README's first command on a fresh home: server up, DCD job done, recommendations printed."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RECDISTILL_HOME": str(tmp_path / "home"), "RECDISTILL_PORT": str(port)}
     env.pop("RECDISTILL_API_KEY", None)
     cmd = [sys.executable, "-c", qs.SERVE_CODE, "quickstart", "--teacher-epochs", "3", "--epochs", "2"]

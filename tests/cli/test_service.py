@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 
 from cli import service as cli_service
 from core.db.migrate import current_revision
+from tests.factories import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,12 +58,6 @@ def test_the_command_line_starts_without_torch() -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _children(pid: int) -> dict[int, str]:
     """{pid: command line} of the live children of ``pid`` (read from /proc)."""
     found: dict[int, str] = {}
@@ -101,7 +95,7 @@ def _alive(pid: int) -> bool:
 def test_serve_stops_its_local_worker_on_sigterm_and_ctrl_c(
     tmp_path: Path, sig: signal.Signals, group: bool
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "ARTIFACT_DIR")
     }
@@ -170,7 +164,7 @@ def _group_has_members(pgid: int) -> bool:
 
 def _start_serve(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     """``recdistill serve`` in a session of its own; returns it, its port and its local worker's pid."""
-    port = _free_port()
+    port = free_port()
     env = {
         k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "ARTIFACT_DIR")
     }

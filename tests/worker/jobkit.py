@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from core.db import repo
 from core.db.models import Job
 from core.db.session import session_scope
 from core.settings import Settings
-from tests.factories import tiny_job, two_taste_csv
+from tests.factories import free_port, tiny_job, two_taste_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,12 +58,6 @@ def wait_for(settings: Settings, job_id: str, done: Callable[[Job], bool], timeo
                 f"error={row.error}"
             )
         time.sleep(0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:
