@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from core.distill.base import require_prepared
-from core.distill.sampling import gumbel_topk, sample_excluding
+from core.distill.sampling import Excluded, excluded_block_rows, gumbel_topk, sample_excluding
 
 logger = logging.getLogger(__name__)
 
@@ -26,28 +26,36 @@ def row_blocks(n_rows: int, m: int) -> range:
     return range(0, n_rows, max(1, BLOCK_ENTRIES // max(m, 1)))
 
 
-def excluded_keys(lists: torch.Tensor, observed: sp.spmatrix) -> torch.Tensor:
-    """The sorted distinct int64 keys row * n_cols + col of the observed entries and of those in ``lists``
-    [R, M], on ``lists``' device.
+def excluded_columns(lists: torch.Tensor, observed: sp.spmatrix) -> Excluded:
+    """The observed entries and those in ``lists`` [R, M], per row (``Excluded``), on ``lists``' device.
 
-    Built in row blocks: a row's keys all lie between those of the rows before and after it, so sorted blocks in
-    row order are sorted overall, and the temporaries (the keys of one block, their sort) are a block's; at once
-    they were about 3 times the result (12 GB beside 4 GB at a million users and M = 500)."""
+    Built ~BLOCK_ENTRIES entries at a time (never across two of ``Excluded``'s blocks): the temporaries (their
+    int64 keys and sort) are those of ~1M entries; at once they were about 3 times the result (12 GB beside 4 GB
+    at a million users and M = 500)."""
     n_rows, n_cols = observed.shape
     csr = observed.tocsr()
     dev = lists.device
-    out = torch.empty(csr.nnz + lists.numel(), dtype=torch.int64, device=dev)
-    fill, blocks = 0, row_blocks(n_rows, lists.shape[1])
-    for start in blocks:
-        stop = min(start + blocks.step, n_rows)
-        obs = csr[start:stop].tocoo()
-        obs_keys = torch.from_numpy((obs.row.astype(np.int64) + start) * n_cols + obs.col.astype(np.int64)).to(dev)
-        list_keys = (torch.arange(start, stop, device=dev)[:, None] * n_cols + lists[start:stop]).reshape(-1)
-        keys = torch.unique(torch.cat([obs_keys, list_keys]))
-        out[fill : fill + keys.numel()] = keys
-        fill += keys.numel()
+    block = excluded_block_rows(n_cols)
+    keys = torch.empty(csr.nnz + lists.numel(), dtype=torch.int32, device=dev)
+    counts = torch.empty(n_rows, dtype=torch.int64, device=dev)
+    fill, step = 0, row_blocks(n_rows, lists.shape[1]).step
+    for block_start in range(0, n_rows, block):
+        block_stop = min(block_start + block, n_rows)
+        for start in range(block_start, block_stop, step):
+            stop, first = min(start + step, block_stop), start - block_start  # rows counted from the block's start
+            obs = csr[start:stop].tocoo()
+            obs_keys = torch.from_numpy((obs.row.astype(np.int64) + first) * n_cols + obs.col.astype(np.int64))
+            local = torch.arange(first, first + stop - start, device=dev)
+            list_keys = (local[:, None] * n_cols + lists[start:stop]).reshape(-1)
+            unique = torch.unique(torch.cat([obs_keys.to(dev), list_keys]))  # sorted: by row, then column
+            counts[start:stop] = torch.bincount(torch.div(unique, n_cols, rounding_mode="floor") - first,
+                                                minlength=stop - start)
+            keys[fill : fill + unique.numel()] = unique
+            fill += unique.numel()
+    ptr = torch.zeros(n_rows + 1, dtype=torch.int64, device=dev)
+    torch.cumsum(counts, 0, out=ptr[1:])
     # Fewer than the room only where a list was padded with observed entries (core.distill.topm): a few keys.
-    return out[:fill]
+    return Excluded(ptr, keys[:fill], n_cols, block)
 
 
 class RankingSide:
@@ -76,9 +84,8 @@ class RankingSide:
         self.lists, self.k, self.l, self.t, self.deterministic = lists, k, n_unint, t, deterministic
         self.n_rows, self.n_cols = n_rows, n_cols
         dev = lists.device
-        self.excluded = excluded_keys(lists, observed)
-        counts = torch.bincount(torch.div(self.excluded, n_cols, rounding_mode="floor"), minlength=n_rows)
-        self.available = n_cols - counts  # [R]
+        self.excluded = excluded_columns(lists, observed)
+        self.available = n_cols - self.excluded.counts()  # [R]
         self.rank_logits = -(torch.arange(m, device=dev, dtype=torch.float32) + 1.0) / t  # [M]
         self.interesting: torch.Tensor | None = None
         self.uninteresting: torch.Tensor | None = None
@@ -108,16 +115,14 @@ class RankingSide:
         if self.l == 0:
             self.uninteresting = torch.empty((self.n_rows, 0), dtype=torch.int64, device=dev)
             return
-        unint = sample_excluding(self.n_rows, self.n_cols, self.l, self.excluded, self.available, generator)
+        unint = sample_excluding(self.l, self.excluded, self.available, generator)
         for r in (self.available < self.l).nonzero().squeeze(1).tolist():
             unint[r] = self._short_row(r, generator)
         self.uninteresting = unint
 
     def _short_row(self, r: int, generator: torch.Generator) -> torch.Tensor:
         dev = self.lists.device
-        lo = int(torch.searchsorted(self.excluded, torch.tensor(r * self.n_cols, device=dev)))
-        hi = int(torch.searchsorted(self.excluded, torch.tensor((r + 1) * self.n_cols, device=dev)))
-        taken = self.excluded[lo:hi] - r * self.n_cols
+        taken = self.excluded.columns(r)
         free = torch.ones(self.n_cols, dtype=torch.bool, device=dev)
         free[taken] = False
         allowed = free.nonzero().squeeze(1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -216,28 +217,52 @@ class WeightedRowSampler:
         return _distinct_rounds(rows.shape[0], m, k, rows.device, draw)
 
 
-def sample_excluding(
-    n_rows: int,
-    n_cols: int,
-    k: int,
-    excluded_keys: torch.Tensor,
-    available: torch.Tensor,
-    generator: torch.Generator | None = None,
-    row_chunk: int = 2048,
-) -> torch.Tensor:
-    """k distinct columns per row, uniform among columns whose key row*n_cols+col is not excluded.
+#: Rows per block of ``Excluded`` (and per chunk of ``sample_excluding``), at most: each block's keys are int32.
+EXCLUDED_BLOCK_ROWS = 2048
 
-    ``excluded_keys``: sorted int64 keys; ``available`` [R]: the number of allowed columns per row
-    (rows with fewer than k must be handled by the caller and are skipped here, left as -1).
+
+def excluded_block_rows(n_cols: int) -> int:
+    """Rows per block whose keys (row within the block) * n_cols + col fit in int32."""
+    return max(1, min(EXCLUDED_BLOCK_ROWS, (2**31 - 1) // max(n_cols, 1)))
+
+
+class Excluded(NamedTuple):
+    """Per row, the columns it must not draw, as sorted int32 keys local to blocks of ``block_rows`` rows:
+    (row - block start) * n_cols + col; row r's are ``keys[ptr[r]:ptr[r + 1]]``. As one global int64 key each
+    they were 8 B a teacher-list entry (4 GB of a 10M-interaction DCD job at M = 500); a block's keys are
+    searched as they are, with no conversion."""
+
+    ptr: torch.Tensor  # [R + 1] int64
+    keys: torch.Tensor  # [nnz] int32, sorted within each block
+    n_cols: int
+    block_rows: int
+
+    def counts(self) -> torch.Tensor:
+        return self.ptr[1:] - self.ptr[:-1]
+
+    def columns(self, r: int) -> torch.Tensor:
+        """Row ``r``'s excluded columns (int64)."""
+        return self.keys[int(self.ptr[r]) : int(self.ptr[r + 1])].long() - (r % self.block_rows) * self.n_cols
+
+
+def sample_excluding(
+    k: int, excluded: Excluded, available: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """k distinct columns per row, uniform among the columns ``excluded`` does not hold for it.
+
+    ``available`` [R]: the number of allowed columns per row (rows with fewer than k must be handled by the
+    caller and are skipped here, left as -1).
     """
-    dev = excluded_keys.device
+    n_rows, n_cols, dev = excluded.ptr.numel() - 1, excluded.n_cols, excluded.ptr.device
     out = torch.full((n_rows, k), -1, dtype=torch.int64, device=dev)
-    # Row chunks keep the "already chosen" bitmap at chunk x n_cols, never n_rows x n_cols.
-    for start in range(0, n_rows, row_chunk):
-        rows = torch.arange(start, min(start + row_chunk, n_rows), device=dev)
+    # Chunks of one block: the "already chosen" bitmap is a block x n_cols, and the keys searched a block's.
+    for start in range(0, n_rows, excluded.block_rows):
+        stop = min(start + excluded.block_rows, n_rows)
+        rows = torch.arange(start, stop, device=dev)
         rows = rows[available[rows] >= k]
         if rows.numel():
-            out[rows] = _excluding_chunk(rows, n_cols, k, excluded_keys, available, generator)
+            keys = excluded.keys[int(excluded.ptr[start]) : int(excluded.ptr[stop])]
+            out[rows] = _excluding_chunk(rows - start, n_cols, k, keys, available.index_select(0, rows), generator)
     return out
 
 
@@ -249,15 +274,16 @@ def _excluding_chunk(
     available: torch.Tensor,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    frac = max(float((available.index_select(0, rows).double() / n_cols).min()), 0.02)
+    """``rows`` within their block, ``excluded_keys`` the block's, ``available`` [len(rows)]."""
+    frac = max(float((available.double() / n_cols).min()), 0.02)
     last = max(excluded_keys.numel() - 1, 0)
 
     def draw(active: torch.Tensor, need: torch.Tensor, first_round: bool) -> tuple[torch.Tensor, torch.Tensor]:
         n_draw = math.ceil(1.5 * float(need.max()) / frac) + 4
         cols = torch.randint(0, n_cols, (active.shape[0], n_draw), generator=generator, device=rows.device)
-        keys = rows.index_select(0, active)[:, None] * n_cols + cols
         if not excluded_keys.numel():
-            return cols, torch.ones_like(keys, dtype=torch.bool)
+            return cols, torch.ones_like(cols, dtype=torch.bool)
+        keys = (rows.index_select(0, active)[:, None] * n_cols + cols).to(excluded_keys.dtype)
         hit = torch.searchsorted(excluded_keys, keys).clamp_max_(last)
         return cols, excluded_keys.index_select(0, hit.view(-1)).view_as(keys) != keys
 

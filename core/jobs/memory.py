@@ -29,12 +29,12 @@ from core.config import (
 )
 
 # Bytes per entry of a teacher's top-M list, by dtype. Both methods keep the lists as int32
-# (core.distill.topm.teacher_topm), and RRD's exclusion keys as int64 (core.distill.ranking). DCD adds, for each corrected side (UCD: users, ICD: items) and each entry of
-# its corrected prefix (correction_m, else M): the int16 rank discrepancy, and its sampler's int16 slot
+# (core.distill.topm.teacher_topm), and RRD's excluded columns as int32 (core.distill.sampling.Excluded). DCD
+# adds, for each corrected side (UCD: users, ICD: items) and each entry of its corrected prefix (correction_m, else M): the int16 rank discrepancy, and its sampler's int16 slot
 # positions for the two rows w+ and w- (core.distill.sampling; the weights are computed from the discrepancy
 # when drawn). DCD's peak on ML-1M's shape, RKD off, is in bench/results/dcd-refresh-memory.json.
 LIST_BYTES = 4
-KEY_BYTES = 8
+KEY_BYTES = 4
 DCD_CORRECTION_BYTES = 2 + 2 * 2
 # A model trained by gradient steps: float32 parameters and Adam's two moments (SparseAdam's too are dense).
 ADAM_PARAM_BYTES = 3 * 4
@@ -79,7 +79,7 @@ def _lists_bytes(cfg: DCDConfig | RRDConfig, m: int, n_users: int, n_items: int)
     user_side, item_side = _sides(m, n_users, n_items)
     total = LIST_BYTES * (user_side + item_side)
     # RRD's terms (DCD's RKD on the user side) exclude observed and listed entries from the uninteresting
-    # draws: their sorted int64 keys (core.distill.ranking.RankingSide).
+    # draws: their columns, per row (core.distill.sampling.Excluded).
     total += KEY_BYTES * (user_side * (cfg.use_rkd if isinstance(cfg, DCDConfig) else 1)
                            + item_side * (isinstance(cfg, RRDConfig) and cfg.item_side))
     if isinstance(cfg, DCDConfig):

@@ -202,6 +202,25 @@ def test_sampler_rejects_bad_inputs() -> None:
         WeightedRowSampler.of_table(torch.ones(2, 4), 5, 1e-5)
 
 
+def test_sample_excluding_never_draws_an_excluded_column_in_any_row_chunks() -> None:
+    # 7 rows x 12 columns; row 2 excludes all but 3 (fewer than k = 4: left to the caller, -1), row 5 nothing.
+    g = torch.Generator().manual_seed(3)
+    table = torch.rand(7, 12, generator=g) < 0.4
+    table[2] = True
+    table[2, [1, 5, 9]] = False
+    table[5] = False
+    counts = table.sum(1)
+    ptr = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+    rows, cols = table.nonzero().unbind(1)
+    for block in (2048, 3, 1):  # each block of rows searches its own keys, counted from its first row
+        excluded = sampling.Excluded(ptr, ((rows % block) * 12 + cols).to(torch.int32), 12, block)
+        assert all(torch.equal(excluded.columns(r), table[r].nonzero().squeeze(1)) for r in range(7))
+        out = sampling.sample_excluding(4, excluded, 12 - counts, torch.Generator().manual_seed(0))
+        assert (out[2] == -1).all()
+        for r in (0, 1, 3, 4, 5, 6):
+            assert len(set(out[r].tolist())) == 4 and not table[r, out[r]].any()
+
+
 def test_a_sampler_built_in_row_blocks_is_the_one_built_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     g = torch.Generator().manual_seed(1)
     weights = torch.rand(11, 9, generator=g) * (torch.rand(11, 9, generator=g) > 0.4)
@@ -564,18 +583,23 @@ def test_ranking_side_in_row_blocks_is_the_one_built_at_once(
     lists = teacher_topm(teacher, data.train, 10)[0]
     lists[3, -2:] = torch.from_numpy(data.train[3].indices[:2].astype(np.int64))  # a padded row: duplicate keys
     sides = []
-    for block in (N_USERS * 10, 70):  # one block, then blocks of 7, 7, 7, 7 and 2 rows (M = 10)
-        monkeypatch.setattr(ranking, "BLOCK_ENTRIES", block)
+    # One block; then build blocks of 7 rows (M = 10) across key blocks of 3 rows, and within one of every row.
+    for entries, key_rows in ((N_USERS * 10, 2048), (70, 3), (70, N_USERS)):
+        monkeypatch.setattr(ranking, "BLOCK_ENTRIES", entries)
+        monkeypatch.setattr(sampling, "EXCLUDED_BLOCK_ROWS", key_rows)
         side = RankingSide(lists, data.train, 4, 3, 10.0, False)
         side.resample(torch.Generator().manual_seed(4))
         sides.append(side)
-    whole, blocks = sides
-    obs = data.train.tocoo()
-    keys = np.unique(np.concatenate([obs.row * N_ITEMS + obs.col, (np.arange(N_USERS)[:, None] * N_ITEMS
-                                                                   + lists.numpy()).reshape(-1)]))
-    assert torch.equal(blocks.excluded, torch.from_numpy(keys)) and torch.equal(whole.excluded, blocks.excluded)
-    assert torch.equal(whole.interesting, blocks.interesting)  # the same draws from the same generator
-    assert torch.equal(whole.uninteresting, blocks.uninteresting)
+    observed = data.train.toarray() > 0
+    for side in sides:
+        assert side.excluded.keys.dtype == torch.int32 and side.excluded.n_cols == N_ITEMS
+        for u in range(N_USERS):
+            expected = np.unique(np.concatenate([np.flatnonzero(observed[u]), lists[u].numpy()]))
+            assert torch.equal(side.excluded.columns(u), torch.from_numpy(expected))
+            assert int(side.available[u]) == N_ITEMS - len(expected)
+    whole = sides[0]
+    assert torch.equal(whole.interesting, sides[1].interesting)  # the same draws from the same generator
+    assert torch.equal(whole.uninteresting, sides[2].uninteresting)  # one chunk of every row in both
 
 
 def test_none_distiller_adds_zero_and_registry_validates() -> None:

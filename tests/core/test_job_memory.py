@@ -38,13 +38,13 @@ def test_lists_are_counted_by_dtype_on_both_sides_with_m_clipped_to_the_other_si
     assert prefix.bytes == 4 * 1_100_000 * 100 + 6 * 1_100_000 * 50
     (users,) = distiller_needs(spec(m=100, bank=0, use_rkd=False, use_icd=False), 1_000_000, 100_000, 24 * GB)
     assert users.bytes == 4 * 1_100_000 * 100 + 6 * 1_000_000 * 100
-    # RKD (DCD) and RRD keep the int64 keys of each ranked side's listed entries; RRD no corrections.
+    # RKD (DCD) and RRD keep the int32 excluded columns of each ranked side's listed entries; RRD no corrections.
     (rkd,) = distiller_needs(spec(m=100, bank=0), 1_000_000, 100_000, 24 * GB)
-    assert rkd.bytes == per * 1_100_000 * 100 + 8 * 1_000_000 * 100
+    assert rkd.bytes == per * 1_100_000 * 100 + 4 * 1_000_000 * 100
     (rrd,) = distiller_needs(spec("rrd", m=100), 1_000_000, 100_000, 24 * GB)
-    assert rrd.bytes == 4 * 1_100_000 * 100 + 8 * 1_000_000 * 100
+    assert rrd.bytes == 4 * 1_100_000 * 100 + 4 * 1_000_000 * 100
     (both,) = distiller_needs(spec("rrd", m=100, item_side=True), 1_000_000, 100_000, 24 * GB)
-    assert both.bytes == 12 * 1_100_000 * 100
+    assert both.bytes == 8 * 1_100_000 * 100
     assert distiller_needs(spec("none"), 1_000_000, 100_000, 24 * GB) == []
 
 
