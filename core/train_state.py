@@ -70,8 +70,8 @@ def save_state(
     scalars: dict[str, dict[str, Any]] = {}
     for idx, entry in opt["state"].items():
         for key, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim/{idx}/{key}"] = value.detach().to("cpu", copy=True).contiguous()
+            if isinstance(value, torch.Tensor):  # Adam's moments: written from where they are, not copied
+                tensors.update(cpu_tensors({f"optim/{idx}/{key}": value}))
             else:
                 scalars.setdefault(str(idx), {})[key] = value
     tensors["rng/torch"] = torch.get_rng_state()
