@@ -202,6 +202,13 @@ def test_sampler_rejects_bad_inputs() -> None:
         WeightedRowSampler.of_table(torch.ones(2, 4), 5, 1e-5)
 
 
+def test_excluded_blocks_keep_their_int32_keys_below_2_31() -> None:
+    assert sampling.excluded_block_rows(3706) == 2048  # MovieLens-sized and up to ~1M columns: 2,048 rows
+    assert sampling.excluded_block_rows(2**20) == 2047 and sampling.excluded_block_rows(2**30) == 1
+    for n_cols in (2**20, 2**20 + 1, 10**9):
+        assert sampling.excluded_block_rows(n_cols) * n_cols - 1 < 2**31  # the largest key of a block
+
+
 def test_sample_excluding_never_draws_an_excluded_column_in_any_row_chunks() -> None:
     # 7 rows x 12 columns; row 2 excludes all but 3 (fewer than k = 4: left to the caller, -1), row 5 nothing.
     g = torch.Generator().manual_seed(3)
@@ -597,6 +604,7 @@ def test_ranking_side_in_row_blocks_is_the_one_built_at_once(
             expected = np.unique(np.concatenate([np.flatnonzero(observed[u]), lists[u].numpy()]))
             assert torch.equal(side.excluded.columns(u), torch.from_numpy(expected))
             assert int(side.available[u]) == N_ITEMS - len(expected)
+            assert not np.isin(side.uninteresting[u].numpy(), expected).any()  # searched in its own key block
     whole = sides[0]
     assert torch.equal(whole.interesting, sides[1].interesting)  # the same draws from the same generator
     assert torch.equal(whole.uninteresting, sides[2].uninteresting)  # one chunk of every row in both
