@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for m in (int(x) for x in args.ms.split(",")):
         for bank in (int(x) for x in args.banks.split(",")):
-            runs += measure_each(codes, lambda code, m=m, bank=bank: measure(code, m, bank, args.rkd, shape))
+            runs += measure_each(codes, lambda _, code, m=m, bank=bank: measure(code, m, bank, args.rkd, shape))
     report = {
         "command": "python bench/dcd_refresh_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "what": __doc__.split("\n\n")[0],

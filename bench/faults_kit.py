@@ -105,11 +105,11 @@ def checkouts(baseline: Path | None) -> dict[str, Path]:
     return {"current": ROOT, **({"baseline": baseline.resolve()} if baseline else {})}
 
 
-def measure_each(codes: dict[str, Path], measure: Callable[[Path], dict[str, Any]]) -> list[dict[str, Any]]:
-    """``measure(checkout)`` for each of ``codes`` in turn, each result printed as it comes and tagged."""
+def measure_each(codes: dict[str, Path], measure: Callable[[str, Path], dict[str, Any]]) -> list[dict[str, Any]]:
+    """``measure(name, checkout)`` for each of ``codes`` in turn, each result printed as it comes and tagged."""
     runs = []
     for name, code in codes.items():
-        runs.append({"code": name, **measure(code)})
+        runs.append({"code": name, **measure(name, code)})
         print(json.dumps(runs[-1]), flush=True)  # noqa: T201
     return runs
 

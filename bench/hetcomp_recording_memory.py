@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "hetcomp-recording-memory.json"))
     args = parser.parse_args(argv)
     codes = checkouts(args.baseline)
-    runs = measure_each(codes, lambda code: measure(code, args.users, args.items, args.interactions, args.k,
+    runs = measure_each(codes, lambda _, code: measure(code, args.users, args.items, args.interactions, args.k,
                                                     args.epochs))
     report = {
         "command": "python bench/hetcomp_recording_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),

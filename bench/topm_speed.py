@@ -57,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     codes = checkouts(args.baseline)
     work = Path(tempfile.mkdtemp(prefix="topm-speed-"))
 
-    names = iter(codes)  # measure_each measures the checkouts in this order (by name: a baseline may be this one)
-
-    def measure(code: Path) -> dict[str, Any]:
-        name = next(names)
+    def measure(name: str, code: Path) -> dict[str, Any]:  # by name: a baseline may be this very checkout
         cmd = [sys.executable, "-c", CHILD, str(code), str(n_users), str(n_items), str(per_user), str(args.m),
                str(work / f"{name}-items.npy"), str(work / f"{name}-users.npy"),
                str(Path(__file__).resolve().parent)]
