@@ -29,10 +29,11 @@ from core.config import (
 )
 
 # Bytes per entry of a teacher's top-M list, by dtype. Both methods keep the lists as int32
-# (core.distill.topm.teacher_topm), and RRD's excluded columns as int32 (core.distill.sampling.Excluded). DCD
-# adds, for each corrected side (UCD: users, ICD: items) and each entry of its corrected prefix (correction_m, else M): the int16 rank discrepancy, and its sampler's int16 slot
-# positions for the two rows w+ and w- (core.distill.sampling; the weights are computed from the discrepancy
-# when drawn). DCD's peak on ML-1M's shape, RKD off, is in bench/results/dcd-refresh-memory.json.
+# (core.distill.topm.teacher_topm), and RRD's excluded entries as int32 keys (core.distill.sampling.Excluded).
+# DCD adds, for each corrected side (UCD: users, ICD: items) and each entry of its corrected prefix
+# (correction_m, else M): the int16 rank discrepancy, and its sampler's int16 slot positions for the two rows
+# w+ and w- (core.distill.sampling; the weights are computed from the discrepancy when drawn). Measured peaks:
+# bench/results/dcd-memory-*.json.
 LIST_BYTES = 4
 KEY_BYTES = 4
 DCD_CORRECTION_BYTES = 2 + 2 * 2
