@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from api.server import MAX_HEAD_BYTES
+from tests.factories import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "deploy"))
@@ -48,7 +49,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-processes"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    port = spread.free_port()
+    port = free_port()
     proc = _start(tmp_path_factory.mktemp("server") / "home", port, request.param)
     try:
         yield f"http://127.0.0.1:{port}", proc.pid
@@ -97,7 +98,7 @@ def test_connections_opened_together_spread_over_the_processes(tmp_path: Path) -
     # uvicorn's shared socket let the first process to wake accept every waiting connection: 8 connections
     # opened together all landed on one of four processes. With a socket per process the kernel spreads
     # them (by a hash of each connection: 24 on one of 2 processes has odds 2^-23).
-    port = spread.free_port()
+    port = free_port()
     proc = _start(tmp_path / "home", port, 2)
     try:
         pids = spread.api_processes(proc.pid)
@@ -109,7 +110,7 @@ def test_connections_opened_together_spread_over_the_processes(tmp_path: Path) -
 
 
 def test_a_killed_process_is_replaced_and_sigterm_stops_them_all(tmp_path: Path) -> None:
-    port = spread.free_port()
+    port = free_port()
     proc = _start(tmp_path / "home", port, 2)
     try:
         first = spread.api_processes(proc.pid)
@@ -130,7 +131,7 @@ def test_a_killed_process_is_replaced_and_sigterm_stops_them_all(tmp_path: Path)
 def test_a_process_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
     env = {**os.environ, "RECDISTILL_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT),
            "RECDISTILL_MAX_UPLOAD_MB": "lots"}
-    res = subprocess.run([sys.executable, "-m", "api.server", "--port", str(spread.free_port()), "--workers", "2"],
+    res = subprocess.run([sys.executable, "-m", "api.server", "--port", str(free_port()), "--workers", "2"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 1
     assert "RECDISTILL_MAX_UPLOAD_MB" in res.stderr and "stopping the server" in res.stderr
