@@ -1,5 +1,5 @@
-"""Peak memory of DCD per teacher-list entry: after the lists (prepare), the first and the second refresh, and
-the trainer's checkpoint after them.
+"""Peak memory of DCD per teacher-list entry: after the lists (prepare), the first and the second refresh, the
+trainer's checkpoint after them, and a job resuming from that checkpoint.
 
 A job refreshes DCD's ranks every `period` epochs; from the second refresh on, what the previous one built
 exists while the new one is made. Each measurement is a fresh subprocess (ru_maxrss is a process's peak; a
@@ -9,7 +9,9 @@ between the refreshes, then given Adam moments and a best copy for the checkpoin
 (then its excluded keys, built in prepare, and its per-epoch draws count too). ``held_after``: what is still
 resident after the second refresh, free heap pages handed back (malloc_trim), the structures DCD keeps
 through an epoch. ``*_s``: each step's seconds (a refresh's include RKD's draws and the bank's; the machine
-shared, so compare versions within a run). With ``--baseline DIR`` every setting is measured on that checkout
+shared, so compare versions within a run). ``resume_mb``: the peak of a second fresh process that does what
+a resumed job does (the teacher, prepare, then the trainer's ``load_state`` of that checkpoint), against its own
+``resume_prepare_mb``, the prepare alone. With ``--baseline DIR`` every setting is measured on that checkout
 too, alternating with this one, in the same run.
 
 Usage:
@@ -23,6 +25,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ def held_mb(trim=True):  # resident now, after handing the allocator's free page
 
 m, bank, n_users, n_items, per_user, rkd = (int(a) for a in sys.argv[2:8])
 sys.path.insert(0, sys.argv[8])  # this bench's folder
+checkpoint, resuming = sys.argv[9], sys.argv[10] == "resume"
 from bench_data import random_train
 train = random_train(n_users, n_items, per_user)
 
@@ -64,6 +68,16 @@ dcd = build_distiller("dcd", m=m, chunk=512, use_rkd=bool(rkd), bank=bank, perio
 t0 = time.perf_counter()
 dcd.prepare(teacher, Data(train), "cpu")
 t1, after_prepare = time.perf_counter(), peak_mb()
+from pathlib import Path
+from core.config import TrainConfig
+from core.train_state import TrainState, load_state, save_state
+opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+if resuming:  # a job resumed after a crash: prepare (above), then the trainer reads the checkpoint back
+    load_state(Path(checkpoint), TrainConfig(), student, opt, dcd, torch.device("cpu"))
+    t2, after_resume = time.perf_counter(), peak_mb()
+    print(json.dumps({"resume_prepare_mb": after_prepare - base, "resume_mb": after_resume - base,
+                      "resume_s": t2 - t1}))
+    sys.exit(0)
 dcd.on_epoch_start(student, 0)
 t2, after_first = time.perf_counter(), peak_mb()
 with torch.no_grad():
@@ -74,18 +88,12 @@ dcd.on_epoch_start(student, 1)
 t4, after_second = time.perf_counter(), peak_mb()
 held_after = held_mb() - base_held
 # The trainer's checkpoint at the end of that epoch: the student, its best copy, Adam's moments and DCD's state.
-import tempfile
-from pathlib import Path
-from core.config import TrainConfig
-from core.train_state import TrainState, save_state
-opt = torch.optim.Adam(student.parameters(), lr=1e-3)
 sum(p.square().sum() for p in student.parameters()).backward()
 opt.step()
 state = TrainState(best_tensors={k: v.detach().clone() for k, v in student.state_dict().items()})
-with tempfile.TemporaryDirectory() as folder:
-    t5 = time.perf_counter()
-    save_state(Path(folder) / "train_state.safetensors", state, TrainConfig(), student, opt, dcd)
-    t6, after_checkpoint = time.perf_counter(), peak_mb()
+t5 = time.perf_counter()
+save_state(Path(checkpoint), state, TrainConfig(), student, opt, dcd)
+t6, after_checkpoint = time.perf_counter(), peak_mb()
 print(json.dumps({"base_mb": base, "prepare_mb": after_prepare - base, "first_refresh_mb": after_first - base,
                   "second_refresh_mb": after_second - base, "checkpoint_mb": after_checkpoint - base,
                   "held_after_mb": held_after, "prepare_s": t1 - t0, "first_refresh_s": t2 - t1,
@@ -95,9 +103,14 @@ print(json.dumps({"base_mb": base, "prepare_mb": after_prepare - base, "first_re
 
 def measure(code: Path, m: int, bank: int, rkd: bool, shape: tuple[int, int, int]) -> dict[str, Any]:
     n_users, n_items, per_user = shape
-    cmd = [sys.executable, "-c", CHILD, str(code), str(m), str(bank), str(n_users), str(n_items), str(per_user),
-           str(int(rkd)), str(Path(__file__).resolve().parent)]
-    out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for step in ("train", "resume"):  # the second process reads back the checkpoint the first one wrote
+            cmd = [sys.executable, "-c", CHILD, str(code), str(m), str(bank), str(n_users), str(n_items),
+                   str(per_user), str(int(rkd)), str(Path(__file__).resolve().parent),
+                   str(Path(folder) / "train_state.safetensors"), step]
+            run = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            out.update(json.loads(run.stdout.strip().splitlines()[-1]))
     entries = (n_users + n_items) * m  # M below both sides' sizes: no clipping
     per_entry = {k.removesuffix("_mb") + "_bytes_per_entry": round(v * 2**20 / entries, 1)
                  for k, v in out.items() if k.endswith("_mb") and k != "base_mb"}
