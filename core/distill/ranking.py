@@ -113,11 +113,11 @@ class RankingSide:
                 interesting[start:stop] = self.lists[start:stop].gather(1, positions)
             self.interesting = interesting
         if self.l == 0:
-            self.uninteresting = torch.empty((self.n_rows, 0), dtype=torch.int64, device=dev)
+            self.uninteresting = torch.empty((self.n_rows, 0), dtype=torch.int32, device=dev)
             return
         unint = sample_excluding(self.l, self.excluded, self.available, generator)
         for r in (self.available < self.l).nonzero().squeeze(1).tolist():
-            unint[r] = self._short_row(r, generator)
+            unint[r] = self._short_row(r, generator).to(unint.dtype)
         self.uninteresting = unint
 
     def _short_row(self, r: int, generator: torch.Generator) -> torch.Tensor:
@@ -138,5 +138,6 @@ class RankingSide:
 
     def load(self, prefix: str, state: dict[str, torch.Tensor]) -> None:
         if f"{prefix}.interesting" in state:
-            self.interesting = state[f"{prefix}.interesting"].to(self.lists.device)
-            self.uninteresting = state[f"{prefix}.uninteresting"].to(self.lists.device)
+            # Checkpoints from before int32 draws hold int64: read back as this version keeps them.
+            self.interesting = state[f"{prefix}.interesting"].to(self.lists.device, self.lists.dtype)
+            self.uninteresting = state[f"{prefix}.uninteresting"].to(self.lists.device, torch.int32)

@@ -251,10 +251,11 @@ def sample_excluding(
     """k distinct columns per row, uniform among the columns ``excluded`` does not hold for it.
 
     ``available`` [R]: the number of allowed columns per row (rows with fewer than k must be handled by the
-    caller and are skipped here, left as -1).
+    caller and are skipped here, left as -1). int32 [R, k], as the teacher lists store columns: an epoch's
+    draws are held through it (int64 was 320 MB at a million users and L = 40).
     """
     n_rows, n_cols, dev = excluded.ptr.numel() - 1, excluded.n_cols, excluded.ptr.device
-    out = torch.full((n_rows, k), -1, dtype=torch.int64, device=dev)
+    out = torch.full((n_rows, k), -1, dtype=torch.int32, device=dev)
     # Chunks of one block: the "already chosen" bitmap is a block x n_cols, and the keys searched a block's.
     for start in range(0, n_rows, excluded.block_rows):
         stop = min(start + excluded.block_rows, n_rows)
@@ -262,7 +263,8 @@ def sample_excluding(
         rows = rows[available[rows] >= k]
         if rows.numel():
             keys = excluded.keys[int(excluded.ptr[start]) : int(excluded.ptr[stop])]
-            out[rows] = _excluding_chunk(rows - start, n_cols, k, keys, available.index_select(0, rows), generator)
+            chunk = _excluding_chunk(rows - start, n_cols, k, keys, available.index_select(0, rows), generator)
+            out[rows] = chunk.to(out.dtype)
     return out
 
 

@@ -572,6 +572,7 @@ def test_rrd_samples(data: SimpleNamespace, deterministic: bool) -> None:
     d.prepare(teacher, data, "cpu")
     d.on_epoch_start(student, 0)
     side = d.user_ranking
+    assert side.interesting.dtype == side.uninteresting.dtype == torch.int32  # as the lists hold columns
     observed = data.train.toarray() > 0
     for u in range(N_USERS):
         listed = side.lists[u].tolist()
@@ -581,6 +582,23 @@ def test_rrd_samples(data: SimpleNamespace, deterministic: bool) -> None:
         assert len(set(unint)) == 6 and not set(unint) & set(listed) and not observed[u, unint].any()
     total, parts = d.loss(student, torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5]))
     assert set(parts) == {"rrd", "rrd_item"} and total.item() > 0
+
+
+def test_rrd_draws_of_an_int64_checkpoint_read_back_as_int32(data: SimpleNamespace) -> None:
+    # Checkpoints written before the draws were int32 hold int64 ones; a resumed job keeps them as it draws them.
+    teacher, student = models()
+    d = build_distiller("rrd", m=10, k=4, l=6)
+    d.prepare(teacher, data, "cpu")
+    d.on_epoch_start(student, 0)
+    old = {k: v.long() for k, v in d.state_dict().items()}
+    resumed = build_distiller("rrd", m=10, k=4, l=6)
+    resumed.prepare(teacher, data, "cpu")
+    resumed.load_state_dict(old)
+    side, was = resumed.user_ranking, d.user_ranking
+    assert side.interesting.dtype == side.uninteresting.dtype == torch.int32
+    assert torch.equal(side.interesting, was.interesting) and torch.equal(side.uninteresting, was.uninteresting)
+    batch = torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5])
+    assert torch.equal(resumed.loss(student, *batch)[0], d.loss(student, *batch)[0])
 
 
 def test_ranking_side_in_row_blocks_is_the_one_built_at_once(
